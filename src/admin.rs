@@ -1,0 +1,157 @@
+//! The admin listener (SPEC 6): `/live`, `/ready`, `/status` (JSON that scripts read) and
+//! `/metrics` (Prometheus text). Plain HTTP/1.1, meant for localhost or a private network.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::NodeState;
+use crate::proxy::Proxy;
+
+/// What the admin endpoints read.
+pub struct Admin {
+    pub state: Arc<NodeState>,
+    pub proxy: Arc<Proxy>,
+}
+
+impl Admin {
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let this = this.clone();
+                    async move { Ok::<_, Infallible>(this.route(req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = shutdown.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+    }
+
+    fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405 only GET is served here\n",
+            );
+        }
+        match req.uri().path() {
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => {
+                let s = self.state.state();
+                if s == crate::node::State::Ready {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("not ready: {}\n", s.as_str()),
+                    )
+                }
+            }
+            "/status" => {
+                let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.proxy.metrics.encode())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "404 no such admin endpoint\n"),
+        }
+    }
+
+    /// `GET /status`.
+    pub fn status(&self) -> serde_json::Value {
+        let up = &self.proxy.upstream;
+        let now = up.now_ms();
+        let backends: Vec<_> = up
+            .backends
+            .iter()
+            .map(|b| {
+                json!({
+                    "url": b.url,
+                    "weight": b.weight,
+                    "healthy": b.is_up(now),
+                    "in_flight": b.in_flight(),
+                    "idle_connections": b.idle_count(),
+                    "responses": b.counters.responses.get(),
+                    "connect_errors": b.counters.connect_errors.get(),
+                    "errors": b.counters.errors.get(),
+                    "timeouts": b.counters.timeouts.get(),
+                })
+            })
+            .collect();
+        let m = &self.proxy.metrics;
+        let by_class = m.requests_by_class();
+        json!({
+            "node": {
+                "jvm_route": self.state.jvm_route,
+                "state": self.state.state().as_str(),
+                "uptime_ms": self.state.uptime_ms(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "http_listen": self.state.http_addrs,
+                "https_listen": self.state.https_addrs,
+            },
+            "members": [],
+            "backends": backends,
+            "requests": {
+                "1xx": by_class[0], "2xx": by_class[1], "3xx": by_class[2],
+                "4xx": by_class[3], "5xx": by_class[4],
+                "open_connections": m.open_connections.get(),
+            },
+        })
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}

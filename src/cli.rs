@@ -1,0 +1,154 @@
+//! The `caracal` command line (SPEC 6):
+//! - `caracal --config FILE [--set dotted.key=value ...]` runs a node;
+//! - `caracal check --config FILE [--set ...]` validates and exits.
+//!
+//! Exit codes: 0 ok, 1 runtime failure (e.g. a port in use), 2 bad config.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "caracal",
+    version,
+    about = "Reverse-proxy load balancer with replicated sessions"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Validate a config file and exit (0 = valid, 2 = invalid).
+    Check(NodeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The conf file.
+    #[arg(long, short = 'c', default_value = "conf/caracal.toml")]
+    config: PathBuf,
+    /// Override one key, e.g. `--set node.jvm_route=node2` (TOML value syntax; a bare word
+    /// is a string). May be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(args)) => match config::load(&args.config, &args.set) {
+            Ok(cfg) => {
+                println!(
+                    "{}: ok (jvm_route {}, {} backend(s))",
+                    args.config.display(),
+                    cfg.node.jvm_route,
+                    cfg.backends.servers.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("caracal: config error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        None => run_node(cli.run),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn run_node(args: NodeArgs) -> ExitCode {
+    let cfg = match config::load(&args.config, &args.set) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("caracal: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(args.log_format);
+    let rt = match runtime(&cfg) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caracal: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("caracal: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `workers = 1` gets a current-thread runtime: one core, no work-stealing overhead.
+fn runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
+    match cfg.node.workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let listeners = crate::node::Listeners::bind(&cfg).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    crate::node::run(cfg, listeners, shutdown).await
+}
+
+/// SIGTERM or SIGINT starts a graceful shutdown.
+async fn on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

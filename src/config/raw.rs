@@ -1,0 +1,186 @@
+//! Stage one of the config: the file's shape as serde reads it. Unknown keys are rejected
+//! here (`deny_unknown_fields`); values are checked in stage two (`super::validate`).
+//!
+//! Defaults live in the `Default` impls so the documented defaults in `conf/caracal.toml`
+//! have one source.
+
+use serde::Deserialize;
+
+use super::duration::Dur;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub node: RawNode,
+    pub http: RawHttp,
+    pub https: Option<RawHttps>,
+    pub admin: RawAdmin,
+    pub backends: RawBackends,
+    pub session: RawSession,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNode {
+    pub jvm_route: Option<String>,
+    pub workers: usize,
+    pub shutdown_grace: Dur,
+}
+
+impl Default for RawNode {
+    fn default() -> Self {
+        Self {
+            jvm_route: None,
+            workers: 0,
+            shutdown_grace: Dur(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub listen: Vec<String>,
+    pub max_connections: usize,
+    pub header_read_timeout: Dur,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2c: bool,
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        Self {
+            listen: vec!["127.0.0.1:8080".into()],
+            max_connections: 8192,
+            header_read_timeout: Dur(std::time::Duration::from_secs(10)),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            h2c: true,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttps {
+    pub listen: Vec<String>,
+    pub cert: String,
+    pub key: String,
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Empty string disables the admin listener.
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBackends {
+    pub algorithm: String,
+    pub servers: Vec<RawServer>,
+    pub connect_timeout: Dur,
+    pub response_timeout: Dur,
+    pub idle_timeout: Dur,
+    pub max_idle_per_server: usize,
+    pub retries: usize,
+    pub fail_timeout: Dur,
+    pub health: RawHealth,
+}
+
+impl Default for RawBackends {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            algorithm: "round_robin".into(),
+            servers: Vec::new(),
+            connect_timeout: Dur(Duration::from_secs(2)),
+            response_timeout: Dur(Duration::from_secs(60)),
+            idle_timeout: Dur(Duration::from_secs(15)),
+            max_idle_per_server: 64,
+            retries: 2,
+            fail_timeout: Dur(Duration::from_secs(10)),
+            health: RawHealth::default(),
+        }
+    }
+}
+
+/// A backend: `"http://host:port"` or `{ url = "...", weight = N }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a URL string or a table { url = \"http://...\", weight = N }"
+)]
+pub enum RawServer {
+    Url(String),
+    Table(RawServerTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTable {
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub enabled: bool,
+    pub path: String,
+    pub interval: Dur,
+    pub timeout: Dur,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            enabled: true,
+            path: "/health".into(),
+            interval: Dur(Duration::from_secs(2)),
+            timeout: Dur(Duration::from_secs(1)),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    pub header_prefix: String,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        Self {
+            header_prefix: "X-Session".into(),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! caracal: a reverse-proxy load balancer whose nodes own a replicated session store.
+//!
+//! Layout (see `docs/ARCHITECTURE.md`):
+//! - [`config`]: the conf file, two-stage (raw serde -> validated [`config::Config`]).
+//! - [`proxy`]: the request path: [`proxy::frontend`] (listeners, TLS, limits),
+//!   [`proxy::headers`] (hygiene), [`proxy::upstream`] (pool, balancer, health).
+//! - [`admin`]: `/live`, `/ready`, `/status`, `/metrics`.
+//! - [`metrics`]: the Prometheus registry shared by all parts.
+//! - [`node`]: wires the parts together and runs them until shutdown.
+//! - [`cli`]: the `caracal` command line.
+#![forbid(unsafe_code)]
+#![warn(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod node;
+pub mod proxy;
+pub mod tls;

@@ -1,0 +1,178 @@
+//! One caracal node: binds its listeners, runs the proxy, the health checks and the admin
+//! endpoints, and drains on shutdown.
+//!
+//! [`Listeners::bind`] and [`run`] are separate so tests can bind port 0 and read the
+//! addresses before serving, as mini-redis's `run(listener, shutdown)`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::proxy::frontend::Frontend;
+use crate::proxy::{upstream, Proxy};
+
+/// Node lifecycle, as announced to the cluster and shown by `/ready` and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Starting = 0,
+    Ready = 1,
+    Draining = 2,
+    Leaving = 3,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Draining => "draining",
+            State::Leaving => "leaving",
+        }
+    }
+}
+
+pub struct NodeState {
+    pub jvm_route: String,
+    pub http_addrs: Vec<SocketAddr>,
+    pub https_addrs: Vec<SocketAddr>,
+    started: Instant,
+    state: AtomicU8,
+}
+
+impl NodeState {
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Starting,
+            1 => State::Ready,
+            2 => State::Draining,
+            _ => State::Leaving,
+        }
+    }
+
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    pub fn uptime_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+/// The sockets of a node, bound before anything is served.
+pub struct Listeners {
+    pub http: Vec<TcpListener>,
+    pub https: Vec<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        async fn one(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} ({what})"))
+        }
+        let mut http = Vec::new();
+        for a in &cfg.http.listen {
+            http.push(one(*a, "http.listen").await?);
+        }
+        let mut https = Vec::new();
+        if let Some(h) = &cfg.https {
+            for a in &h.listen {
+                https.push(one(*a, "https.listen").await?);
+            }
+        }
+        let admin = match cfg.admin.listen {
+            Some(a) => Some(one(a, "admin.listen").await?),
+            None => None,
+        };
+        Ok(Self { http, https, admin })
+    }
+}
+
+/// Serves until `shutdown`, then drains within `node.shutdown_grace`.
+pub async fn run(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let proxy = Arc::new(Proxy::new(&cfg, metrics));
+    let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {
+        ls.iter().filter_map(|l| l.local_addr().ok()).collect()
+    };
+    let state = Arc::new(NodeState {
+        jvm_route: cfg.node.jvm_route.clone(),
+        http_addrs: addrs(&listeners.http),
+        https_addrs: addrs(&listeners.https),
+        started: Instant::now(),
+        state: AtomicU8::new(State::Starting as u8),
+    });
+
+    // Background parts stop after the drain, so health and admin stay true while draining.
+    let background = CancellationToken::new();
+    let health = tokio::spawn(upstream::health::run(
+        proxy.upstream.clone(),
+        background.clone(),
+    ));
+    if let Some(l) = listeners.admin {
+        let admin = Arc::new(Admin {
+            state: state.clone(),
+            proxy: proxy.clone(),
+        });
+        tracing::info!(kind = "admin", addr = %l.local_addr()?, "listening");
+        tokio::spawn(admin.serve(l, background.clone()));
+    }
+
+    let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
+    let tracker = TaskTracker::new();
+    for l in listeners.http {
+        tracing::info!(kind = "http", addr = %l.local_addr()?, "listening");
+        tracker.spawn(
+            frontend
+                .clone()
+                .serve(l, None, shutdown.clone(), tracker.clone()),
+        );
+    }
+    if let Some(h) = &cfg.https {
+        let acceptor = TlsAcceptor::from(h.tls.clone());
+        for l in listeners.https {
+            tracing::info!(kind = "https", addr = %l.local_addr()?, "listening");
+            tracker.spawn(frontend.clone().serve(
+                l,
+                Some(acceptor.clone()),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+    }
+    state.set_state(State::Ready);
+    tracing::info!(jvm_route = %cfg.node.jvm_route, "node ready");
+
+    shutdown.cancelled().await;
+    state.set_state(State::Draining);
+    tracing::info!(grace = ?cfg.node.shutdown_grace, "shutting down: draining in-flight requests");
+    tracker.close();
+    if tokio::time::timeout(cfg.node.shutdown_grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over: closing remaining connections");
+    }
+    state.set_state(State::Leaving);
+    background.cancel();
+    let _ = health.await;
+    tracing::info!("stopped");
+    Ok(())
+}

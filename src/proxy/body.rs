@@ -1,0 +1,129 @@
+//! Body types of the request path. Bodies stream both ways: nothing here buffers a body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::upstream::Lease;
+
+/// What the proxy sends upstream: the client's body as it arrives, or nothing.
+#[derive(Debug)]
+pub enum UpBody {
+    Client(Incoming),
+    Empty,
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
+            UpBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Client(b) => b.is_end_stream(),
+            UpBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Client(b) => b.size_hint(),
+            UpBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// What the proxy sends to the client: a backend's body (returning the backend connection
+/// to the pool when it ends), or a short body the proxy wrote itself.
+#[derive(Debug)]
+pub enum ProxyBody {
+    Upstream {
+        inner: Incoming,
+        lease: Option<Lease>,
+    },
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// Wraps a backend body. A body that is already complete (HEAD, 204, `Content-Length: 0`)
+    /// releases its connection at once, since hyper will never poll it.
+    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
+        let lease = if inner.is_end_stream() {
+            lease.release();
+            None
+        } else {
+            Some(lease)
+        };
+        ProxyBody::Upstream { inner, lease }
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ProxyBody::Full(if b.is_empty() { None } else { Some(b) })
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Upstream { inner, lease } => {
+                let res = Pin::new(&mut *inner).poll_frame(cx);
+                match &res {
+                    Poll::Ready(None) => {
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
+                        if let Some(l) = lease.take() {
+                            l.release();
+                        }
+                    }
+                    // An error drops the lease: the connection is not reused.
+                    Poll::Ready(Some(Err(_))) => {
+                        lease.take();
+                    }
+                    _ => {}
+                }
+                res
+            }
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Client-facing listeners: accept with a cap on open connections, optional TLS (ALPN h2 /
+//! http/1.1), HTTP/1.1 and HTTP/2 (h2c prior knowledge when enabled) with upgrades, a
+//! header-read timeout against slowloris and a header size cap (431).
+//!
+//! Shutdown: on cancel the accept loop stops and every connection is asked to finish its
+//! in-flight requests (`graceful_shutdown`); the caller waits on the [`TaskTracker`].
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::HttpConfig;
+
+use super::headers::ClientInfo;
+use super::Proxy;
+
+/// Settings and shared state of all client listeners of a node.
+pub struct Frontend {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    /// hyper's auto builder without h2c, for plain listeners when h2c is off.
+    builder_h1: auto::Builder<TokioExecutor>,
+    h2c: bool,
+    handshake_timeout: Duration,
+    permits: Arc<Semaphore>,
+}
+
+impl Frontend {
+    pub fn new(proxy: Arc<Proxy>, cfg: &HttpConfig) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder_h1 = builder.clone().http1_only();
+        Self {
+            proxy,
+            builder,
+            builder_h1,
+            h2c: cfg.h2c,
+            handshake_timeout: cfg.header_read_timeout,
+            permits: Arc::new(Semaphore::new(cfg.max_connections)),
+        }
+    }
+
+    /// Accepts on `listener` until `shutdown`; connections are tracked by `tracker`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        loop {
+            // Past the cap, new clients wait in the kernel's backlog (as HAProxy's maxconn).
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                p = self.permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let this = self.clone();
+            let tls = tls.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let metrics = this.proxy.metrics.clone();
+                metrics.connections.inc();
+                metrics.open_connections.inc();
+                this.connection(stream, peer, tls, shutdown).await;
+                metrics.open_connections.dec();
+                drop(permit);
+            });
+        }
+    }
+
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        match tls {
+            None => {
+                let client = ClientInfo { peer, tls: false };
+                let builder = if self.h2c {
+                    &self.builder
+                } else {
+                    &self.builder_h1
+                };
+                self.serve_io(builder, TokioIo::new(stream), client, shutdown)
+                    .await
+            }
+            Some(acceptor) => {
+                let hs = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
+                let tls_stream = match hs.await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let client = ClientInfo { peer, tls: true };
+                self.serve_io(&self.builder, TokioIo::new(tls_stream), client, shutdown)
+                    .await
+            }
+        }
+    }
+
+    async fn serve_io<I>(
+        &self,
+        builder: &auto::Builder<TokioExecutor>,
+        io: TokioIo<I>,
+        client: ClientInfo,
+        shutdown: CancellationToken,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let proxy = self.proxy.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+                }
+            }
+            _ = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }
+}

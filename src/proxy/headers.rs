@@ -1,0 +1,280 @@
+//! Header hygiene, both directions (SPEC 3, step 2):
+//! - hop-by-hop headers and those named in `Connection` are removed;
+//! - every header whose name starts with the session prefix (`X-Session`) is removed, so a
+//!   client can never forge session data and a backend's directives never reach a client;
+//! - `X-Forwarded-For` / `-Proto` / `-Host` are set, keeping client-supplied values only
+//!   when the peer is a configured trusted proxy.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The client side of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Header rules configured for a node.
+#[derive(Debug, Clone)]
+pub struct Hygiene {
+    /// Lower-case session header prefix.
+    prefix: String,
+    trusted: Vec<IpNet>,
+}
+
+impl Hygiene {
+    pub fn new(prefix: &str, trusted: Vec<IpNet>) -> Self {
+        Self {
+            prefix: prefix.to_ascii_lowercase(),
+            trusted,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        !self.trusted.is_empty() && self.trusted.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Cleans a request before it goes to a backend. `host` is the request's authority (the
+    /// `Host` header or, under HTTP/2, `:authority`). Returns the `Upgrade` value when the
+    /// request is a protocol upgrade, which is then kept as the one hop-by-hop exception.
+    pub fn request(
+        &self,
+        headers: &mut HeaderMap,
+        client: &ClientInfo,
+        host: Option<&HeaderValue>,
+    ) -> Option<HeaderValue> {
+        let upgrade = upgrade_requested(headers);
+        strip_hop_by_hop(headers);
+        strip_prefixed(headers, &self.prefix);
+
+        let ip = client.peer.ip().to_canonical();
+        let trusted = self.is_trusted(ip);
+        let xff = if trusted && headers.contains_key(X_FORWARDED_FOR) {
+            let mut chain = join_values(headers, &X_FORWARDED_FOR);
+            chain.push_str(", ");
+            chain.push_str(&ip.to_string());
+            chain
+        } else {
+            ip.to_string()
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+        if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+            let proto = if client.tls { "https" } else { "http" };
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
+            match host {
+                Some(h) => {
+                    headers.insert(X_FORWARDED_HOST, h.clone());
+                }
+                None => {
+                    headers.remove(X_FORWARDED_HOST);
+                }
+            }
+        }
+        if let Some(u) = &upgrade {
+            set_upgrade(headers, u.clone());
+        }
+        upgrade
+    }
+
+    /// Cleans a backend response before it goes to the client. A `101 Switching Protocols`
+    /// keeps its `Upgrade`.
+    pub fn response(&self, headers: &mut HeaderMap, switching: bool) {
+        let upgrade = if switching {
+            headers.get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
+        strip_hop_by_hop(headers);
+        strip_prefixed(headers, &self.prefix);
+        if let Some(u) = upgrade {
+            set_upgrade(headers, u);
+        }
+    }
+}
+
+fn set_upgrade(headers: &mut HeaderMap, value: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, value);
+}
+
+/// `Connection: upgrade` + `Upgrade: x` present.
+fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let up = headers.get(header::UPGRADE)?;
+    let listed = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    listed.then(|| up.clone())
+}
+
+/// Removes the standard hop-by-hop headers and every header named in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            // Host is needed to reach the backend; listing it must not remove it.
+            .filter(|n| *n != header::HOST)
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if headers.contains_key(h) {
+            headers.remove(h);
+        }
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Removes every header whose (lower-case) name starts with `prefix`.
+pub fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
+    // Scan first: the common case finds nothing and allocates nothing.
+    if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(prefix))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
+fn join_values(headers: &HeaderMap, name: &HeaderName) -> String {
+    let mut out = String::new();
+    for v in headers.get_all(name) {
+        if let Ok(s) = v.to_str() {
+            if !out.is_empty() {
+                out.push_str(", ");
+            }
+            out.push_str(s.trim());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(ip: &str) -> ClientInfo {
+        ClientInfo {
+            peer: format!("{ip}:5555").parse().unwrap(),
+            tls: false,
+        }
+    }
+
+    #[test]
+    fn strips_prefix_connection_listed_and_hop_by_hop() {
+        let h = Hygiene::new("X-Session", vec![]);
+        let mut m = HeaderMap::new();
+        m.insert("x-session-id", HeaderValue::from_static("forged"));
+        m.insert("X-SESSION", HeaderValue::from_static("{}"));
+        m.insert("x-secret", HeaderValue::from_static("1"));
+        m.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, X-Secret, host"),
+        );
+        m.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        m.insert("te", HeaderValue::from_static("trailers"));
+        m.insert("host", HeaderValue::from_static("example"));
+        m.insert("accept", HeaderValue::from_static("*/*"));
+        let host = m.get("host").cloned();
+        let up = h.request(&mut m, &client("10.1.2.3"), host.as_ref());
+        assert!(up.is_none());
+        for gone in [
+            "x-session-id",
+            "x-session",
+            "x-secret",
+            "connection",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(!m.contains_key(gone), "{gone} kept");
+        }
+        assert_eq!(m["host"], "example");
+        assert_eq!(m["accept"], "*/*");
+        assert_eq!(m["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(m["x-forwarded-proto"], "http");
+        assert_eq!(m["x-forwarded-host"], "example");
+    }
+
+    #[test]
+    fn forwarded_headers_trusted_only_from_trusted_proxies() {
+        let h = Hygiene::new("x-session", vec!["10.0.0.0/8".parse().unwrap()]);
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.request(&mut m, &client("10.0.0.9"), None);
+        assert_eq!(m["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
+        assert_eq!(m["x-forwarded-proto"], "https");
+
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.request(&mut m, &client("192.168.1.1"), None);
+        assert_eq!(m["x-forwarded-for"], "192.168.1.1");
+        assert_eq!(m["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn upgrade_is_kept_as_the_one_exception() {
+        let h = Hygiene::new("x-session", vec![]);
+        let mut m = HeaderMap::new();
+        m.insert("connection", HeaderValue::from_static("Upgrade"));
+        m.insert("upgrade", HeaderValue::from_static("websocket"));
+        let up = h.request(&mut m, &client("127.0.0.1"), None);
+        assert_eq!(up.unwrap(), "websocket");
+        assert_eq!(m["upgrade"], "websocket");
+        assert_eq!(m["connection"], "upgrade");
+    }
+
+    #[test]
+    fn response_loses_session_directives_and_hop_by_hop() {
+        let h = Hygiene::new("x-session", vec![]);
+        let mut m = HeaderMap::new();
+        m.insert("x-session-set", HeaderValue::from_static("{}"));
+        m.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        m.insert("content-type", HeaderValue::from_static("text/plain"));
+        h.response(&mut m, false);
+        assert!(!m.contains_key("x-session-set"));
+        assert!(!m.contains_key("transfer-encoding"));
+        assert!(m.contains_key("content-type"));
+    }
+}

@@ -1,0 +1,91 @@
+//! Active health checks (`[backends.health]`), as HAProxy's `check inter rise fall`: every
+//! `interval` a `GET path` on a new connection; 2xx/3xx within `timeout` is a success.
+//! `fall` failures in a row take a backend down, `rise` successes bring it back.
+
+use std::sync::Arc;
+
+use http::{header, Request};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::body::UpBody;
+
+use super::{pool, Backend, Upstream, DOWN_UNTIL_CHECKED};
+
+/// Runs the checks (and the idle-connection reaper) until `shutdown`.
+pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken) {
+    let cfg = upstream.config().health.clone();
+    let idle_timeout = upstream.config().idle_timeout;
+    let mut tasks = tokio::task::JoinSet::new();
+    for b in upstream.backends.clone() {
+        let cfg = cfg.clone();
+        let connect_timeout = upstream.config().connect_timeout;
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cfg.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                b.reap_idle(idle_timeout);
+                if !cfg.enabled {
+                    continue;
+                }
+                let result =
+                    tokio::time::timeout(cfg.timeout, probe(&b, &cfg.path, connect_timeout)).await;
+                let ok = matches!(result, Ok(Ok(())));
+                if ok {
+                    ok_streak += 1;
+                    fail_streak = 0;
+                } else {
+                    fail_streak += 1;
+                    ok_streak = 0;
+                }
+                let now_up = b.down_until.load(std::sync::atomic::Ordering::Relaxed) == 0;
+                if !now_up && ok && ok_streak >= cfg.rise {
+                    if b.set_health(true, 0) {
+                        tracing::info!(backend = %b.url, "backend up (health check)");
+                    }
+                } else if now_up && !ok && fail_streak >= cfg.fall {
+                    let reason = match result {
+                        Err(_) => "timed out".to_string(),
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => String::new(),
+                    };
+                    if b.set_health(false, DOWN_UNTIL_CHECKED) {
+                        tracing::warn!(backend = %b.url, %reason, "backend down (health check)");
+                    }
+                } else if !now_up && !ok {
+                    // A passive failure may have taken it down: keep the rise count honest.
+                    ok_streak = 0;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn probe(
+    b: &Backend,
+    path: &str,
+    connect_timeout: std::time::Duration,
+) -> Result<(), String> {
+    let mut sender = pool::connect(&b.authority, connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = Request::get(path)
+        .header(header::HOST, &b.authority)
+        .header(header::USER_AGENT, "caracal-health")
+        .header(header::CONNECTION, "close")
+        .body(UpBody::Empty)
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let s = resp.status();
+    if s.is_success() || s.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("status {s}"))
+    }
+}
