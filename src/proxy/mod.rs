@@ -74,9 +74,6 @@ impl Proxy {
         mut req: Request<Incoming>,
         client: ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        if req.version() < Version::HTTP_2 {
-            check_framing(req.headers())?;
-        }
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -130,23 +127,6 @@ impl Proxy {
             ProxyBody::upstream(body, lease),
         ))
     }
-}
-
-/// Refuses request-smuggling shapes hyper lets through: both `Content-Length` and
-/// `Transfer-Encoding`, or more than one `Content-Length`.
-fn check_framing(h: &http::HeaderMap) -> Result<(), ProxyError> {
-    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
-    if cl > 1 {
-        return Err(ProxyError::BadRequest(
-            "more than one Content-Length header",
-        ));
-    }
-    if cl == 1 && h.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
-    Ok(())
 }
 
 fn join_cookies(h: &mut http::HeaderMap) {

@@ -1,0 +1,461 @@
+//! Test harness: real caracal processes and real backends on loopback, ports from the OS.
+//!
+//! - [`Node`] spawns the `caracal` binary with a generated conf, learns its bound addresses
+//!   from its log, waits for `/ready`, and kills it by PID on drop.
+//! - [`TestBackend`] is a small hyper server whose routes let tests observe what arrived.
+//! - [`http`] sends one request on a new connection and reads the whole response.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_caracal");
+
+/// A running caracal process.
+pub struct Node {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub admin: SocketAddr,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Starts a node with `conf` (TOML; listen addresses default to port 0) and waits until
+    /// `/ready` answers 200.
+    pub async fn start(conf: &str) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("caracal.toml");
+        let mut text = conf.to_string();
+        if !text.contains("[http]") {
+            text.push_str("\n[http]\nlisten = [\"127.0.0.1:0\"]\n");
+        }
+        if !text.contains("[admin]") {
+            text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        std::fs::write(&path, &text).unwrap();
+        Self::spawn(path, dir).await
+    }
+
+    async fn spawn(path: PathBuf, dir: tempfile::TempDir) -> Node {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let (mut http, mut https, mut admin, mut ready) = (None, None, None, false);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "node did not start; log:\n{}",
+                    log.lock().unwrap().join("\n")
+                ),
+            };
+            if let Some(a) = addr_after(&line, "kind=\"http\" addr=") {
+                http = Some(a);
+            }
+            if let Some(a) = addr_after(&line, "kind=\"https\" addr=") {
+                https = Some(a);
+            }
+            if let Some(a) = addr_after(&line, "kind=\"admin\" addr=") {
+                admin = Some(a);
+            }
+            // Logged after every listener line.
+            ready |= line.contains("node ready");
+        }
+        let admin = admin.expect("the harness needs the admin listener");
+        let node = Node {
+            child,
+            http: http.or(https).unwrap(),
+            https,
+            admin,
+            log,
+            _dir: dir,
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(r) = try_http(self.admin, get("/ready")).await {
+                if r.status == StatusCode::OK {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "node never became ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let r = http(self.admin, get("/status")).await;
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    /// Polls `/status` until `pred` holds, or panics after `within`.
+    pub async fn wait_status(
+        &self,
+        within: Duration,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let s = self.status().await;
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; status: {s:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        // The shell's builtin kill: no procps needed on a fresh machine.
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -{sig} {}", self.child.id())])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit (at most `within`).
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "node did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let i = line.find(marker)? + marker.len();
+    line[i..].split_whitespace().next()?.parse().ok()
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `caracal check --config <conf>`; returns (exit code, stderr).
+pub fn check_config(conf: &str, extra: &[&str]) -> (i32, String, PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, conf).unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path,
+        dir,
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Client side
+
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "test.local")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+pub fn with_body(method: &str, path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "test.local")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// One HTTP/1.1 request on a new connection; the whole response.
+pub async fn http(addr: SocketAddr, req: Request<Full<Bytes>>) -> Resp {
+    try_http(addr, req).await.unwrap()
+}
+
+pub async fn try_http(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Resp, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = tokio::time::timeout(Duration::from_secs(30), sender.send_request(req))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Deterministic test payload.
+pub fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Backends
+
+/// A backend the tests control. Routes:
+/// - `/health`: 200, or 503 while `set_healthy(false)`;
+/// - `/headers`: the request headers as a JSON object (name -> list of values);
+/// - `/echo`: the request body streamed back;
+/// - `/bytes/N`: N bytes of [`pattern`], streamed in 64 KiB chunks;
+/// - `/sleep/MS`: answers after MS milliseconds;
+/// - anything else: 200 with the backend's name.
+///
+/// Every response carries `x-backend: <name>`.
+pub struct TestBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl TestBackend {
+    pub async fn start(name: &str) -> TestBackend {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> TestBackend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h, c) = (name.to_string(), healthy.clone(), hits.clone());
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let conns2 = conns.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (n, h, c) = (n.clone(), h.clone(), c.clone());
+                let conn = tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (n, h, c) = (n.clone(), h.clone(), c.clone());
+                        async move { Ok::<_, Infallible>(backend_route(req, &n, &h, &c).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+                conns2.lock().unwrap().push(conn.abort_handle());
+            }
+        });
+        TestBackend {
+            name: name.to_string(),
+            addr,
+            healthy,
+            hits,
+            task,
+            conns,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::SeqCst);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Dies like a killed process: the listener and every open connection close.
+    pub fn stop(&self) {
+        self.task.abort();
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for TestBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+async fn backend_route(
+    req: Request<Incoming>,
+    name: &str,
+    healthy: &AtomicBool,
+    hits: &AtomicUsize,
+) -> Response<BoxBody> {
+    let path = req.uri().path().to_string();
+    if path != "/health" {
+        hits.fetch_add(1, Ordering::SeqCst);
+    }
+    let mut resp = if path == "/health" {
+        let mut r = Response::new(full("ok"));
+        if !healthy.load(Ordering::SeqCst) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
+    } else if path == "/headers" {
+        let mut map: HashMap<String, Vec<String>> = HashMap::new();
+        for (k, v) in req.headers() {
+            map.entry(k.as_str().to_string())
+                .or_default()
+                .push(v.to_str().unwrap_or("?").to_string());
+        }
+        Response::new(full(serde_json::to_vec(&map).unwrap()))
+    } else if path == "/directives" {
+        let mut r = Response::new(full("with directives"));
+        r.headers_mut()
+            .insert("x-session-set", "{\"a\":1}".parse().unwrap());
+        r.headers_mut()
+            .insert("x-session-invalidate", "true".parse().unwrap());
+        r
+    } else if path == "/echo" {
+        let body = req.into_body();
+        Response::new(body.boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let data = Bytes::from(pattern(n));
+        let chunks: Vec<Result<Frame<Bytes>, hyper::Error>> = (0..n)
+            .step_by(65536)
+            .map(|i| Ok(Frame::data(data.slice(i..(i + 65536).min(n)))))
+            .collect();
+        let stream = futures_util::stream::iter(chunks);
+        Response::new(StreamBody::new(stream).boxed())
+    } else if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full("slept"))
+    } else {
+        Response::new(full(name.to_string()))
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    resp
+}
+
+/// A backend that answers every connection with bytes that are not HTTP.
+pub async fn garbage_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A loopback port with nothing listening on it.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A conf for one node in front of `backends`, plus `extra` TOML appended.
+pub fn conf(route: &str, backends: &[String], extra: &str) -> String {
+    let servers: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    format!(
+        "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"5s\"\n\n[backends]\nservers = [{}]\n{extra}\n",
+        servers.join(", ")
+    )
+}

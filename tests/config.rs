@@ -1,0 +1,161 @@
+//! Bad configs exit 2 naming file, line and key, before any socket is opened.
+
+mod common;
+
+use common::*;
+
+fn assert_config_error(conf: &str, extra: &[&str], line: Option<usize>, key: &str, reason: &str) {
+    let (code, err, path, _dir) = check_config(conf, extra);
+    assert_eq!(code, 2, "exit code for {key}: {err}");
+    let loc = match line {
+        Some(l) => format!("{}:{l}: {key}:", path.display()),
+        None => format!("{}: --set {key}:", path.display()),
+    };
+    assert!(err.contains(&loc), "expected {loc:?} in: {err}");
+    assert!(err.contains(reason), "expected {reason:?} in: {err}");
+}
+
+const BASE: &str =
+    "[node]\njvm_route = \"n1\"\n[backends]\nservers = [\"http://127.0.0.1:9001\"]\n";
+
+#[test]
+fn unknown_key() {
+    let conf = format!("{BASE}[backends.health]\npath = \"/h\"\nintervall = \"2s\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(7),
+        "backends.health.intervall",
+        "unknown field",
+    );
+}
+
+#[test]
+fn unknown_section() {
+    let conf = format!("{BASE}[nonsense]\na = 1\n");
+    assert_config_error(&conf, &[], Some(5), "nonsense", "unknown field");
+}
+
+#[test]
+fn bad_duration() {
+    let conf = format!("{BASE}connect_timeout = \"5 parsecs\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(5),
+        "backends.connect_timeout",
+        "invalid duration",
+    );
+    let conf = format!("{BASE}connect_timeout = 5\n");
+    assert_config_error(&conf, &[], Some(5), "backends.connect_timeout", "duration");
+}
+
+#[test]
+fn bad_backend_url() {
+    let conf = "[backends]\nservers = [\n  \"http://127.0.0.1:9001\",\n  { url = \"ftp://files\", weight = 2 },\n]\n";
+    assert_config_error(
+        conf,
+        &[],
+        Some(4),
+        "backends.servers[1].url",
+        "not supported",
+    );
+    let conf = "[backends]\nservers = [\"http://\"]\n";
+    assert_config_error(
+        conf,
+        &[],
+        Some(2),
+        "backends.servers[0]",
+        "invalid backend URL",
+    );
+}
+
+#[test]
+fn missing_cert_file() {
+    let conf = format!(
+        "{BASE}[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n"
+    );
+    assert_config_error(&conf, &[], Some(7), "https.cert", "cannot load certificate");
+}
+
+#[test]
+fn bad_values() {
+    let conf = format!("{BASE}algorithm = \"fastest\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(5),
+        "backends.algorithm",
+        "unknown algorithm",
+    );
+    let conf =
+        "[node]\njvm_route = \"bad route!\"\n[backends]\nservers = [\"http://127.0.0.1:1\"]\n";
+    assert_config_error(conf, &[], Some(2), "node.jvm_route", "invalid jvm_route");
+    let conf = format!("{BASE}[http]\nlisten = [\"localhost:80\"]\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "http.listen[0]",
+        "invalid listen address",
+    );
+    let conf = "[backends]\nservers = [\"http://a:1\", \"http://a:1\"]\n";
+    assert_config_error(conf, &[], Some(2), "backends.servers[1]", "listed twice");
+}
+
+#[test]
+fn toml_syntax_error() {
+    let conf = format!("{BASE}[http\n");
+    assert_config_error(&conf, &[], Some(5), "(top level)", "TOML syntax error");
+}
+
+#[test]
+fn overrides_apply_and_are_blamed() {
+    assert_config_error(
+        BASE,
+        &["--set", "backends.retries=lots"],
+        None,
+        "backends.retries",
+        "invalid type",
+    );
+    let (code, out, _, _d) = check_config(BASE, &["--set", "node.jvm_route=node7"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn shipped_conf_is_valid() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/caracal.toml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_running_node_refuses_a_bad_config_before_binding() {
+    // The port stays free: the node exits 2 before opening any socket.
+    let port = closed_port();
+    let conf = format!(
+        "[http]\nlisten = [\"{port}\"]\n[admin]\nlisten = \"\"\n[backends]\nservers = [\"http://127.0.0.1:1\"]\nretries = -1\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, conf).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(":7: backends.retries:"), "{err}");
+    assert!(std::net::TcpListener::bind(port).is_ok(), "port was bound");
+}
