@@ -67,7 +67,19 @@ impl Admin {
                 "405 only GET is served here\n",
             );
         }
-        match req.uri().path() {
+        let path = req.uri().path();
+        if let Some(base) = path.strip_prefix("/sessions/") {
+            return match self
+                .proxy
+                .sessions
+                .store
+                .info(base, std::time::Instant::now())
+            {
+                Some(v) => json_response(&v),
+                None => text(StatusCode::NOT_FOUND, "404 no such session on this node\n"),
+            };
+        }
+        match path {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
                 let s = self.state.state();
@@ -80,15 +92,7 @@ impl Admin {
                     )
                 }
             }
-            "/status" => {
-                let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/json"),
-                );
-                r
-            }
+            "/status" => json_response(&self.status()),
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.proxy.metrics.encode())));
                 r.headers_mut().insert(
@@ -125,6 +129,8 @@ impl Admin {
             })
             .collect();
         let m = &self.proxy.metrics;
+        let sessions = &self.proxy.sessions.store;
+        let owned = sessions.owned();
         let by_class = m.requests_by_class();
         json!({
             "node": {
@@ -136,6 +142,11 @@ impl Admin {
                 "https_listen": self.state.https_addrs,
             },
             "members": [],
+            "sessions": {
+                "total": sessions.len(),
+                "owned": owned,
+                "replica": sessions.len().saturating_sub(owned),
+            },
             "backends": backends,
             "requests": {
                 "1xx": by_class[0], "2xx": by_class[1], "3xx": by_class[2],
@@ -144,6 +155,16 @@ impl Admin {
             },
         })
     }
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -4,6 +4,7 @@
 //! - [`config`]: the conf file, two-stage (raw serde -> validated [`config::Config`]).
 //! - [`proxy`]: the request path: [`proxy::frontend`] (listeners, TLS, limits),
 //!   [`proxy::headers`] (hygiene), [`proxy::upstream`] (pool, balancer, health).
+//! - [`session`]: ids, cookies, the store, the backend header protocol, the static filter.
 //! - [`admin`]: `/live`, `/ready`, `/status`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry shared by all parts.
 //! - [`node`]: wires the parts together and runs them until shutdown.
@@ -17,4 +18,5 @@ pub mod config;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod session;
 pub mod tls;

@@ -108,7 +108,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let proxy = Arc::new(Proxy::new(&cfg, metrics));
+    let proxy = Arc::new(Proxy::new(&cfg, metrics)?);
     let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {
         ls.iter().filter_map(|l| l.local_addr().ok()).collect()
     };

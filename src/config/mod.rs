@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::session::cookie::{CookieConfig, SecureMode};
+use crate::session::filter::StaticFilter;
 use ipnet::IpNet;
 use locate::Seg;
 use raw::{RawConfig, RawServer};
@@ -29,6 +31,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub backends: BackendsConfig,
     pub session: SessionConfig,
+    pub replication: ReplicationConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,16 @@ pub struct HealthConfig {
 pub struct SessionConfig {
     /// Lower-cased, as header names are compared.
     pub header_prefix: String,
+    pub cookie: CookieConfig,
+    pub max_inactive: Duration,
+    pub max_session_bytes: usize,
+    /// 0 = unlimited.
+    pub max_active_sessions: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub filter: StaticFilter,
 }
 
 /// Where a bad value came from.
@@ -484,6 +497,65 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         ));
     }
 
+    let rs = &raw.session;
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    if !token_ok(&rs.cookie_name) {
+        return Err(src.error(
+            &key("session.cookie_name"),
+            format!("invalid cookie name {:?}", rs.cookie_name),
+        ));
+    }
+    if !rs.cookie_path.starts_with('/') || rs.cookie_path.contains([';', ' ']) {
+        return Err(src.error(
+            &key("session.cookie_path"),
+            "must start with '/' and have no ';' or space",
+        ));
+    }
+    let secure = match rs.cookie_secure.as_str() {
+        "auto" => SecureMode::Auto,
+        "always" => SecureMode::Always,
+        "never" => SecureMode::Never,
+        other => {
+            return Err(src.error(
+                &key("session.cookie_secure"),
+                format!("unknown value {other:?}: use auto, always or never"),
+            ))
+        }
+    };
+    let same_site = match rs.cookie_same_site.to_ascii_lowercase().as_str() {
+        "lax" => cookie::SameSite::Lax,
+        "strict" => cookie::SameSite::Strict,
+        "none" => cookie::SameSite::None,
+        _ => {
+            return Err(src.error(
+                &key("session.cookie_same_site"),
+                format!(
+                    "unknown value {:?}: use Lax, Strict or None",
+                    rs.cookie_same_site
+                ),
+            ))
+        }
+    };
+    if rs.max_inactive.0.is_zero() {
+        return Err(src.error(&key("session.max_inactive"), "must be greater than 0"));
+    }
+    if rs.max_session_bytes < 2 {
+        return Err(src.error(
+            &key("session.max_session_bytes"),
+            "must be at least 2 (\"{}\")",
+        ));
+    }
+    let filter = StaticFilter::new(&raw.replication.filter).map_err(|e| {
+        src.error(
+            &key("replication.filter"),
+            format!("not a valid regex: {}", e.to_string().replace('\n', " ")),
+        )
+    })?;
+
     Ok(Config {
         node: NodeConfig {
             jvm_route,
@@ -523,7 +595,19 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         },
         session: SessionConfig {
             header_prefix: prefix,
+            cookie: CookieConfig {
+                name: rs.cookie_name.clone(),
+                path_param: rs.cookie_name.to_ascii_lowercase(),
+                path: rs.cookie_path.clone(),
+                secure,
+                same_site,
+                http_only: rs.cookie_http_only,
+            },
+            max_inactive: rs.max_inactive.0,
+            max_session_bytes: rs.max_session_bytes,
+            max_active_sessions: rs.max_active_sessions,
         },
+        replication: ReplicationConfig { filter },
     })
 }
 

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub backends: RawBackends,
     pub session: RawSession,
+    pub replication: RawReplication,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,13 +175,43 @@ impl Default for RawHealth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSession {
+    pub cookie_name: String,
+    pub cookie_path: String,
+    pub cookie_secure: String,
+    pub cookie_same_site: String,
+    pub cookie_http_only: bool,
     pub header_prefix: String,
+    pub max_inactive: Dur,
+    pub max_session_bytes: usize,
+    pub max_active_sessions: usize,
 }
 
 impl Default for RawSession {
     fn default() -> Self {
         Self {
+            cookie_name: "JSESSIONID".into(),
+            cookie_path: "/".into(),
+            cookie_secure: "auto".into(),
+            cookie_same_site: "Lax".into(),
+            cookie_http_only: true,
             header_prefix: "X-Session".into(),
+            max_inactive: Dur(std::time::Duration::from_secs(30 * 60)),
+            max_session_bytes: 64 * 1024,
+            max_active_sessions: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReplication {
+    pub filter: String,
+}
+
+impl Default for RawReplication {
+    fn default() -> Self {
+        Self {
+            filter: crate::session::filter::TOMCAT_DEFAULT.into(),
         }
     }
 }

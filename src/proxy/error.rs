@@ -24,6 +24,12 @@ pub enum ProxyError {
     BackendFailed(String),
     #[error("backend did not respond in time")]
     BackendTimeout,
+    #[error("bad session directive from backend: {0}")]
+    BadDirective(String),
+    #[error("{0}")]
+    SessionLimit(String),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ProxyError {
@@ -33,13 +39,18 @@ impl ProxyError {
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect(_) | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::BadRequest(_) => Blame::Client,
-            ProxyError::NoHealthyBackend => Blame::Proxy,
+            ProxyError::NoHealthyBackend
+            | ProxyError::SessionLimit(_)
+            | ProxyError::Internal(_) => Blame::Proxy,
             _ => Blame::Backend,
         }
     }
@@ -52,6 +63,9 @@ impl ProxyError {
             ProxyError::BackendConnect(_) => "backend_connect",
             ProxyError::BackendFailed(_) => "backend_failed",
             ProxyError::BackendTimeout => "backend_timeout",
+            ProxyError::BadDirective(_) => "bad_session_directive",
+            ProxyError::SessionLimit(_) => "session_limit",
+            ProxyError::Internal(_) => "internal",
         }
     }
 

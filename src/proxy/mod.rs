@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::session::{SessionError, SessionLayer};
 
 use body::{ProxyBody, UpBody};
 use error::{Blame, ProxyError};
@@ -31,16 +32,18 @@ use upstream::{Upstream, UpstreamError};
 pub struct Proxy {
     hygiene: Hygiene,
     pub upstream: Arc<Upstream>,
+    pub sessions: Arc<SessionLayer>,
     pub metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> Self {
-        Self {
+    pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Ok(Self {
             hygiene: Hygiene::new(&cfg.session.header_prefix, cfg.http.trusted_proxies.clone()),
             upstream: Arc::new(Upstream::new(&cfg.backends, &metrics)),
+            sessions: Arc::new(SessionLayer::new(cfg, &metrics)?),
             metrics,
-        }
+        })
     }
 
     /// Serves one client request; never fails: errors become responses.
@@ -97,6 +100,12 @@ impl Proxy {
         if parts.uri.authority().is_some() {
             parts.uri = origin_form(&parts.uri);
         }
+        // None: the static filter matched, no session work (SPEC 3.3).
+        let session = if upgrade.is_some() {
+            None
+        } else {
+            self.sessions.on_request(&mut parts, client.tls)
+        };
         let up_req = Request::from_parts(parts, UpBody::Client(body));
 
         let (mut resp, lease) = self.upstream.send(up_req).await.map_err(|e| match e {
@@ -121,6 +130,16 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         // The client's connection decides the version, not the backend's.
         parts.version = Version::HTTP_11;
+        if let Some(rs) = &session {
+            // Before hygiene: the directives are session-prefixed headers.
+            self.sessions
+                .on_response(rs, &mut parts)
+                .map_err(|e| match e {
+                    SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
+                    SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
+                    SessionError::Random(_) => ProxyError::Internal(e.to_string()),
+                })?;
+        }
         self.hygiene.response(&mut parts.headers, false);
         Ok(Response::from_parts(
             parts,

@@ -1,0 +1,184 @@
+//! The session cookie and the `;jsessionid=` path parameter (SPEC 2).
+//!
+//! Reading: the cookie first, the path parameter second. Writing: `Path=/`, `HttpOnly`,
+//! `SameSite=Lax`, `Secure` per `cookie_secure` (auto = when the request came over TLS),
+//! no `Max-Age` (a browser-session cookie); clearing sets `Max-Age=0`.
+
+use cookie::{Cookie, SameSite};
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+
+/// When the cookie carries `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecureMode {
+    Auto,
+    Always,
+    Never,
+}
+
+/// How this node writes its session cookie.
+#[derive(Debug, Clone)]
+pub struct CookieConfig {
+    pub name: String,
+    /// Lower-case name of the path parameter (`jsessionid` for `JSESSIONID`).
+    pub path_param: String,
+    pub path: String,
+    pub secure: SecureMode,
+    pub same_site: SameSite,
+    pub http_only: bool,
+}
+
+impl CookieConfig {
+    /// `Set-Cookie` for a session id.
+    pub fn set(&self, full_id: &str, tls: bool) -> Option<HeaderValue> {
+        let c = self.builder(full_id.to_string(), tls).build();
+        HeaderValue::from_str(&c.to_string()).ok()
+    }
+
+    /// `Set-Cookie` that makes the browser drop the cookie.
+    pub fn clear(&self, tls: bool) -> Option<HeaderValue> {
+        let c = self
+            .builder(String::new(), tls)
+            .max_age(cookie::time::Duration::ZERO)
+            .build();
+        HeaderValue::from_str(&c.to_string()).ok()
+    }
+
+    fn builder(&self, value: String, tls: bool) -> cookie::CookieBuilder<'static> {
+        let secure = match self.secure {
+            SecureMode::Auto => tls,
+            SecureMode::Always => true,
+            SecureMode::Never => false,
+        };
+        Cookie::build((self.name.clone(), value))
+            .path(self.path.clone())
+            .http_only(self.http_only)
+            .same_site(self.same_site)
+            .secure(secure)
+    }
+
+    /// The session id value of the first cookie named `name`, if any.
+    pub fn from_cookies<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(Cookie::split_parse)
+            .filter_map(Result::ok)
+            .find(|c| c.name_raw() == Some(self.name.as_str()))
+            .and_then(|c| c.value_raw())
+            .map(|v| v.trim_matches('"'))
+    }
+}
+
+/// Finds `;<param>=value` in a path (any segment, name case-insensitive) and returns the
+/// value and the path without that parameter. `None` when the path has none.
+pub fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, String)> {
+    let bytes = path.as_bytes();
+    let mut search = 0;
+    while let Some(rel) = path[search..].find(';') {
+        let semi = search + rel;
+        let rest = &path[semi + 1..];
+        let name_ok = rest.len() > param.len()
+            && rest.as_bytes()[param.len()] == b'='
+            && rest[..param.len()].eq_ignore_ascii_case(param);
+        if name_ok {
+            let vstart = semi + 1 + param.len() + 1;
+            let vend = path[vstart..]
+                .find([';', '/', '?', '#'])
+                .map_or(path.len(), |i| vstart + i);
+            let mut stripped = String::with_capacity(path.len());
+            stripped.push_str(&path[..semi]);
+            stripped.push_str(&path[vend..]);
+            return Some((&path[vstart..vend], stripped));
+        }
+        search = semi + 1;
+        if search >= bytes.len() {
+            break;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(secure: SecureMode) -> CookieConfig {
+        CookieConfig {
+            name: "JSESSIONID".into(),
+            path_param: "jsessionid".into(),
+            path: "/".into(),
+            secure,
+            same_site: SameSite::Lax,
+            http_only: true,
+        }
+    }
+
+    #[test]
+    fn set_cookie_flags() {
+        let c = cfg(SecureMode::Auto);
+        let plain = c.set("ABC.node1", false).unwrap();
+        let plain = plain.to_str().unwrap();
+        assert!(plain.starts_with("JSESSIONID=ABC.node1"), "{plain}");
+        for part in ["HttpOnly", "SameSite=Lax", "Path=/"] {
+            assert!(plain.contains(part), "{plain}");
+        }
+        assert!(!plain.contains("Secure"), "{plain}");
+        assert!(!plain.contains("Max-Age"), "{plain}");
+        assert!(c
+            .set("ABC.node1", true)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+        assert!(cfg(SecureMode::Always)
+            .set("A", false)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+        assert!(!cfg(SecureMode::Never)
+            .set("A", true)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+        assert!(c
+            .clear(false)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+    }
+
+    #[test]
+    fn reads_the_named_cookie() {
+        let c = cfg(SecureMode::Auto);
+        let mut h = HeaderMap::new();
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; JSESSIONIDX=no"),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("JSESSIONID=\"ABC.n1\"; JSESSIONID=second"),
+        );
+        assert_eq!(c.from_cookies(&h), Some("ABC.n1"));
+        assert_eq!(c.from_cookies(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn path_parameter() {
+        assert_eq!(
+            take_path_param("/shop/cart;jsessionid=ABC.n1", "jsessionid"),
+            Some(("ABC.n1", "/shop/cart".to_string()))
+        );
+        assert_eq!(
+            take_path_param("/a;JSESSIONID=X;v=1/b", "jsessionid"),
+            Some(("X", "/a;v=1/b".to_string()))
+        );
+        assert_eq!(take_path_param("/a;foo=1", "jsessionid"), None);
+        assert_eq!(take_path_param("/a;jsessionid", "jsessionid"), None);
+        assert_eq!(take_path_param("/;", "jsessionid"), None);
+    }
+}

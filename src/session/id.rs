@@ -1,0 +1,104 @@
+//! Session ids (SPEC 2): 16 bytes from the OS CSPRNG as 32 upper-case hex characters (the
+//! *base id*), then `.` and the owner's jvm_route: `0F3A...9C.node1`.
+
+use std::fmt::Write;
+
+/// Length of a base id in characters.
+pub const BASE_LEN: usize = 32;
+
+/// A fresh base id. Fails only if the OS random source does.
+pub fn new_base() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    let mut s = String::with_capacity(BASE_LEN);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02X}");
+    }
+    Ok(s)
+}
+
+/// `base.route`.
+pub fn full(base: &str, route: &str) -> String {
+    let mut s = String::with_capacity(base.len() + 1 + route.len());
+    s.push_str(base);
+    s.push('.');
+    s.push_str(route);
+    s
+}
+
+/// A session id as a client presented it, checked for shape only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId<'a> {
+    pub base: &'a str,
+    /// The route suffix; `None` when the client sent a bare base id.
+    pub route: Option<&'a str>,
+}
+
+/// Splits `base[.route]`; anything not of the exact shape is `None` (treated as no session).
+pub fn parse(value: &str) -> Option<ClientId<'_>> {
+    // Longest legal value: base + '.' + a 64-character route.
+    if value.len() > BASE_LEN + 1 + 64 {
+        return None;
+    }
+    let (base, route) = match value.split_once('.') {
+        Some((b, r)) => (b, Some(r)),
+        None => (value, None),
+    };
+    if base.len() != BASE_LEN || !base.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
+        return None;
+    }
+    if let Some(r) = route {
+        if !crate::config::valid_route(r) {
+            return None;
+        }
+    }
+    Some(ClientId { base, route })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ids_are_32_upper_hex_and_unique() {
+        let mut seen = HashSet::new();
+        for _ in 0..100_000 {
+            let id = new_base().unwrap();
+            assert_eq!(id.len(), 32);
+            assert!(
+                id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')),
+                "{id}"
+            );
+            assert!(seen.insert(id), "duplicate id");
+        }
+    }
+
+    #[test]
+    fn parse_accepts_only_the_exact_shape() {
+        let base = "0123456789ABCDEF0123456789ABCDEF";
+        assert_eq!(
+            parse(&format!("{base}.node1")),
+            Some(ClientId {
+                base,
+                route: Some("node1")
+            })
+        );
+        assert_eq!(parse(base), Some(ClientId { base, route: None }));
+        for bad in [
+            "",
+            "0123456789abcdef0123456789abcdef.node1",
+            "0123456789ABCDEF0123456789ABCDE.node1",
+            "0123456789ABCDEF0123456789ABCDEF0.node1",
+            "0123456789ABCDEF0123456789ABCDEF.",
+            "0123456789ABCDEF0123456789ABCDEF.no de",
+            "0123456789ABCDEF0123456789ABCDEF.a.b",
+            "../../etc/passwd",
+            "0123456789ABCDEF0123456789ABCDEF.\u{e9}",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse(&format!("{base}.{}", "r".repeat(200))), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! Sessions on a node (SPEC 2, 3 steps 3-6, 5).
+//!
+//! - [`id`]: generating and parsing `BASE.route` ids.
+//! - [`cookie`]: the `JSESSIONID` cookie and the `;jsessionid=` path parameter.
+//! - [`protocol`]: the backend header protocol (`X-Session*`).
+//! - [`store`]: the session map, atomic per-session changes, expiry, limits.
+//! - [`json`]: ASCII-only JSON for header values.
+//! - [`filter`]: the ReplicationValve-style static filter.
+//!
+//! [`SessionLayer`] is what the proxy calls: [`SessionLayer::on_request`] before the
+//! backend, [`SessionLayer::on_response`] after it.
+
+pub mod cookie;
+pub mod filter;
+pub mod id;
+pub mod json;
+pub mod protocol;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{request, response, Uri};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+pub use store::{Outcome, SessionError, SessionStore};
+
+/// The session state of one request between `on_request` and `on_response`.
+#[derive(Debug, Default)]
+pub struct RequestSession {
+    /// The live session the request carried.
+    pub base: Option<String>,
+    /// The client presented some session id (live or not).
+    pub presented: bool,
+    pub tls: bool,
+}
+
+pub struct SessionLayer {
+    pub store: Arc<SessionStore>,
+    pub cookie: cookie::CookieConfig,
+    pub names: protocol::Names,
+    filter: filter::StaticFilter,
+    route: HeaderValue,
+    directive_errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl SessionLayer {
+    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Self, http::Error> {
+        let s = &cfg.session;
+        let store = Arc::new(SessionStore::new(
+            &cfg.node.jvm_route,
+            store::Limits {
+                default_max_inactive: s.max_inactive,
+                max_session_bytes: s.max_session_bytes,
+                max_active_sessions: s.max_active_sessions,
+            },
+            metrics,
+        ));
+        let directive_errors = prometheus_client::metrics::counter::Counter::default();
+        metrics.with_registry(|r| {
+            r.register(
+                "session_directive_errors",
+                "Backend responses with a malformed session directive (answered 502)",
+                directive_errors.clone(),
+            )
+        });
+        Ok(Self {
+            store,
+            cookie: s.cookie.clone(),
+            names: protocol::Names::new(&s.header_prefix)?,
+            filter: cfg.replication.filter.clone(),
+            route: HeaderValue::from_str(&cfg.node.jvm_route)?,
+            directive_errors,
+        })
+    }
+
+    /// Resolves the request's session and adds the session headers for the backend.
+    /// Returns `None` when the static filter matches: no session work at all.
+    pub fn on_request(&self, parts: &mut request::Parts, tls: bool) -> Option<RequestSession> {
+        if self.filter.matches(parts.uri.path()) {
+            return None;
+        }
+        let mut rs = RequestSession {
+            tls,
+            ..Default::default()
+        };
+        // Cookie first, path parameter second; the parameter never reaches a backend.
+        let from_cookie = self.cookie.from_cookies(&parts.headers).map(str::to_string);
+        let from_path = match cookie::take_path_param(parts.uri.path(), &self.cookie.path_param) {
+            Some((value, stripped)) => {
+                let value = value.to_string();
+                parts.uri = with_path(&parts.uri, &stripped);
+                Some(value)
+            }
+            None => None,
+        };
+        let presented = from_cookie.or(from_path);
+        rs.presented = presented.is_some();
+        let Some(client_id) = presented.as_deref().and_then(id::parse) else {
+            return Some(rs);
+        };
+        if let Some(found) = self.store.access(client_id.base, Instant::now()) {
+            let h = &mut parts.headers;
+            if let Ok(v) = HeaderValue::from_str(client_id.base) {
+                h.insert(self.names.id.clone(), v);
+            }
+            h.insert(self.names.session.clone(), found.rendered);
+            h.insert(self.names.node.clone(), self.route.clone());
+            rs.base = Some(client_id.base.to_string());
+        }
+        Some(rs)
+    }
+
+    /// Applies the backend's directives and sets or clears the cookie. On a malformed
+    /// directive the session is unchanged and the caller answers 502.
+    pub fn on_response(
+        &self,
+        rs: &RequestSession,
+        parts: &mut response::Parts,
+    ) -> Result<(), SessionError> {
+        let d = protocol::parse(&parts.headers, &self.names).inspect_err(|e| {
+            self.directive_error(rs, e);
+        })?;
+        if d.is_empty() {
+            return Ok(());
+        }
+        let outcome = self
+            .store
+            .apply(rs.base.as_deref(), &d, Instant::now())
+            .inspect_err(|e| {
+                if let SessionError::Directive(de) = e {
+                    self.directive_error(rs, de);
+                }
+            })?;
+        let cookie = match outcome {
+            Outcome::Created(full) | Outcome::Renewed(full) => self.cookie.set(&full, rs.tls),
+            Outcome::Invalidated if rs.presented => self.cookie.clear(rs.tls),
+            _ => None,
+        };
+        if let Some(c) = cookie {
+            parts.headers.append(SET_COOKIE, c);
+        }
+        Ok(())
+    }
+
+    fn directive_error(&self, rs: &RequestSession, e: &protocol::DirectiveError) {
+        self.directive_errors.inc();
+        tracing::warn!(
+            session = rs.base.as_deref().unwrap_or("-"),
+            error = %e,
+            "malformed session directive from backend: answered 502, session unchanged"
+        );
+    }
+
+    /// Removes expired sessions periodically until `shutdown`.
+    pub async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let n = self.store.sweep(Instant::now());
+                    if n > 0 {
+                        tracing::debug!(expired = n, "expired sessions removed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn with_path(uri: &Uri, path: &str) -> Uri {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    match pq.parse() {
+        Ok(p) => parts.path_and_query = Some(p),
+        Err(_) => return uri.clone(),
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}
