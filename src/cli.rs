@@ -31,6 +31,26 @@ pub struct Cli {
 enum Command {
     /// Validate a config file and exit (0 = valid, 2 = invalid).
     Check(NodeArgs),
+    /// Run a local demo cluster with demo backends on loopback and print what to try.
+    Demo {
+        /// The node's HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// The node's admin port.
+        #[arg(long, default_value_t = 9090)]
+        admin_port: u16,
+        /// The first demo backend's port (the second uses the next one).
+        #[arg(long, default_value_t = 9001)]
+        backend_port: u16,
+    },
+    /// Run the stateless demo app (uses sessions only through the X-Session headers).
+    DemoBackend {
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        /// Name shown on its pages.
+        #[arg(long, default_value = "backend1")]
+        name: String,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,7 +91,59 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Demo {
+            port,
+            admin_port,
+            backend_port,
+        }) => {
+            init_logging(LogFormat::Text);
+            let ports = crate::demo::DemoPorts {
+                http: port,
+                admin: admin_port,
+                backend: backend_port,
+            };
+            block_on_with_signals(|shutdown| crate::demo::run(ports, shutdown))
+        }
+        Some(Command::DemoBackend { listen, name }) => {
+            init_logging(LogFormat::Text);
+            block_on_with_signals(|shutdown| async move {
+                let l = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!(kind = "demo-backend", addr = %l.local_addr()?, "listening");
+                crate::demo::serve_backend(l, name, shutdown).await;
+                Ok(())
+            })
+        }
         None => run_node(cli.run),
+    }
+}
+
+/// Runs `f` on a multi-threaded runtime with SIGTERM/SIGINT wired to its shutdown token.
+fn block_on_with_signals<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("caracal: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(on_signal(shutdown.clone()));
+        f(shutdown).await
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("caracal: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`admin`]: `/live`, `/ready`, `/status`, `/metrics`.
 //! - [`metrics`]: the Prometheus registry shared by all parts.
 //! - [`node`]: wires the parts together and runs them until shutdown.
+//! - [`demo`]: the demo app (`caracal demo-backend`) and `caracal demo`.
 //! - [`cli`]: the `caracal` command line.
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod node;
 pub mod proxy;

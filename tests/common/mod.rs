@@ -381,7 +381,9 @@ async fn backend_route(
     if path != "/health" {
         hits.fetch_add(1, Ordering::SeqCst);
     }
-    let mut resp = if path == "/health" {
+    let mut resp = if req.headers().contains_key("x-reflect") {
+        reflect(&req)
+    } else if path == "/health" {
         let mut r = Response::new(full("ok"));
         if !healthy.load(Ordering::SeqCst) {
             *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
@@ -423,6 +425,32 @@ async fn backend_route(
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());
     resp
+}
+
+/// Reflect mode (request header `x-reflect`): every request header `x-reply-NAME: V`
+/// becomes response header `NAME: V`; the body is `{"path", "query", "headers"}`.
+fn reflect(req: &Request<Incoming>) -> Response<BoxBody> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    let mut replies = Vec::new();
+    for (k, v) in req.headers() {
+        map.entry(k.as_str().to_string())
+            .or_default()
+            .push(v.to_str().unwrap_or("?").to_string());
+        if let Some(name) = k.as_str().strip_prefix("x-reply-") {
+            replies.push((name.to_string(), v.clone()));
+        }
+    }
+    let body = serde_json::json!({
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": map,
+    });
+    let mut r = Response::new(full(body.to_string()));
+    for (k, v) in replies {
+        r.headers_mut()
+            .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v);
+    }
+    r
 }
 
 /// A backend that answers every connection with bytes that are not HTTP.
