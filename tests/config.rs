@@ -101,6 +101,30 @@ fn bad_values() {
     );
     let conf = "[backends]\nservers = [\"http://a:1\", \"http://a:1\"]\n";
     assert_config_error(conf, &[], Some(2), "backends.servers[1]", "listed twice");
+    let conf = format!("{BASE}[replication]\nfilter = '.*\\.(css'\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "replication.filter",
+        "not a valid regex",
+    );
+    let conf = format!("{BASE}[session]\ncookie_secure = \"sometimes\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "session.cookie_secure",
+        "unknown value",
+    );
+    let conf = format!("{BASE}[session]\nmax_inactive = \"0s\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "session.max_inactive",
+        "greater than 0",
+    );
 }
 
 #[test]

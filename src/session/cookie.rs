@@ -57,16 +57,19 @@ impl CookieConfig {
     }
 
     /// The session id value of the first cookie named `name`, if any.
+    ///
+    /// Hand-scanned rather than `Cookie::split_parse`: this runs on every request and only
+    /// needs one pair, so it should not build a `Cookie` for each of the others.
     pub fn from_cookies<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         headers
             .get_all(COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(Cookie::split_parse)
-            .filter_map(Result::ok)
-            .find(|c| c.name_raw() == Some(self.name.as_str()))
-            .and_then(|c| c.value_raw())
-            .map(|v| v.trim_matches('"'))
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (n, v) = pair.split_once('=')?;
+                (n.trim() == self.name).then(|| v.trim().trim_matches('"'))
+            })
     }
 }
 

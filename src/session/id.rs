@@ -6,16 +6,16 @@ use std::fmt::Write;
 /// Length of a base id in characters.
 pub const BASE_LEN: usize = 32;
 
-/// A fresh base id. Fails only if the OS random source does.
-pub fn new_base() -> Result<String, getrandom::Error> {
+/// A fresh key: 16 bytes from the OS CSPRNG. Fails only if the OS random source does.
+pub fn new_key() -> Result<Key, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
-    let mut s = String::with_capacity(BASE_LEN);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02X}");
-    }
-    Ok(s)
+    Ok(Key(u128::from_be_bytes(bytes)))
+}
+
+/// A fresh base id (32 upper-case hex characters).
+pub fn new_base() -> Result<String, getrandom::Error> {
+    new_key().map(|k| k.base())
 }
 
 /// `base.route`.
@@ -25,6 +25,28 @@ pub fn full(base: &str, route: &str) -> String {
     s.push('.');
     s.push_str(route);
     s
+}
+
+/// The store's key: the 16 random bytes of a base id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub u128);
+
+impl Key {
+    /// From a base id of the right shape (see [`parse`]); `None` otherwise.
+    pub fn from_base(base: &str) -> Option<Key> {
+        if base.len() != BASE_LEN || !base.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
+            return None;
+        }
+        u128::from_str_radix(base, 16).ok().map(Key)
+    }
+
+    /// The 32-character upper-case hex form.
+    pub fn base(&self) -> String {
+        let mut s = String::with_capacity(BASE_LEN);
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{:032X}", self.0);
+        s
+    }
 }
 
 /// A session id as a client presented it, checked for shape only.
@@ -73,6 +95,17 @@ mod tests {
             );
             assert!(seen.insert(id), "duplicate id");
         }
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let b = new_base().unwrap();
+        assert_eq!(Key::from_base(&b).unwrap().base(), b);
+        assert_eq!(
+            Key::from_base("00000000000000000000000000000001").unwrap(),
+            Key(1)
+        );
+        assert!(Key::from_base("0000000000000000000000000000000g").is_none());
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //!
 //! Each session carries its owner and an (epoch, version) pair for the cluster (SPEC 4.6):
 //! `version` grows by one per change; `epoch` by one per change of owner.
+//!
+//! Memory: the key is the id's 16 random bytes and the attributes are kept only as their
+//! rendered ASCII JSON (what every request sends to the backend); they are parsed into a
+//! map only when a write merges into them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,7 +22,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
-use super::id;
+use super::id::{self, Key};
 use super::json::to_ascii_json;
 use super::protocol::{DirectiveError, Directives};
 use crate::metrics::Metrics;
@@ -29,9 +33,8 @@ pub struct Session {
     pub owner: Arc<str>,
     pub epoch: u64,
     pub version: u64,
-    attrs: Map<String, Value>,
-    /// `attrs` as ASCII JSON, ready to send as the `X-Session` header; its length is what
-    /// `max_session_bytes` limits.
+    /// The attributes as an ASCII JSON object, ready to send as the `X-Session` header; its
+    /// length is what `max_session_bytes` limits.
     rendered: HeaderValue,
     pub created: SystemTime,
     last_access: Instant,
@@ -43,8 +46,9 @@ impl Session {
         now.saturating_duration_since(self.last_access) > self.max_inactive
     }
 
-    pub fn attributes(&self) -> &Map<String, Value> {
-        &self.attrs
+    /// The attributes, parsed.
+    pub fn attributes(&self) -> Map<String, Value> {
+        parse_attrs(&self.rendered)
     }
 }
 
@@ -97,7 +101,7 @@ struct Counters {
 }
 
 pub struct SessionStore {
-    map: DashMap<String, Session>,
+    map: DashMap<Key, Session>,
     route: Arc<str>,
     limits: Limits,
     counters: Counters,
@@ -170,10 +174,11 @@ impl SessionStore {
     /// Looks a session up for a request and records the access. An expired session is
     /// removed and reported absent.
     pub fn access(&self, base: &str, now: Instant) -> Option<Found> {
-        let mut e = self.map.get_mut(base)?;
+        let key = Key::from_base(base)?;
+        let mut e = self.map.get_mut(&key)?;
         if e.expired(now) {
             drop(e);
-            self.remove_if_expired(base, now);
+            self.remove_if_expired(key, now);
             return None;
         }
         e.last_access = now;
@@ -183,8 +188,8 @@ impl SessionStore {
         })
     }
 
-    fn remove_if_expired(&self, base: &str, now: Instant) {
-        if self.map.remove_if(base, |_, s| s.expired(now)).is_some() {
+    fn remove_if_expired(&self, key: Key, now: Instant) {
+        if self.map.remove_if(&key, |_, s| s.expired(now)).is_some() {
             self.counters.expired.inc();
             self.counters.active.dec();
         }
@@ -198,27 +203,26 @@ impl SessionStore {
         d: &Directives,
         now: Instant,
     ) -> Result<Outcome, SessionError> {
+        let key = base.and_then(Key::from_base);
         if d.invalidate {
-            if let Some(b) = base {
-                if self.map.remove(b).is_some() {
+            if let Some(k) = key {
+                if self.map.remove(&k).is_some() {
                     self.counters.invalidated.inc();
                     self.counters.active.dec();
                 }
             }
             return Ok(Outcome::Invalidated);
         }
-        let live = base.filter(|b| self.map.get(*b).is_some_and(|s| !s.expired(now)));
-        let Some(b) = live else {
+        let live = key.filter(|k| self.map.get(k).is_some_and(|s| !s.expired(now)));
+        let Some(k) = live else {
             return self.create(d, now);
         };
         let mut changed = false;
         if d.changes_data() {
-            let Some(mut s) = self.map.get_mut(b) else {
+            let Some(mut s) = self.map.get_mut(&k) else {
                 return self.create(d, now);
             };
-            let (attrs, rendered) = self.merged(&s.attrs, d)?;
-            s.attrs = attrs;
-            s.rendered = rendered;
+            s.rendered = self.merged(&s.rendered, d)?;
             if let Some(mi) = d.max_inactive {
                 s.max_inactive = mi;
             }
@@ -227,14 +231,14 @@ impl SessionStore {
             changed = true;
         }
         if d.renew {
-            let new_base = id::new_base().map_err(SessionError::Random)?;
-            let Some((_, mut s)) = self.map.remove(b) else {
+            let new_key = id::new_key().map_err(SessionError::Random)?;
+            let Some((_, mut s)) = self.map.remove(&k) else {
                 return Ok(Outcome::Unchanged);
             };
             s.version += 1;
-            self.map.insert(new_base.clone(), s);
+            self.map.insert(new_key, s);
             self.counters.renewed.inc();
-            return Ok(Outcome::Renewed(id::full(&new_base, &self.route)));
+            return Ok(Outcome::Renewed(id::full(&new_key.base(), &self.route)));
         }
         Ok(if changed {
             Outcome::Changed
@@ -252,31 +256,26 @@ impl SessionStore {
         if max > 0 && self.map.len() >= max {
             return Err(SessionError::Limit(max));
         }
-        let (attrs, rendered) = self.merged(&Map::new(), d)?;
-        let base = id::new_base().map_err(SessionError::Random)?;
+        let rendered = self.merged(&HeaderValue::from_static("{}"), d)?;
+        let key = id::new_key().map_err(SessionError::Random)?;
         let s = Session {
             owner: self.route.clone(),
             epoch: 1,
             version: 1,
-            attrs,
             rendered,
             created: SystemTime::now(),
             last_access: now,
             max_inactive: d.max_inactive.unwrap_or(self.limits.default_max_inactive),
         };
-        self.map.insert(base.clone(), s);
+        self.map.insert(key, s);
         self.counters.created.inc();
         self.counters.active.inc();
-        Ok(Outcome::Created(id::full(&base, &self.route)))
+        Ok(Outcome::Created(id::full(&key.base(), &self.route)))
     }
 
     /// `current` with `-Set` merged and `-Remove` applied, rendered and size-checked.
-    fn merged(
-        &self,
-        current: &Map<String, Value>,
-        d: &Directives,
-    ) -> Result<(Map<String, Value>, HeaderValue), DirectiveError> {
-        let mut attrs = current.clone();
+    fn merged(&self, current: &HeaderValue, d: &Directives) -> Result<HeaderValue, DirectiveError> {
+        let mut attrs = parse_attrs(current);
         if let Some(set) = &d.set {
             for (k, v) in set {
                 attrs.insert(k.clone(), v.clone());
@@ -293,17 +292,17 @@ impl SessionStore {
             });
         }
         // ASCII JSON without control characters is always a legal header value.
-        let rendered = HeaderValue::from_maybe_shared(Bytes::from(bytes)).map_err(|_| {
+        // An exact-size buffer: a Vec with spare capacity would cost a second allocation.
+        HeaderValue::from_maybe_shared(Bytes::from(bytes.into_boxed_slice())).map_err(|_| {
             DirectiveError::NotText {
                 header: "attributes".into(),
             }
-        })?;
-        Ok((attrs, rendered))
+        })
     }
 
     /// The admin view of a session (`GET /sessions/<base>`); does not count as an access.
     pub fn info(&self, base: &str, now: Instant) -> Option<Value> {
-        let s = self.map.get(base)?;
+        let s = self.map.get(&Key::from_base(base)?)?;
         if s.expired(now) {
             return None;
         }
@@ -317,7 +316,7 @@ impl SessionStore {
             "owner": &*s.owner,
             "epoch": s.epoch,
             "version": s.version,
-            "attributes": s.attrs,
+            "attributes": s.attributes(),
             "idle_ms": now.saturating_duration_since(s.last_access).as_millis() as u64,
             "max_inactive_ms": s.max_inactive.as_millis() as u64,
             "created_unix_ms": created_ms,
@@ -342,8 +341,13 @@ impl SessionStore {
 
     /// A copy of one session (tests, admin and, later, replication).
     pub fn get(&self, base: &str) -> Option<Session> {
-        self.map.get(base).map(|s| s.clone())
+        self.map.get(&Key::from_base(base)?).map(|s| s.clone())
     }
+}
+
+/// The attributes of a rendered session; the store only renders JSON objects.
+fn parse_attrs(rendered: &HeaderValue) -> Map<String, Value> {
+    serde_json::from_slice(rendered.as_bytes()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -390,7 +394,7 @@ mod tests {
         );
         let sess = s.get(&b).unwrap();
         assert_eq!(sess.version, 2);
-        assert_eq!(Value::Object(sess.attrs.clone()), json!({"a": 1, "b": 2}));
+        assert_eq!(Value::Object(sess.attributes()), json!({"a": 1, "b": 2}));
         let renew = Directives {
             renew: true,
             ..Default::default()
@@ -400,7 +404,7 @@ mod tests {
         assert_ne!(nb, b);
         assert!(s.get(&b).is_none());
         assert_eq!(
-            Value::Object(s.get(&nb).unwrap().attrs),
+            Value::Object(s.get(&nb).unwrap().attributes()),
             json!({"a": 1, "b": 2})
         );
         let inv = Directives {
@@ -448,7 +452,10 @@ mod tests {
             err,
             SessionError::Directive(DirectiveError::TooLarge { .. })
         ));
-        assert_eq!(Value::Object(s.get(&b).unwrap().attrs), json!({"a": 1}));
+        assert_eq!(
+            Value::Object(s.get(&b).unwrap().attributes()),
+            json!({"a": 1})
+        );
         assert_eq!(s.get(&b).unwrap().version, 1);
         let err = s.apply(None, &set(json!({"a": 2})), t0).unwrap_err();
         assert!(matches!(err, SessionError::Limit(1)));
