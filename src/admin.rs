@@ -21,6 +21,7 @@ use crate::proxy::Proxy;
 pub struct Admin {
     pub state: Arc<NodeState>,
     pub proxy: Arc<Proxy>,
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Admin {
@@ -128,6 +129,23 @@ impl Admin {
                 })
             })
             .collect();
+        let members: Vec<_> = self
+            .cluster
+            .iter()
+            .flat_map(|c| c.membership.members())
+            .map(|m| {
+                json!({
+                    "jvm_route": m.info.jvm_route,
+                    "mesh_addr": m.info.mesh_addr,
+                    "http_addr": m.info.http_addr,
+                    "state": m.info.state.as_str(),
+                    "last_heard_ms": m.last_heard.elapsed().as_millis() as u64,
+                    "suspect": m.suspect,
+                    "alive_ms": m.info.alive_ms,
+                })
+            })
+            .collect();
+        let mesh_addr = self.cluster.as_ref().map(|c| c.membership.me.mesh_addr);
         let m = &self.proxy.metrics;
         let sessions = &self.proxy.sessions.store;
         let owned = sessions.owned();
@@ -140,8 +158,9 @@ impl Admin {
                 "version": env!("CARGO_PKG_VERSION"),
                 "http_listen": self.state.http_addrs,
                 "https_listen": self.state.https_addrs,
+                "mesh_addr": mesh_addr,
             },
-            "members": [],
+            "members": members,
             "sessions": {
                 "total": sessions.len(),
                 "owned": owned,

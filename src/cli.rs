@@ -180,6 +180,10 @@ fn run_node(args: NodeArgs) -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("caracal: {e:#}");
+            // A duplicate route is a configuration error, like a bad file.
+            if let Some(crate::cluster::ClusterError::DuplicateRoute { .. }) = e.downcast_ref() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }

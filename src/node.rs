@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::frontend::Frontend;
@@ -74,6 +75,8 @@ pub struct Listeners {
     pub http: Vec<TcpListener>,
     pub https: Vec<TcpListener>,
     pub admin: Option<TcpListener>,
+    /// The cluster mesh receiver, when the cluster is enabled.
+    pub mesh: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -97,7 +100,25 @@ impl Listeners {
             Some(a) => Some(one(a, "admin.listen").await?),
             None => None,
         };
-        Ok(Self { http, https, admin })
+        let mesh = if cfg.cluster.enabled {
+            let r = &cfg.cluster.receiver;
+            Some(crate::cluster::mesh::bind(r).await.with_context(|| {
+                format!(
+                    "cannot bind the cluster receiver on {}:{}..{} (cluster.receiver)",
+                    r.address,
+                    r.port,
+                    r.port.saturating_add(r.auto_bind - 1)
+                )
+            })?)
+        } else {
+            None
+        };
+        Ok(Self {
+            http,
+            https,
+            admin,
+            mesh,
+        })
     }
 }
 
@@ -126,13 +147,55 @@ pub async fn run(
         proxy.upstream.clone(),
         background.clone(),
     ));
+    // Expiry is also checked on every access; the sweep only frees memory.
+    let sweep_every = (cfg.session.max_inactive / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(30),
+    );
+    tokio::spawn(
+        proxy
+            .sessions
+            .clone()
+            .sweep(sweep_every, background.clone()),
+    );
+
+    let cluster = match listeners.mesh {
+        Some(mesh) if cfg.cluster.enabled => {
+            let http_addr = state
+                .http_addrs
+                .first()
+                .or(state.https_addrs.first())
+                .copied()
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            Some(Cluster::start(
+                &cfg.cluster,
+                state.clone(),
+                mesh,
+                http_addr,
+                &proxy.metrics,
+                background.clone(),
+            )?)
+        }
+        _ => None,
+    };
+
     if let Some(l) = listeners.admin {
         let admin = Arc::new(Admin {
             state: state.clone(),
             proxy: proxy.clone(),
+            cluster: cluster.clone(),
         });
         tracing::info!(kind = "admin", addr = %l.local_addr()?, "listening");
         tokio::spawn(admin.serve(l, background.clone()));
+    }
+
+    // A starting node hears the cluster before it serves (SPEC 4.7); a duplicate route
+    // stops it here, before any client connection is accepted.
+    if let Some(c) = &cluster {
+        if let Err(e) = c.join().await {
+            background.cancel();
+            return Err(e.into());
+        }
     }
 
     let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
@@ -158,10 +221,17 @@ pub async fn run(
         }
     }
     state.set_state(State::Ready);
+    if let Some(c) = &cluster {
+        c.announce().await;
+    }
     tracing::info!(jvm_route = %cfg.node.jvm_route, "node ready");
 
     shutdown.cancelled().await;
-    state.set_state(State::Draining);
+    // Tell the cluster first, so peers stop sending us work while we drain (SPEC 4.8).
+    state.set_state(State::Leaving);
+    if let Some(c) = &cluster {
+        c.announce().await;
+    }
     tracing::info!(grace = ?cfg.node.shutdown_grace, "shutting down: draining in-flight requests");
     tracker.close();
     if tokio::time::timeout(cfg.node.shutdown_grace, tracker.wait())
@@ -170,7 +240,6 @@ pub async fn run(
     {
         tracing::warn!("shutdown grace period over: closing remaining connections");
     }
-    state.set_state(State::Leaving);
     background.cancel();
     let _ = health.await;
     tracing::info!("stopped");

@@ -32,6 +32,7 @@ pub struct Config {
     pub backends: BackendsConfig,
     pub session: SessionConfig,
     pub replication: ReplicationConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +131,46 @@ pub struct SessionConfig {
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
     pub filter: StaticFilter,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Shared secret: HMAC-SHA256 on heartbeats.
+    pub key: Option<Vec<u8>>,
+    /// The HTTP address peers forward to; `None` = derived from `http.listen`.
+    pub advertise_http: Option<SocketAddr>,
+    pub membership: MembershipConfig,
+    pub receiver: ReceiverConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipKind {
+    Multicast {
+        group: std::net::Ipv4Addr,
+        port: u16,
+        bind: std::net::Ipv4Addr,
+        ttl: u32,
+    },
+    /// Mesh addresses (`host:port`) of the other members.
+    Static { members: Vec<String> },
+}
+
+#[derive(Debug, Clone)]
+pub struct MembershipConfig {
+    pub kind: MembershipKind,
+    pub domain: String,
+    pub frequency: Duration,
+    pub drop_time: Duration,
+    pub verify_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    pub auto_bind: u16,
+    pub max_frame_bytes: usize,
 }
 
 /// Where a bad value came from.
@@ -556,6 +597,8 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
         )
     })?;
 
+    let cluster = validate_cluster(&raw.cluster, src)?;
+
     Ok(Config {
         node: NodeConfig {
             jvm_route,
@@ -608,6 +651,141 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             max_active_sessions: rs.max_active_sessions,
         },
         replication: ReplicationConfig { filter },
+        cluster,
+    })
+}
+
+fn validate_cluster(c: &raw::RawCluster, src: &Source) -> Result<ClusterConfig, ConfigError> {
+    let m = &c.membership;
+    let ip = |k: &str, s: &str| {
+        s.parse::<IpAddr>()
+            .map_err(|_| src.error(&key(k), format!("invalid IP address {s:?}")))
+    };
+    let kind = match m.kind.as_str() {
+        "multicast" => {
+            let group = match ip("cluster.membership.address", &m.address)? {
+                IpAddr::V4(g) if g.is_multicast() => g,
+                _ => {
+                    return Err(src.error(
+                        &key("cluster.membership.address"),
+                        format!(
+                            "{:?} is not an IPv4 multicast address (224.0.0.0/4)",
+                            m.address
+                        ),
+                    ))
+                }
+            };
+            let IpAddr::V4(bind) = ip("cluster.membership.bind", &m.bind)? else {
+                return Err(src.error(&key("cluster.membership.bind"), "must be an IPv4 address"));
+            };
+            if m.ttl > 255 {
+                return Err(src.error(&key("cluster.membership.ttl"), "must be 0..255"));
+            }
+            if m.port == 0 {
+                return Err(src.error(&key("cluster.membership.port"), "must not be 0"));
+            }
+            MembershipKind::Multicast {
+                group,
+                port: m.port,
+                bind,
+                ttl: m.ttl,
+            }
+        }
+        "static" => {
+            if c.enabled && m.members.is_empty() {
+                return Err(src.error(
+                    &key("cluster.membership.members"),
+                    "static membership needs the other members' mesh addresses",
+                ));
+            }
+            for (i, a) in m.members.iter().enumerate() {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(src.error(
+                        &key_idx("cluster.membership.members", i),
+                        format!("expected host:port, got {a:?}"),
+                    ));
+                }
+            }
+            MembershipKind::Static {
+                members: m.members.clone(),
+            }
+        }
+        "dns" => {
+            return Err(src.error(
+                &key("cluster.membership.kind"),
+                "dns membership is not available in this version: use multicast or static",
+            ))
+        }
+        other => {
+            return Err(src.error(
+                &key("cluster.membership.kind"),
+                format!("unknown kind {other:?}: use multicast or static"),
+            ))
+        }
+    };
+    if m.domain.is_empty() || m.domain.len() > 64 {
+        return Err(src.error(&key("cluster.membership.domain"), "1 to 64 characters"));
+    }
+    if m.frequency.0.is_zero() {
+        return Err(src.error(
+            &key("cluster.membership.frequency"),
+            "must be greater than 0",
+        ));
+    }
+    if m.drop_time.0 <= m.frequency.0 {
+        return Err(src.error(
+            &key("cluster.membership.drop_time"),
+            "must be longer than cluster.membership.frequency",
+        ));
+    }
+    if m.verify_timeout.0.is_zero() {
+        return Err(src.error(
+            &key("cluster.membership.verify_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    let key_bytes = match &c.key {
+        Some(k) if k.len() < 16 => {
+            return Err(src.error(
+                &key("cluster.key"),
+                "use a secret of at least 16 characters",
+            ))
+        }
+        Some(k) => Some(k.as_bytes().to_vec()),
+        None => None,
+    };
+    let advertise_http = match &c.advertise_http {
+        Some(a) => Some(parse_addr(src, &key("cluster.advertise_http"), a)?),
+        None => None,
+    };
+    let r = &c.receiver;
+    let address = ip("cluster.receiver.address", &r.address)?;
+    if r.max_frame_bytes < 1024 {
+        return Err(src.error(
+            &key("cluster.receiver.max_frame_bytes"),
+            "must be at least 1024",
+        ));
+    }
+    Ok(ClusterConfig {
+        enabled: c.enabled,
+        key: key_bytes,
+        advertise_http,
+        membership: MembershipConfig {
+            kind,
+            domain: m.domain.clone(),
+            frequency: m.frequency.0,
+            drop_time: m.drop_time.0,
+            verify_timeout: m.verify_timeout.0,
+        },
+        receiver: ReceiverConfig {
+            address,
+            port: r.port,
+            auto_bind: r.auto_bind.max(1),
+            max_frame_bytes: r.max_frame_bytes,
+        },
     })
 }
 

@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub backends: RawBackends,
     pub session: RawSession,
     pub replication: RawReplication,
+    pub cluster: RawCluster,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,6 +213,69 @@ impl Default for RawReplication {
     fn default() -> Self {
         Self {
             filter: crate::session::filter::TOMCAT_DEFAULT.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    pub enabled: bool,
+    pub key: Option<String>,
+    pub advertise_http: Option<String>,
+    pub membership: RawMembership,
+    pub receiver: RawReceiver,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMembership {
+    pub kind: String,
+    pub domain: String,
+    pub address: String,
+    pub port: u16,
+    pub bind: String,
+    pub ttl: u32,
+    pub frequency: Dur,
+    pub drop_time: Dur,
+    pub verify_timeout: Dur,
+    pub members: Vec<String>,
+}
+
+impl Default for RawMembership {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            kind: "multicast".into(),
+            domain: "default".into(),
+            address: "228.0.0.4".into(),
+            port: 45564,
+            bind: "127.0.0.1".into(),
+            ttl: 1,
+            frequency: Dur(Duration::from_millis(500)),
+            drop_time: Dur(Duration::from_millis(3000)),
+            verify_timeout: Dur(Duration::from_millis(1000)),
+            members: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReceiver {
+    pub address: String,
+    pub port: u16,
+    pub auto_bind: u16,
+    pub max_frame_bytes: usize,
+}
+
+impl Default for RawReceiver {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1".into(),
+            port: 4000,
+            auto_bind: 100,
+            max_frame_bytes: 16 * 1024 * 1024,
         }
     }
 }

@@ -53,6 +53,55 @@ impl Node {
         Self::spawn(path, dir).await
     }
 
+    /// Starts several nodes at once (their join windows overlap) and waits for all.
+    pub async fn start_all(confs: &[String]) -> Vec<Node> {
+        let tasks: Vec<_> = confs
+            .iter()
+            .map(|c| {
+                let c = c.clone();
+                tokio::spawn(async move { Node::start(&c).await })
+            })
+            .collect();
+        let mut nodes = Vec::new();
+        for t in tasks {
+            nodes.push(t.await.unwrap());
+        }
+        nodes
+    }
+
+    /// Spawns a node that is expected to fail; returns its exit code and log.
+    pub fn run_to_exit(conf: &str, within: Duration) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("caracal.toml");
+        std::fs::write(&path, conf).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                return (s.code(), err);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, String::new());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     async fn spawn(path: PathBuf, dir: tempfile::TempDir) -> Node {
         let mut child = Command::new(BIN)
             .arg("--config")
@@ -72,29 +121,39 @@ impl Node {
                 let _ = tx.send(line);
             }
         });
-        let (mut http, mut https, mut admin, mut ready) = (None, None, None, false);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => panic!(
-                    "node did not start; log:\n{}",
-                    log.lock().unwrap().join("\n")
-                ),
-            };
-            if let Some(a) = addr_after(&line, "kind=\"http\" addr=") {
-                http = Some(a);
+        let log_for_panic = log.clone();
+        // Reading the log blocks: keep it off the async workers.
+        let found = tokio::task::spawn_blocking(move || {
+            let (mut http, mut https, mut admin, mut ready) = (None, None, None, false);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !ready {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let Ok(line) = rx.recv_timeout(left) else {
+                    return None;
+                };
+                if let Some(a) = addr_after(&line, "kind=\"http\" addr=") {
+                    http = Some(a);
+                }
+                if let Some(a) = addr_after(&line, "kind=\"https\" addr=") {
+                    https = Some(a);
+                }
+                if let Some(a) = addr_after(&line, "kind=\"admin\" addr=") {
+                    admin = Some(a);
+                }
+                // Logged after every listener line.
+                ready |= line.contains("node ready");
             }
-            if let Some(a) = addr_after(&line, "kind=\"https\" addr=") {
-                https = Some(a);
-            }
-            if let Some(a) = addr_after(&line, "kind=\"admin\" addr=") {
-                admin = Some(a);
-            }
-            // Logged after every listener line.
-            ready |= line.contains("node ready");
-        }
+            Some((http, https, admin))
+        })
+        .await
+        .unwrap();
+        let Some((http, https, admin)) = found else {
+            let _ = child.kill();
+            panic!(
+                "node did not start; log:\n{}",
+                log_for_panic.lock().unwrap().join("\n")
+            );
+        };
         let admin = admin.expect("the harness needs the admin listener");
         let node = Node {
             child,

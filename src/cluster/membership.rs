@@ -1,0 +1,355 @@
+//! Who is in the cluster (SPEC 4.1): the member table, fed by heartbeats (multicast) or mesh
+//! pings (static), and the failure detector.
+//!
+//! - A member is added on its first valid heartbeat and removed at once when it announces
+//!   `leaving`.
+//! - Silent for `drop_time`: suspect; verified over the mesh (connect + ping/pong within
+//!   `verify_timeout`, like Tomcat's TcpFailureDetector but with a read test): alive ->
+//!   kept (suspect-but-alive, re-verified every `drop_time` while silent); dead -> removed.
+//!   [`Membership::suspect`] verifies a member at once (a failed send or forward).
+//! - A heartbeat with this node's own route from another process is a conflict that the
+//!   starting node resolves by verification ([`super::Cluster::join`]).
+//! - A new process with the route of a silent member replaces it at once, so a crashed node
+//!   that restarts within `drop_time` rejoins.
+//!
+//! The table is a `std::sync::Mutex<HashMap>`: never held across an `.await`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::messages::{Heartbeat, NodeInfo, PeerState, Reject};
+use super::metrics::ClusterMetrics;
+use crate::config::MembershipConfig;
+use crate::node::{NodeState, State};
+
+/// A tagged heartbeat older or newer than this (sender's wall clock) is a replay.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub info: NodeInfo,
+    pub last_heard: Instant,
+    pub suspect: bool,
+    verifying: bool,
+    last_verified: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub enum MemberEvent {
+    Added(NodeInfo),
+    Changed(NodeInfo),
+    Removed { info: NodeInfo, reason: String },
+}
+
+/// This node, as it announces itself.
+pub struct Me {
+    pub node_id: u64,
+    pub mesh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: Arc<NodeState>,
+}
+
+impl Me {
+    pub fn info(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: self.node_id,
+            jvm_route: self.state.jvm_route.clone(),
+            mesh_addr: self.mesh_addr,
+            http_addr: self.http_addr,
+            state: match self.state.state() {
+                State::Starting => PeerState::Starting,
+                State::Ready => PeerState::Ready,
+                State::Draining => PeerState::Draining,
+                State::Leaving => PeerState::Leaving,
+            },
+            alive_ms: self.state.uptime_ms(),
+        }
+    }
+}
+
+pub struct Membership {
+    pub me: Me,
+    pub cfg: MembershipConfig,
+    members: Mutex<HashMap<u64, Member>>,
+    /// Highest heartbeat sequence per node id, kept after removal so a replayed packet of
+    /// a removed member cannot bring it back.
+    seen: Mutex<HashMap<u64, u64>>,
+    /// Another process announcing this node's route.
+    conflict: Mutex<Option<NodeInfo>>,
+    events: broadcast::Sender<MemberEvent>,
+    pub metrics: ClusterMetrics,
+}
+
+impl Membership {
+    pub fn new(me: Me, cfg: MembershipConfig, metrics: ClusterMetrics) -> Self {
+        Self {
+            me,
+            cfg,
+            members: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            conflict: Mutex::new(None),
+            events: broadcast::channel(1024).0,
+            metrics,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, HashMap<u64, Member>> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
+        self.events.subscribe()
+    }
+
+    /// The other members now.
+    pub fn members(&self) -> Vec<Member> {
+        let mut v: Vec<Member> = self.table().values().cloned().collect();
+        v.sort_by(|a, b| a.info.jvm_route.cmp(&b.info.jvm_route));
+        v
+    }
+
+    pub fn conflict(&self) -> Option<NodeInfo> {
+        self.conflict
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn clear_conflict(&self) {
+        *self.conflict.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// A heartbeat datagram that decoded and authenticated.
+    pub fn on_heartbeat(&self, hb: Heartbeat, tagged: bool) -> Result<(), Reject> {
+        if hb.domain != self.cfg.domain {
+            return Err(Reject::Domain);
+        }
+        if hb.info.node_id == self.me.node_id {
+            return Ok(()); // our own, looped back
+        }
+        if tagged {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            if now.abs_diff(hb.sent_unix_ms) > MAX_CLOCK_SKEW.as_millis() as u64 {
+                return Err(Reject::Replay);
+            }
+        }
+        {
+            let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seen.entry(hb.info.node_id).or_insert(0);
+            if hb.seq <= *last {
+                return Err(Reject::Replay);
+            }
+            *last = hb.seq;
+        }
+        self.observe(hb.info);
+        Ok(())
+    }
+
+    /// What a member says about itself (heartbeat, ping or pong).
+    pub fn observe(&self, info: NodeInfo) {
+        if info.node_id == self.me.node_id {
+            return;
+        }
+        if info.jvm_route == self.me.state.jvm_route {
+            *self.conflict.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
+            return;
+        }
+        if info.state == PeerState::Leaving {
+            self.remove(info.node_id, "announced leaving");
+            return;
+        }
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let mut t = self.table();
+            let same_route = t
+                .iter()
+                .find(|(id, m)| **id != info.node_id && m.info.jvm_route == info.jvm_route)
+                .map(|(id, m)| (*id, m.last_heard, m.suspect));
+            if let Some((old_id, last_heard, suspect)) = same_route {
+                // The old process is clearly alive: this newcomer is the duplicate and will
+                // refuse to start on its own; do not flap the route over to it.
+                if !suspect && last_heard.elapsed() < self.cfg.frequency * 2 {
+                    return;
+                }
+                if let Some(old) = t.remove(&old_id) {
+                    events.push(MemberEvent::Removed {
+                        info: old.info,
+                        reason: "replaced by a restarted process with the same route".into(),
+                    });
+                }
+            }
+            match t.get_mut(&info.node_id) {
+                Some(m) => {
+                    if m.info.state != info.state || m.info.http_addr != info.http_addr {
+                        events.push(MemberEvent::Changed(info.clone()));
+                    }
+                    m.info = info;
+                    m.last_heard = now;
+                    m.suspect = false;
+                    m.last_verified = None;
+                }
+                None => {
+                    events.push(MemberEvent::Added(info.clone()));
+                    t.insert(
+                        info.node_id,
+                        Member {
+                            info,
+                            last_heard: now,
+                            suspect: false,
+                            verifying: false,
+                            last_verified: None,
+                        },
+                    );
+                }
+            }
+            self.count_states(&t);
+        }
+        self.emit(events);
+    }
+
+    pub fn remove(&self, node_id: u64, reason: &str) {
+        let removed = {
+            let mut t = self.table();
+            let r = t.remove(&node_id);
+            self.count_states(&t);
+            r
+        };
+        if let Some(m) = removed {
+            self.emit(vec![MemberEvent::Removed {
+                info: m.info,
+                reason: reason.to_string(),
+            }]);
+        }
+    }
+
+    fn emit(&self, events: Vec<MemberEvent>) {
+        for e in events {
+            match &e {
+                MemberEvent::Added(i) => tracing::info!(
+                    route = %i.jvm_route, mesh = %i.mesh_addr, http = %i.http_addr,
+                    state = i.state.as_str(), "member added"
+                ),
+                MemberEvent::Changed(i) => tracing::info!(
+                    route = %i.jvm_route, mesh = %i.mesh_addr, state = i.state.as_str(),
+                    "member changed"
+                ),
+                MemberEvent::Removed { info, reason } => tracing::info!(
+                    route = %info.jvm_route, mesh = %info.mesh_addr, %reason, "member removed"
+                ),
+            }
+            // No subscriber is fine.
+            let _ = self.events.send(e);
+        }
+    }
+
+    fn count_states(&self, t: &HashMap<u64, Member>) {
+        let mut n = [0i64; 4];
+        for m in t.values() {
+            n[m.info.state as usize] += 1;
+        }
+        for (i, s) in [
+            PeerState::Starting,
+            PeerState::Ready,
+            PeerState::Draining,
+            PeerState::Leaving,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.metrics.members(s).set(n[i]);
+        }
+    }
+
+    /// Verifies a member now (a failed send or forward), unless already under way.
+    pub fn suspect(self: &Arc<Self>, node_id: u64) {
+        let target = {
+            let mut t = self.table();
+            t.get_mut(&node_id).and_then(|m| {
+                if m.verifying {
+                    return None;
+                }
+                m.verifying = true;
+                m.suspect = true;
+                Some(m.info.clone())
+            })
+        };
+        if let Some(info) = target {
+            tokio::spawn(self.clone().verify(info));
+        }
+    }
+
+    /// Connect + ping/pong within `verify_timeout`: keep or drop.
+    async fn verify(self: Arc<Self>, info: NodeInfo) {
+        let me = self.me.info();
+        let res = super::mesh::ping(
+            info.mesh_addr,
+            &self.cfg.domain,
+            me,
+            self.cfg.verify_timeout,
+        )
+        .await;
+        match res {
+            Ok(pong) if pong.node_id == info.node_id => {
+                self.metrics.verification("alive").inc();
+                let mut t = self.table();
+                if let Some(m) = t.get_mut(&info.node_id) {
+                    m.verifying = false;
+                    m.last_verified = Some(Instant::now());
+                    m.info.state = pong.state;
+                }
+                tracing::info!(route = %info.jvm_route, "silent member answered verification: kept");
+            }
+            other => {
+                self.metrics.verification("dead").inc();
+                let why = match other {
+                    Ok(_) => "another process answers on its mesh address".to_string(),
+                    Err(e) => e,
+                };
+                self.remove(
+                    info.node_id,
+                    &format!("silent and failed verification: {why}"),
+                );
+            }
+        }
+    }
+
+    /// The failure detector: verifies members silent for `drop_time`.
+    pub async fn detect(self: Arc<Self>, shutdown: CancellationToken) {
+        let every = (self.cfg.frequency / 2).max(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let drop_time = self.cfg.drop_time;
+            let due: Vec<NodeInfo> = {
+                let mut t = self.table();
+                t.values_mut()
+                    .filter(|m| {
+                        !m.verifying
+                            && m.last_heard.elapsed() > drop_time
+                            && m.last_verified.is_none_or(|v| v.elapsed() > drop_time)
+                    })
+                    .map(|m| {
+                        m.verifying = true;
+                        m.suspect = true;
+                        m.info.clone()
+                    })
+                    .collect()
+            };
+            for info in due {
+                tracing::info!(route = %info.jvm_route, "member silent: verifying over the mesh");
+                tokio::spawn(self.clone().verify(info));
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Wire formats of the cluster: UDP heartbeats and mesh frames.
+//!
+//! Heartbeat datagram: `b"CRCL"`, format version (1 byte), flags (1 byte; bit 0 = tagged),
+//! the postcard-encoded [`Heartbeat`], and, with `[cluster] key`, a 32-byte HMAC-SHA256 tag
+//! over everything before it. The heartbeat carries a per-process sequence number and the
+//! sender's wall-clock time so a captured packet cannot be replayed later.
+//!
+//! Mesh frame (inside a 4-byte length prefix): format version (1 byte) then the
+//! postcard-encoded [`MeshMessage`].
+
+use std::net::SocketAddr;
+
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+pub const MAGIC: &[u8; 4] = b"CRCL";
+pub const HEARTBEAT_VERSION: u8 = 1;
+pub const MESH_VERSION: u8 = 1;
+const TAG_LEN: usize = 32;
+const FLAG_TAGGED: u8 = 1;
+
+/// A member's lifecycle as it announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerState {
+    Starting,
+    Ready,
+    Draining,
+    Leaving,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Starting => "starting",
+            PeerState::Ready => "ready",
+            PeerState::Draining => "draining",
+            PeerState::Leaving => "leaving",
+        }
+    }
+}
+
+/// What a node says about itself (in heartbeats and in mesh pongs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Random per process start: tells a restarted node from its previous life.
+    pub node_id: u64,
+    pub jvm_route: String,
+    pub mesh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: PeerState,
+    pub alive_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub domain: String,
+    pub info: NodeInfo,
+    /// Grows by one per heartbeat of this process.
+    pub seq: u64,
+    /// Sender's wall clock (ms since the Unix epoch); checked only for tagged packets.
+    pub sent_unix_ms: u64,
+}
+
+/// Why a heartbeat was dropped (also the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("bad magic")]
+    Magic,
+    #[error("unsupported format version")]
+    Version,
+    #[error("truncated or undecodable")]
+    Malformed,
+    #[error("missing HMAC tag")]
+    MissingTag,
+    #[error("bad HMAC tag")]
+    BadTag,
+    #[error("tagged packet but no key configured")]
+    UnexpectedTag,
+    #[error("other cluster domain")]
+    Domain,
+    #[error("replayed or stale")]
+    Replay,
+}
+
+impl Reject {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reject::Magic => "magic",
+            Reject::Version => "version",
+            Reject::Malformed => "malformed",
+            Reject::MissingTag => "missing_tag",
+            Reject::BadTag => "bad_tag",
+            Reject::UnexpectedTag => "unexpected_tag",
+            Reject::Domain => "domain",
+            Reject::Replay => "replay",
+        }
+    }
+}
+
+/// The HMAC key, when the cluster has one.
+#[derive(Clone)]
+pub struct Key(hmac::Key);
+
+impl Key {
+    pub fn new(secret: &[u8]) -> Self {
+        Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// Encodes a heartbeat datagram.
+pub fn encode_heartbeat(hb: &Heartbeat, key: Option<&Key>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(MAGIC);
+    out.push(HEARTBEAT_VERSION);
+    out.push(if key.is_some() { FLAG_TAGGED } else { 0 });
+    // Encoding plain structs into a Vec cannot fail.
+    if let Ok(body) = postcard::to_stdvec(hb) {
+        out.extend_from_slice(&body);
+    }
+    if let Some(k) = key {
+        let tag = hmac::sign(&k.0, &out);
+        out.extend_from_slice(tag.as_ref());
+    }
+    out
+}
+
+/// Decodes and authenticates a heartbeat datagram. Domain and replay checks are the
+/// caller's (they need state).
+pub fn decode_heartbeat(pkt: &[u8], key: Option<&Key>) -> Result<Heartbeat, Reject> {
+    if pkt.len() < 6 {
+        return Err(if pkt.starts_with(&MAGIC[..pkt.len().min(4)]) {
+            Reject::Malformed
+        } else {
+            Reject::Magic
+        });
+    }
+    if &pkt[..4] != MAGIC {
+        return Err(Reject::Magic);
+    }
+    if pkt[4] != HEARTBEAT_VERSION {
+        return Err(Reject::Version);
+    }
+    let tagged = pkt[5] & FLAG_TAGGED != 0;
+    let body = match (tagged, key) {
+        (false, Some(_)) => return Err(Reject::MissingTag),
+        (true, None) => return Err(Reject::UnexpectedTag),
+        (false, None) => &pkt[6..],
+        (true, Some(k)) => {
+            if pkt.len() < 6 + TAG_LEN {
+                return Err(Reject::Malformed);
+            }
+            let (signed, tag) = pkt.split_at(pkt.len() - TAG_LEN);
+            hmac::verify(&k.0, signed, tag).map_err(|_| Reject::BadTag)?;
+            &signed[6..]
+        }
+    };
+    let (hb, rest): (Heartbeat, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|_| Reject::Malformed)?;
+    if !rest.is_empty() {
+        return Err(Reject::Malformed);
+    }
+    Ok(hb)
+}
+
+/// Messages on the TCP mesh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MeshMessage {
+    /// Liveness check (verification of a silent member, static membership).
+    Ping {
+        domain: String,
+        from: NodeInfo,
+    },
+    Pong {
+        from: NodeInfo,
+    },
+}
+
+/// Encodes a mesh frame body (the length prefix is the codec's).
+pub fn encode_mesh(msg: &MeshMessage) -> Vec<u8> {
+    let mut out = vec![MESH_VERSION];
+    if let Ok(body) = postcard::to_stdvec(msg) {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("empty frame")]
+    Empty,
+    #[error("unsupported mesh format version {0}")]
+    Version(u8),
+    #[error("undecodable frame")]
+    Malformed,
+}
+
+impl FrameError {
+    pub fn label(self) -> &'static str {
+        match self {
+            FrameError::Empty => "empty",
+            FrameError::Version(_) => "version",
+            FrameError::Malformed => "malformed",
+        }
+    }
+}
+
+pub fn decode_mesh(frame: &[u8]) -> Result<MeshMessage, FrameError> {
+    let (&v, body) = frame.split_first().ok_or(FrameError::Empty)?;
+    if v != MESH_VERSION {
+        return Err(FrameError::Version(v));
+    }
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|_| FrameError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(FrameError::Malformed);
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb() -> Heartbeat {
+        Heartbeat {
+            domain: "d".into(),
+            info: NodeInfo {
+                node_id: 7,
+                jvm_route: "node1".into(),
+                mesh_addr: "127.0.0.1:4000".parse().unwrap(),
+                http_addr: "127.0.0.1:8080".parse().unwrap(),
+                state: PeerState::Ready,
+                alive_ms: 12,
+            },
+            seq: 3,
+            sent_unix_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_and_without_key() {
+        let k = Key::new(b"secret");
+        assert_eq!(
+            decode_heartbeat(&encode_heartbeat(&hb(), None), None),
+            Ok(hb())
+        );
+        assert_eq!(
+            decode_heartbeat(&encode_heartbeat(&hb(), Some(&k)), Some(&k)),
+            Ok(hb())
+        );
+    }
+
+    #[test]
+    fn rejects_bad_packets() {
+        let k = Key::new(b"secret");
+        let other = Key::new(b"other");
+        let plain = encode_heartbeat(&hb(), None);
+        let tagged = encode_heartbeat(&hb(), Some(&k));
+        assert_eq!(decode_heartbeat(&plain, Some(&k)), Err(Reject::MissingTag));
+        assert_eq!(decode_heartbeat(&tagged, Some(&other)), Err(Reject::BadTag));
+        assert_eq!(decode_heartbeat(&tagged, None), Err(Reject::UnexpectedTag));
+        assert_eq!(decode_heartbeat(b"XXXXXXXXXX", None), Err(Reject::Magic));
+        assert_eq!(
+            decode_heartbeat(&plain[..plain.len() - 3], None),
+            Err(Reject::Malformed)
+        );
+        let mut v2 = plain.clone();
+        v2[4] = 9;
+        assert_eq!(decode_heartbeat(&v2, None), Err(Reject::Version));
+        let mut flipped = tagged.clone();
+        flipped[10] ^= 1;
+        assert_eq!(decode_heartbeat(&flipped, Some(&k)), Err(Reject::BadTag));
+        for n in 0..plain.len() {
+            let _ = decode_heartbeat(&plain[..n], None);
+        }
+    }
+
+    #[test]
+    fn mesh_frames() {
+        let m = MeshMessage::Pong { from: hb().info };
+        assert_eq!(decode_mesh(&encode_mesh(&m)), Ok(m));
+        assert_eq!(decode_mesh(&[]), Err(FrameError::Empty));
+        assert_eq!(decode_mesh(&[9, 1, 2]), Err(FrameError::Version(9)));
+        assert_eq!(
+            decode_mesh(&[MESH_VERSION, 200, 200, 200]),
+            Err(FrameError::Malformed)
+        );
+    }
+}
