@@ -40,6 +40,18 @@ impl Node {
     /// Starts a node with `conf` (TOML; listen addresses default to port 0) and waits until
     /// `/ready` answers 200.
     pub async fn start(conf: &str) -> Node {
+        let node = Self::launch(conf, None).await;
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts a node inside network namespace `ns` (the test's own). Readiness is the
+    /// "node ready" log line: the test's own HTTP client cannot reach into the namespace.
+    pub async fn start_in_netns(conf: &str, ns: &str) -> Node {
+        Self::launch(conf, Some(ns)).await
+    }
+
+    async fn launch(conf: &str, netns: Option<&str>) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("caracal.toml");
         let mut text = conf.to_string();
@@ -50,7 +62,7 @@ impl Node {
             text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
         }
         std::fs::write(&path, &text).unwrap();
-        Self::spawn(path, dir).await
+        Self::spawn(path, dir, netns).await
     }
 
     /// Starts several nodes at once (their join windows overlap) and waits for all.
@@ -102,8 +114,16 @@ impl Node {
         self.child.id()
     }
 
-    async fn spawn(path: PathBuf, dir: tempfile::TempDir) -> Node {
-        let mut child = Command::new(BIN)
+    async fn spawn(path: PathBuf, dir: tempfile::TempDir, netns: Option<&str>) -> Node {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
@@ -155,16 +175,14 @@ impl Node {
             );
         };
         let admin = admin.expect("the harness needs the admin listener");
-        let node = Node {
+        Node {
             child,
             http: http.or(https).unwrap(),
             https,
             admin,
             log,
             _dir: dir,
-        };
-        node.wait_ready().await;
-        node
+        }
     }
 
     pub async fn wait_ready(&self) {
