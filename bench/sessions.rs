@@ -53,7 +53,7 @@ fn filled_store() -> (SessionStore, Vec<String>) {
             set: Some(attrs(i)),
             ..Default::default()
         };
-        if let Ok(Outcome::Created(full)) = store.apply(None, &d, now) {
+        if let Ok(Outcome::Created(full)) = store.apply(None, &d, now, &mut |_| {}) {
             ids.push(full.split('.').next().unwrap_or_default().to_string());
         }
     }
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("store access (1M sessions)", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            store.access(&ids[i], Instant::now()).is_some()
+            store.access(&ids[i], Instant::now(), &mut |_| {}).is_some()
         })
     });
     let d = Directives {
@@ -118,7 +118,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("store apply Set of one attribute (1M sessions)", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            store.apply(Some(&ids[i]), &d, Instant::now()).is_ok()
+            store
+                .apply(Some(&ids[i]), &d, Instant::now(), &mut |_| {})
+                .is_ok()
         })
     });
 }

@@ -169,6 +169,7 @@ pub async fn run(
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
             Some(Cluster::start(
                 &cfg.cluster,
+                proxy.sessions.store.clone(),
                 state.clone(),
                 mesh,
                 http_addr,
@@ -192,9 +193,27 @@ pub async fn run(
     // A starting node hears the cluster before it serves (SPEC 4.7); a duplicate route
     // stops it here, before any client connection is accepted.
     if let Some(c) = &cluster {
+        proxy.sessions.set_replicator(c.replicator.clone());
         if let Err(e) = c.join().await {
             background.cancel();
             return Err(e.into());
+        }
+        let limit = cfg.cluster.state_transfer_timeout;
+        let failure = match tokio::time::timeout(limit, c.replicator.state_transfer()).await {
+            Ok(Ok(None)) => {
+                tracing::info!("no ready member: starting with no sessions");
+                None
+            }
+            Ok(Ok(Some(_))) => None,
+            Ok(Err(e)) => Some(format!("state transfer failed: {e}")),
+            Err(_) => Some(format!("state transfer timed out after {limit:?}")),
+        };
+        if let Some(why) = failure {
+            if cfg.cluster.require_state_transfer {
+                background.cancel();
+                anyhow::bail!("{why} (cluster.require_state_transfer = true)");
+            }
+            tracing::warn!("{why}: starting anyway");
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::membership::Membership;
 use super::messages::{decode_mesh, encode_mesh, MeshMessage, NodeInfo};
+use super::replication::Replicator;
 use crate::config::ReceiverConfig;
 
 /// Frames of pings and pongs are small; this caps what a verifier reads.
@@ -49,6 +50,7 @@ pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
 pub async fn serve(
     listener: TcpListener,
     membership: Arc<Membership>,
+    replicator: Arc<Replicator>,
     max_frame: usize,
     shutdown: CancellationToken,
 ) {
@@ -65,17 +67,24 @@ pub async fn serve(
             },
         };
         let m = membership.clone();
+        let r = replicator.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = connection(stream, peer, m, max_frame) => {}
+                _ = connection(stream, peer, m, r, max_frame) => {}
             }
         });
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, m: Arc<Membership>, max_frame: usize) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    m: Arc<Membership>,
+    r: Arc<Replicator>,
+    max_frame: usize,
+) {
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, codec(max_frame));
     while let Some(frame) = framed.next().await {
@@ -110,7 +119,44 @@ async fn connection(stream: TcpStream, peer: SocketAddr, m: Arc<Membership>, max
                 m.observe(from);
                 Some(MeshMessage::Pong { from: m.me.info() })
             }
-            MeshMessage::Pong { .. } => None,
+            MeshMessage::Hello { domain, from } => {
+                if domain != m.cfg.domain {
+                    m.metrics.mesh_rejected("domain").inc();
+                    return;
+                }
+                tracing::debug!(%peer, route = %from.jvm_route, "replication connection");
+                None
+            }
+            MeshMessage::Replicate { seq, changes } => {
+                r.metrics.bytes_received.inc_by(frame.len() as u64);
+                let need_full = r.apply_batch(&changes);
+                Some(MeshMessage::Ack { seq, need_full })
+            }
+            MeshMessage::StateRequest { domain, from } => {
+                if domain != m.cfg.domain {
+                    m.metrics.mesh_rejected("domain").inc();
+                    return;
+                }
+                tracing::info!(to = %from.jvm_route, "state transfer: sending sessions");
+                match r.serve_state(&mut framed).await {
+                    Ok(n) => {
+                        tracing::info!(to = %from.jvm_route, sessions = n, "state transfer sent")
+                    }
+                    Err(e) => {
+                        tracing::warn!(to = %from.jvm_route, error = %e, "state transfer failed")
+                    }
+                }
+                None
+            }
+            // Answers and transfer frames only come back on connections we opened.
+            MeshMessage::Pong { .. }
+            | MeshMessage::Ack { .. }
+            | MeshMessage::StateChunk { .. }
+            | MeshMessage::StateDone { .. } => {
+                m.metrics.mesh_rejected("unexpected").inc();
+                tracing::warn!(%peer, "unexpected mesh message: connection closed");
+                return;
+            }
         };
         if let Some(r) = reply {
             if framed.send(Bytes::from(encode_mesh(&r))).await.is_err() {

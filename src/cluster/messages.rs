@@ -168,6 +168,69 @@ pub fn decode_heartbeat(pkt: &[u8], key: Option<&Key>) -> Result<Heartbeat, Reje
     Ok(hb)
 }
 
+/// A whole session on the wire (create, full copy, state transfer, takeover).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FullSession {
+    pub key: u128,
+    pub owner: String,
+    pub epoch: u64,
+    pub version: u64,
+    /// The attributes as an ASCII JSON object.
+    pub attrs: String,
+    pub max_inactive_ms: u64,
+    /// How long the session has been idle on the sender: the receiver sets its own
+    /// monotonic last-access from it (no wall clocks compared).
+    pub idle_ms: u64,
+}
+
+/// One replicated change; (epoch, version) is the session's after the change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Change {
+    Full(FullSession),
+    /// Only what changed: `set` (a JSON object, merged) then `remove`.
+    Delta {
+        key: u128,
+        epoch: u64,
+        version: u64,
+        set: Option<String>,
+        remove: Vec<String>,
+        max_inactive_ms: Option<u64>,
+    },
+    /// Accessed without change: keeps replicas from expiring it.
+    Touch {
+        key: u128,
+        epoch: u64,
+        version: u64,
+    },
+    /// Invalidated or expired on the owner (also the old id of a renew).
+    Remove {
+        key: u128,
+        epoch: u64,
+        version: u64,
+    },
+}
+
+impl Change {
+    pub fn key(&self) -> u128 {
+        match self {
+            Change::Full(f) => f.key,
+            Change::Delta { key, .. } | Change::Touch { key, .. } | Change::Remove { key, .. } => {
+                *key
+            }
+        }
+    }
+
+    /// Metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::Full(_) => "full",
+            Change::Delta { .. } => "delta",
+            Change::Touch { .. } => "touch",
+            Change::Remove { .. } => "remove",
+        }
+    }
+}
+
 /// Messages on the TCP mesh.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MeshMessage {
@@ -178,6 +241,33 @@ pub enum MeshMessage {
     },
     Pong {
         from: NodeInfo,
+    },
+    /// First frame of a replication connection: who is sending.
+    Hello {
+        domain: String,
+        from: NodeInfo,
+    },
+    /// A batch of changes; answered by an `Ack` with the same `seq` once applied.
+    Replicate {
+        seq: u64,
+        changes: Vec<std::sync::Arc<Change>>,
+    },
+    /// The batch `seq` is applied; sessions in `need_full` were not (a gap): send full
+    /// copies of them.
+    Ack {
+        seq: u64,
+        need_full: Vec<u128>,
+    },
+    /// A starting node asks for the sessions it must hold.
+    StateRequest {
+        domain: String,
+        from: NodeInfo,
+    },
+    StateChunk {
+        sessions: Vec<FullSession>,
+    },
+    StateDone {
+        count: u64,
     },
 }
 

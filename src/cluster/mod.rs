@@ -14,6 +14,8 @@ pub mod membership;
 pub mod mesh;
 pub mod messages;
 pub mod metrics;
+pub mod replication;
+pub mod routing;
 pub mod transport;
 
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +28,7 @@ use crate::config::{ClusterConfig, MembershipKind};
 use crate::node::NodeState;
 use membership::{Me, Membership};
 use messages::Key;
+use replication::Replicator;
 use transport::Multicast;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +53,7 @@ pub enum ClusterError {
 
 pub struct Cluster {
     pub membership: Arc<Membership>,
+    pub replicator: Arc<Replicator>,
     multicast: Option<Arc<Multicast>>,
     static_members: Vec<String>,
 }
@@ -67,6 +71,7 @@ impl Cluster {
     /// Starts membership and the mesh receiver on `mesh_listener`; the node is `starting`.
     pub fn start(
         cfg: &ClusterConfig,
+        store: Arc<crate::session::SessionStore>,
         state: Arc<NodeState>,
         mesh_listener: TcpListener,
         http_addr: SocketAddr,
@@ -94,9 +99,19 @@ impl Cluster {
         let membership = Arc::new(Membership::new(me, cfg.membership.clone(), cm));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
+        let replicator = Replicator::new(
+            store,
+            membership.clone(),
+            cfg.send_mode,
+            cfg.ack_timeout,
+            cfg.receiver.max_frame_bytes,
+            metrics,
+        );
+        tokio::spawn(replicator.clone().follow_members(shutdown.clone()));
         tokio::spawn(mesh::serve(
             mesh_listener,
             membership.clone(),
+            replicator.clone(),
             cfg.receiver.max_frame_bytes,
             shutdown.clone(),
         ));
@@ -133,6 +148,7 @@ impl Cluster {
         };
         Ok(Arc::new(Cluster {
             membership,
+            replicator,
             multicast,
             static_members,
         }))

@@ -136,6 +136,11 @@ pub struct ReplicationConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub enabled: bool,
+    pub send_mode: crate::cluster::replication::SendMode,
+    pub ack_timeout: Duration,
+    pub state_transfer_timeout: Duration,
+    pub require_state_transfer: bool,
+    pub expire_sessions_on_shutdown: bool,
     /// Shared secret: HMAC-SHA256 on heartbeats.
     pub key: Option<Vec<u8>>,
     /// The HTTP address peers forward to; `None` = derived from `http.listen`.
@@ -761,6 +766,39 @@ fn validate_cluster(c: &raw::RawCluster, src: &Source) -> Result<ClusterConfig, 
         Some(a) => Some(parse_addr(src, &key("cluster.advertise_http"), a)?),
         None => None,
     };
+    match c.manager.as_str() {
+        "delta" => {}
+        "backup" => {
+            return Err(src.error(
+                &key("cluster.manager"),
+                "the backup manager is not available in this version: use delta",
+            ))
+        }
+        other => {
+            return Err(src.error(
+                &key("cluster.manager"),
+                format!("unknown manager {other:?}: use delta"),
+            ))
+        }
+    }
+    use crate::cluster::replication::SendMode;
+    // Tomcat's channelSendOptions: 8 = asynchronous; 4 = use ack, 2 = synchronized ack
+    // (6 = both, 10 = 8|2). caracal's sync really waits for "applied" acks.
+    let send_mode = match &c.send_options {
+        toml::Value::String(s) if s == "sync" => SendMode::Sync,
+        toml::Value::String(s) if s == "async" => SendMode::Async,
+        toml::Value::Integer(8) => SendMode::Async,
+        toml::Value::Integer(2 | 4 | 6 | 10) => SendMode::Sync,
+        other => {
+            return Err(src.error(
+                &key("cluster.send_options"),
+                format!("unknown value {other}: use \"sync\", \"async\" or a Tomcat number (8 = async; 4, 6, 10 = sync)"),
+            ))
+        }
+    };
+    if c.ack_timeout.0.is_zero() {
+        return Err(src.error(&key("cluster.ack_timeout"), "must be greater than 0"));
+    }
     let r = &c.receiver;
     let address = ip("cluster.receiver.address", &r.address)?;
     if r.max_frame_bytes < 1024 {
@@ -771,6 +809,11 @@ fn validate_cluster(c: &raw::RawCluster, src: &Source) -> Result<ClusterConfig, 
     }
     Ok(ClusterConfig {
         enabled: c.enabled,
+        send_mode,
+        ack_timeout: c.ack_timeout.0,
+        state_transfer_timeout: c.state_transfer_timeout.0,
+        require_state_transfer: c.require_state_transfer,
+        expire_sessions_on_shutdown: c.expire_sessions_on_shutdown,
         key: key_bytes,
         advertise_http,
         membership: MembershipConfig {

@@ -217,14 +217,40 @@ impl Default for RawReplication {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCluster {
     pub enabled: bool,
+    pub manager: String,
+    /// A name ("sync", "async") or a Tomcat channelSendOptions number.
+    pub send_options: toml::Value,
+    pub ack_timeout: Dur,
+    pub state_transfer_timeout: Dur,
+    pub require_state_transfer: bool,
+    pub expire_sessions_on_shutdown: bool,
     pub key: Option<String>,
     pub advertise_http: Option<String>,
     pub membership: RawMembership,
     pub receiver: RawReceiver,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        use std::time::Duration;
+        Self {
+            enabled: false,
+            manager: "delta".into(),
+            send_options: toml::Value::String("sync".into()),
+            ack_timeout: Dur(Duration::from_secs(1)),
+            state_transfer_timeout: Dur(Duration::from_secs(60)),
+            require_state_transfer: false,
+            expire_sessions_on_shutdown: false,
+            key: None,
+            advertise_http: None,
+            membership: RawMembership::default(),
+            receiver: RawReceiver::default(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -132,13 +132,16 @@ impl Proxy {
         parts.version = Version::HTTP_11;
         if let Some(rs) = &session {
             // Before hygiene: the directives are session-prefixed headers.
-            self.sessions
+            let waits = self
+                .sessions
                 .on_response(rs, &mut parts)
                 .map_err(|e| match e {
                     SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
                     SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
                     SessionError::Random(_) => ProxyError::Internal(e.to_string()),
                 })?;
+            // Sync mode: the response goes out only after the members applied the change.
+            self.sessions.settle(waits).await;
         }
         self.hygiene.response(&mut parts.headers, false);
         Ok(Response::from_parts(

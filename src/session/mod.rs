@@ -17,8 +17,11 @@ pub mod json;
 pub mod protocol;
 pub mod store;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::cluster::messages::Change;
+use crate::cluster::replication::{Replicator, SendMode, Wait};
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{request, response, Uri};
@@ -41,6 +44,8 @@ pub struct RequestSession {
 
 pub struct SessionLayer {
     pub store: Arc<SessionStore>,
+    /// Set once the cluster runs; without it changes stay local.
+    replicator: OnceLock<Arc<Replicator>>,
     pub cookie: cookie::CookieConfig,
     pub names: protocol::Names,
     filter: filter::StaticFilter,
@@ -70,6 +75,7 @@ impl SessionLayer {
         });
         Ok(Self {
             store,
+            replicator: OnceLock::new(),
             cookie: s.cookie.clone(),
             names: protocol::Names::new(&s.header_prefix)?,
             filter: cfg.replication.filter.clone(),
@@ -103,7 +109,10 @@ impl SessionLayer {
         let Some(client_id) = presented.as_deref().and_then(id::parse) else {
             return Some(rs);
         };
-        if let Some(found) = self.store.access(client_id.base, Instant::now()) {
+        let found = self.store.access(client_id.base, Instant::now(), &mut |c| {
+            self.replicate_async(c)
+        });
+        if let Some(found) = found {
             let h = &mut parts.headers;
             if let Ok(v) = HeaderValue::from_str(client_id.base) {
                 h.insert(self.names.id.clone(), v);
@@ -115,22 +124,46 @@ impl SessionLayer {
         Some(rs)
     }
 
-    /// Applies the backend's directives and sets or clears the cookie. On a malformed
+    pub fn set_replicator(&self, r: Arc<Replicator>) {
+        let _ = self.replicator.set(r);
+    }
+
+    pub fn replicator(&self) -> Option<&Arc<Replicator>> {
+        self.replicator.get()
+    }
+
+    /// Queues a change without waiting (touches, expiry, async mode).
+    fn replicate_async(&self, c: Change) {
+        if let Some(r) = self.replicator.get() {
+            r.enqueue(c, None);
+        }
+    }
+
+    /// Applies the backend's directives and sets or clears the cookie; returns what the
+    /// response must wait for in sync mode ([`SessionLayer::settle`]). On a malformed
     /// directive the session is unchanged and the caller answers 502.
     pub fn on_response(
         &self,
         rs: &RequestSession,
         parts: &mut response::Parts,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Vec<Wait>, SessionError> {
         let d = protocol::parse(&parts.headers, &self.names).inspect_err(|e| {
             self.directive_error(rs, e);
         })?;
+        let mut waits = Vec::new();
         if d.is_empty() {
-            return Ok(());
+            return Ok(waits);
         }
+        let rep = self.replicator.get();
+        let sync = rep.is_some_and(|r| r.mode == SendMode::Sync);
+        let mut emit = |c: Change| {
+            if let Some(r) = rep {
+                r.enqueue(c, if sync { Some(&mut waits) } else { None });
+            }
+        };
         let outcome = self
             .store
-            .apply(rs.base.as_deref(), &d, Instant::now())
+            .apply(rs.base.as_deref(), &d, Instant::now(), &mut emit)
             .inspect_err(|e| {
                 if let SessionError::Directive(de) = e {
                     self.directive_error(rs, de);
@@ -144,7 +177,14 @@ impl SessionLayer {
         if let Some(c) = cookie {
             parts.headers.append(SET_COOKIE, c);
         }
-        Ok(())
+        Ok(waits)
+    }
+
+    /// Sync mode: waits until every member applied the changes (bounded by ack_timeout).
+    pub async fn settle(&self, waits: Vec<Wait>) {
+        if let Some(r) = self.replicator.get() {
+            r.settle(waits).await;
+        }
     }
 
     fn directive_error(&self, rs: &RequestSession, e: &protocol::DirectiveError) {
@@ -163,7 +203,7 @@ impl SessionLayer {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    let n = self.store.sweep(Instant::now());
+                    let n = self.store.sweep(Instant::now(), &mut |c| self.replicate_async(c));
                     if n > 0 {
                         tracing::debug!(expired = n, "expired sessions removed");
                     }

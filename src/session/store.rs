@@ -25,6 +25,8 @@ use serde_json::{json, Map, Value};
 use super::id::{self, Key};
 use super::json::to_ascii_json;
 use super::protocol::{DirectiveError, Directives};
+use crate::cluster::messages::{Change, FullSession};
+use crate::cluster::replication::apply::{decide, Decision, Kind, Ver};
 use crate::metrics::Metrics;
 
 /// One session.
@@ -39,16 +41,41 @@ pub struct Session {
     pub created: SystemTime,
     last_access: Instant,
     pub max_inactive: Duration,
+    /// When the owner last told replicas about an access (touches are rate-limited).
+    last_replicated: Instant,
 }
 
 impl Session {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_access) > self.max_inactive
+    /// A replica keeps a session a quarter longer than the owner: touches arrive at most
+    /// every max_inactive/4, so the owner's expiry (which it replicates) decides.
+    fn expired(&self, now: Instant, me: &str) -> bool {
+        let limit = if *self.owner == *me {
+            self.max_inactive
+        } else {
+            self.max_inactive + self.max_inactive / 4
+        };
+        now.saturating_duration_since(self.last_access) > limit
     }
 
     /// The attributes, parsed.
     pub fn attributes(&self) -> Map<String, Value> {
         parse_attrs(&self.rendered)
+    }
+
+    pub fn ver(&self) -> Ver {
+        Ver::new(self.epoch, self.version)
+    }
+
+    fn full(&self, key: Key, now: Instant) -> FullSession {
+        FullSession {
+            key: key.0,
+            owner: self.owner.to_string(),
+            epoch: self.epoch,
+            version: self.version,
+            attrs: String::from_utf8_lossy(self.rendered.as_bytes()).into_owned(),
+            max_inactive_ms: self.max_inactive.as_millis() as u64,
+            idle_ms: now.saturating_duration_since(self.last_access).as_millis() as u64,
+        }
     }
 }
 
@@ -72,6 +99,17 @@ pub enum Outcome {
     Renewed(String),
     /// The session is gone: the cookie is cleared.
     Invalidated,
+}
+
+/// What a replica did with a replicated change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Applied,
+    Stale,
+    /// Not applicable on what this node holds: it needs a full copy from the owner.
+    Gap,
+    /// From an owner with a lower epoch than this node knows: rejected.
+    Fenced,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +138,17 @@ struct Counters {
     renewed: Counter,
 }
 
+/// How long a removed session's (epoch, version) is remembered, so a late or replayed
+/// change cannot bring it back. Mesh connections deliver in order; this only has to outlive
+/// a reconnect and its resent batches.
+pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+
+/// Receives the changes the owner makes, in order per session (called under its guard).
+pub type Emit<'a> = &'a mut dyn FnMut(Change);
+
 pub struct SessionStore {
     map: DashMap<Key, Session>,
+    tombs: DashMap<Key, (Ver, Instant)>,
     route: Arc<str>,
     limits: Limits,
     counters: Counters,
@@ -145,6 +192,7 @@ impl SessionStore {
         });
         Self {
             map: DashMap::new(),
+            tombs: DashMap::new(),
             route: Arc::from(route),
             limits,
             counters,
@@ -171,64 +219,115 @@ impl SessionStore {
             .count()
     }
 
-    /// Looks a session up for a request and records the access. An expired session is
-    /// removed and reported absent.
-    pub fn access(&self, base: &str, now: Instant) -> Option<Found> {
+    /// Looks a session up for a request and records the access (replicated as a touch at
+    /// most every max_inactive/4 by the owner). An expired session is removed and reported
+    /// absent.
+    pub fn access(&self, base: &str, now: Instant, emit: Emit) -> Option<Found> {
         let key = Key::from_base(base)?;
         let mut e = self.map.get_mut(&key)?;
-        if e.expired(now) {
+        if e.expired(now, &self.route) {
             drop(e);
-            self.remove_if_expired(key, now);
+            self.expire(key, now, emit);
             return None;
         }
         e.last_access = now;
+        if *e.owner == *self.route
+            && now.saturating_duration_since(e.last_replicated) >= e.max_inactive / 4
+        {
+            e.last_replicated = now;
+            emit(Change::Touch {
+                key: key.0,
+                epoch: e.epoch,
+                version: e.version,
+            });
+        }
         Some(Found {
             owner: e.owner.clone(),
             rendered: e.rendered.clone(),
         })
     }
 
-    fn remove_if_expired(&self, key: Key, now: Instant) {
-        if self.map.remove_if(&key, |_, s| s.expired(now)).is_some() {
+    fn expire(&self, key: Key, now: Instant, emit: Emit) {
+        let removed = self.map.remove_if(&key, |_, s| s.expired(now, &self.route));
+        if let Some((_, s)) = removed {
             self.counters.expired.inc();
             self.counters.active.dec();
+            self.tomb(key, s.ver(), now);
+            // Only the owner's expiry is news for the cluster.
+            if *s.owner == *self.route {
+                emit(Change::Remove {
+                    key: key.0,
+                    epoch: s.epoch,
+                    version: s.version,
+                });
+            }
+        }
+    }
+
+    fn tomb(&self, key: Key, at: Ver, now: Instant) {
+        let mut t = self.tombs.entry(key).or_insert((at, now));
+        if at >= t.0 {
+            *t = (at, now);
         }
     }
 
     /// Applies a backend's directives to the session `base` (the one the request carried,
-    /// if it was live), creating one when `-Set` arrives without a session.
+    /// if it was live), creating one when `-Set` arrives without a session. Each change is
+    /// passed to `emit` while the session is still locked.
     pub fn apply(
         &self,
         base: Option<&str>,
         d: &Directives,
         now: Instant,
+        emit: Emit,
     ) -> Result<Outcome, SessionError> {
         let key = base.and_then(Key::from_base);
         if d.invalidate {
             if let Some(k) = key {
-                if self.map.remove(&k).is_some() {
+                if let Some((_, s)) = self.map.remove(&k) {
                     self.counters.invalidated.inc();
                     self.counters.active.dec();
+                    self.tomb(k, s.ver(), now);
+                    emit(Change::Remove {
+                        key: k.0,
+                        epoch: s.epoch,
+                        version: s.version,
+                    });
                 }
             }
             return Ok(Outcome::Invalidated);
         }
-        let live = key.filter(|k| self.map.get(k).is_some_and(|s| !s.expired(now)));
+        let live = key.filter(|k| {
+            self.map
+                .get(k)
+                .is_some_and(|s| !s.expired(now, &self.route))
+        });
         let Some(k) = live else {
-            return self.create(d, now);
+            return self.create(d, now, emit);
         };
         let mut changed = false;
         if d.changes_data() {
             let Some(mut s) = self.map.get_mut(&k) else {
-                return self.create(d, now);
+                return self.create(d, now, emit);
             };
-            s.rendered = self.merged(&s.rendered, d)?;
+            s.rendered = self.merged(&s.rendered, d.set.as_ref(), &d.remove)?;
             if let Some(mi) = d.max_inactive {
                 s.max_inactive = mi;
             }
             s.version += 1;
             s.last_access = now;
+            s.last_replicated = now;
             changed = true;
+            if !d.renew {
+                emit(Change::Delta {
+                    key: k.0,
+                    epoch: s.epoch,
+                    version: s.version,
+                    set: d.set.as_ref().map(|m| Value::Object(m.clone()).to_string()),
+                    remove: d.remove.clone(),
+                    max_inactive_ms: d.max_inactive.map(|m| m.as_millis() as u64),
+                });
+            }
         }
         if d.renew {
             let new_key = id::new_key().map_err(SessionError::Random)?;
@@ -236,6 +335,15 @@ impl SessionStore {
                 return Ok(Outcome::Unchanged);
             };
             s.version += 1;
+            s.last_replicated = now;
+            // An id change travels as: the old id removed, the session under its new id.
+            self.tomb(k, s.ver(), now);
+            emit(Change::Remove {
+                key: k.0,
+                epoch: s.epoch,
+                version: s.version,
+            });
+            emit(Change::Full(s.full(new_key, now)));
             self.map.insert(new_key, s);
             self.counters.renewed.inc();
             return Ok(Outcome::Renewed(id::full(&new_key.base(), &self.route)));
@@ -248,7 +356,7 @@ impl SessionStore {
     }
 
     /// A new session from `-Set` (other directives without a session change nothing).
-    fn create(&self, d: &Directives, now: Instant) -> Result<Outcome, SessionError> {
+    fn create(&self, d: &Directives, now: Instant, emit: Emit) -> Result<Outcome, SessionError> {
         if d.set.is_none() {
             return Ok(Outcome::Unchanged);
         }
@@ -256,7 +364,7 @@ impl SessionStore {
         if max > 0 && self.map.len() >= max {
             return Err(SessionError::Limit(max));
         }
-        let rendered = self.merged(&HeaderValue::from_static("{}"), d)?;
+        let rendered = self.merged(&HeaderValue::from_static("{}"), d.set.as_ref(), &d.remove)?;
         let key = id::new_key().map_err(SessionError::Random)?;
         let s = Session {
             owner: self.route.clone(),
@@ -266,44 +374,184 @@ impl SessionStore {
             created: SystemTime::now(),
             last_access: now,
             max_inactive: d.max_inactive.unwrap_or(self.limits.default_max_inactive),
+            last_replicated: now,
         };
+        emit(Change::Full(s.full(key, now)));
         self.map.insert(key, s);
         self.counters.created.inc();
         self.counters.active.inc();
         Ok(Outcome::Created(id::full(&key.base(), &self.route)))
     }
 
-    /// `current` with `-Set` merged and `-Remove` applied, rendered and size-checked.
-    fn merged(&self, current: &HeaderValue, d: &Directives) -> Result<HeaderValue, DirectiveError> {
+    /// `current` with `set` merged and `remove` applied, rendered and size-checked. Owner
+    /// and replicas run the same merge, so they render the same bytes.
+    fn merged(
+        &self,
+        current: &HeaderValue,
+        set: Option<&Map<String, Value>>,
+        remove: &[String],
+    ) -> Result<HeaderValue, DirectiveError> {
         let mut attrs = parse_attrs(current);
-        if let Some(set) = &d.set {
+        if let Some(set) = set {
             for (k, v) in set {
                 attrs.insert(k.clone(), v.clone());
             }
         }
-        for k in &d.remove {
+        for k in remove {
             attrs.remove(k);
         }
-        let bytes = to_ascii_json(&attrs);
-        if bytes.len() > self.limits.max_session_bytes {
-            return Err(DirectiveError::TooLarge {
-                bytes: bytes.len(),
-                limit: self.limits.max_session_bytes,
-            });
-        }
-        // ASCII JSON without control characters is always a legal header value.
-        // An exact-size buffer: a Vec with spare capacity would cost a second allocation.
-        HeaderValue::from_maybe_shared(Bytes::from(bytes.into_boxed_slice())).map_err(|_| {
-            DirectiveError::NotText {
-                header: "attributes".into(),
+        render(&attrs, self.limits.max_session_bytes)
+    }
+
+    /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
+    pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
+        let key = Key(change.key());
+        let (kind, at) = match change {
+            Change::Full(f) => {
+                let v = Ver::new(f.epoch, f.version);
+                (Kind::Full(v), v)
             }
-        })
+            Change::Delta { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Delta(v), v)
+            }
+            Change::Touch { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Touch(v), v)
+            }
+            Change::Remove { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Remove(v), v)
+            }
+        };
+        let tomb = self.tombs.get(&key).map(|t| t.0);
+        // The entry guard makes check-and-apply atomic for this session.
+        let entry = self.map.entry(key);
+        let held = match &entry {
+            dashmap::Entry::Occupied(o) => Some(o.get().ver()),
+            dashmap::Entry::Vacant(_) => None,
+        };
+        match decide(held, tomb, kind) {
+            Decision::Stale => return Remote::Stale,
+            Decision::Gap => return Remote::Gap,
+            Decision::Fenced => return Remote::Fenced,
+            Decision::Apply => {}
+        }
+        match change {
+            Change::Full(f) => {
+                let Ok(rendered) = HeaderValue::from_str(&f.attrs) else {
+                    return Remote::Stale;
+                };
+                let s = Session {
+                    owner: Arc::from(f.owner.as_str()),
+                    epoch: f.epoch,
+                    version: f.version,
+                    rendered,
+                    created: SystemTime::now(),
+                    last_access: now
+                        .checked_sub(Duration::from_millis(f.idle_ms))
+                        .unwrap_or(now),
+                    max_inactive: Duration::from_millis(f.max_inactive_ms),
+                    last_replicated: now,
+                };
+                match entry {
+                    dashmap::Entry::Occupied(mut o) => {
+                        o.insert(s);
+                    }
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(s);
+                        self.counters.active.inc();
+                    }
+                }
+            }
+            Change::Delta {
+                set,
+                remove,
+                max_inactive_ms,
+                ..
+            } => {
+                let dashmap::Entry::Occupied(mut o) = entry else {
+                    return Remote::Gap;
+                };
+                let set: Option<Map<String, Value>> = match set {
+                    Some(text) => match serde_json::from_str(text.as_str()) {
+                        Ok(Value::Object(m)) => Some(m),
+                        _ => return Remote::Gap,
+                    },
+                    None => None,
+                };
+                // The owner checked the size; a replica never refuses what its owner holds.
+                let Ok(rendered) = self.merged_unbounded(&o.get().rendered, set.as_ref(), remove)
+                else {
+                    return Remote::Gap;
+                };
+                let s = o.get_mut();
+                s.rendered = rendered;
+                s.version = at.version;
+                s.last_access = now;
+                if let Some(ms) = max_inactive_ms {
+                    s.max_inactive = Duration::from_millis(*ms);
+                }
+            }
+            Change::Touch { .. } => {
+                if let dashmap::Entry::Occupied(mut o) = entry {
+                    o.get_mut().last_access = now;
+                }
+            }
+            Change::Remove { .. } => {
+                if let dashmap::Entry::Occupied(o) = entry {
+                    o.remove();
+                    self.counters.active.dec();
+                }
+                self.tomb(key, at, now);
+            }
+        }
+        Remote::Applied
+    }
+
+    fn merged_unbounded(
+        &self,
+        current: &HeaderValue,
+        set: Option<&Map<String, Value>>,
+        remove: &[String],
+    ) -> Result<HeaderValue, DirectiveError> {
+        let mut attrs = parse_attrs(current);
+        if let Some(set) = set {
+            for (k, v) in set {
+                attrs.insert(k.clone(), v.clone());
+            }
+        }
+        for k in remove {
+            attrs.remove(k);
+        }
+        render(&attrs, usize::MAX)
+    }
+
+    /// A full copy of one session, for a replica that found a gap or for state transfer.
+    pub fn full_copy(&self, key: u128, now: Instant) -> Option<FullSession> {
+        let k = Key(key);
+        self.map.get(&k).map(|s| s.full(k, now))
+    }
+
+    /// Every key held now (16 bytes each): state transfer walks these and copies sessions
+    /// one chunk at a time, never the whole store at once.
+    pub fn keys(&self) -> Vec<u128> {
+        self.map.iter().map(|e| e.key().0).collect()
+    }
+
+    /// Keys of the sessions this node owns.
+    pub fn owned_keys(&self) -> Vec<u128> {
+        self.map
+            .iter()
+            .filter(|e| *e.value().owner == *self.route)
+            .map(|e| e.key().0)
+            .collect()
     }
 
     /// The admin view of a session (`GET /sessions/<base>`); does not count as an access.
     pub fn info(&self, base: &str, now: Instant) -> Option<Value> {
         let s = self.map.get(&Key::from_base(base)?)?;
-        if s.expired(now) {
+        if s.expired(now, &self.route) {
             return None;
         }
         let created_ms = s
@@ -324,14 +572,30 @@ impl SessionStore {
         }))
     }
 
-    /// Removes every expired session; returns how many.
-    pub fn sweep(&self, now: Instant) -> usize {
-        let mut n = 0;
-        self.map.retain(|_, s| {
-            let keep = !s.expired(now);
-            n += usize::from(!keep);
+    /// Removes every expired session (the owner's expiries are emitted) and old tombstones;
+    /// returns how many sessions expired.
+    pub fn sweep(&self, now: Instant, emit: Emit) -> usize {
+        let mut gone = Vec::new();
+        self.map.retain(|k, s| {
+            let keep = !s.expired(now, &self.route);
+            if !keep {
+                gone.push((*k, s.ver(), *s.owner == *self.route));
+            }
             keep
         });
+        for (k, at, owned) in &gone {
+            self.tomb(*k, *at, now);
+            if *owned {
+                emit(Change::Remove {
+                    key: k.0,
+                    epoch: at.epoch,
+                    version: at.version,
+                });
+            }
+        }
+        self.tombs
+            .retain(|_, t| now.saturating_duration_since(t.1) < TOMBSTONE_TTL);
+        let n = gone.len();
         if n > 0 {
             self.counters.expired.inc_by(n as u64);
             self.counters.active.dec_by(n as i64);
@@ -339,7 +603,7 @@ impl SessionStore {
         n
     }
 
-    /// A copy of one session (tests, admin and, later, replication).
+    /// A copy of one session (tests, admin).
     pub fn get(&self, base: &str) -> Option<Session> {
         self.map.get(&Key::from_base(base)?).map(|s| s.clone())
     }
@@ -348,6 +612,22 @@ impl SessionStore {
 /// The attributes of a rendered session; the store only renders JSON objects.
 fn parse_attrs(rendered: &HeaderValue) -> Map<String, Value> {
     serde_json::from_slice(rendered.as_bytes()).unwrap_or_default()
+}
+
+fn render(attrs: &Map<String, Value>, max: usize) -> Result<HeaderValue, DirectiveError> {
+    let bytes = to_ascii_json(attrs);
+    if bytes.len() > max {
+        return Err(DirectiveError::TooLarge {
+            bytes: bytes.len(),
+            limit: max,
+        });
+    }
+    // An exact-size buffer: a Vec with spare capacity would cost a second allocation.
+    HeaderValue::from_maybe_shared(Bytes::from(bytes.into_boxed_slice())).map_err(|_| {
+        DirectiveError::NotText {
+            header: "attributes".into(),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -384,12 +664,15 @@ mod tests {
     fn create_change_renew_invalidate() {
         let s = store(65536, 0);
         let t0 = Instant::now();
-        let created = s.apply(None, &set(json!({"a": 1})), t0).unwrap();
+        let created = s
+            .apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+            .unwrap();
         let b = base_of(&created);
         assert!(matches!(&created, Outcome::Created(f) if f.ends_with(".n1")));
         assert_eq!(s.get(&b).unwrap().version, 1);
         assert_eq!(
-            s.apply(Some(&b), &set(json!({"b": 2})), t0).unwrap(),
+            s.apply(Some(&b), &set(json!({"b": 2})), t0, &mut |_| {})
+                .unwrap(),
             Outcome::Changed
         );
         let sess = s.get(&b).unwrap();
@@ -399,7 +682,7 @@ mod tests {
             renew: true,
             ..Default::default()
         };
-        let r = s.apply(Some(&b), &renew, t0).unwrap();
+        let r = s.apply(Some(&b), &renew, t0, &mut |_| {}).unwrap();
         let nb = base_of(&r);
         assert_ne!(nb, b);
         assert!(s.get(&b).is_none());
@@ -412,7 +695,10 @@ mod tests {
             set: Some(Map::new()),
             ..Default::default()
         };
-        assert_eq!(s.apply(Some(&nb), &inv, t0).unwrap(), Outcome::Invalidated);
+        assert_eq!(
+            s.apply(Some(&nb), &inv, t0, &mut |_| {}).unwrap(),
+            Outcome::Invalidated
+        );
         assert!(s.is_empty());
     }
 
@@ -420,33 +706,49 @@ mod tests {
     fn expiry_uses_the_monotonic_clock() {
         let s = store(65536, 0);
         let t0 = Instant::now();
-        let b = base_of(&s.apply(None, &set(json!({"a": 1})), t0).unwrap());
-        assert!(s.access(&b, t0 + Duration::from_secs(1799)).is_some());
+        let b = base_of(
+            &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+                .unwrap(),
+        );
+        assert!(s
+            .access(&b, t0 + Duration::from_secs(1799), &mut |_| {})
+            .is_some());
         // Access renewed the idle clock.
         assert!(s
-            .access(&b, t0 + Duration::from_secs(1799 + 1800))
+            .access(&b, t0 + Duration::from_secs(1799 + 1800), &mut |_| {})
             .is_some());
         assert!(s
-            .access(&b, t0 + Duration::from_secs(1799 + 3601))
+            .access(&b, t0 + Duration::from_secs(1799 + 3601), &mut |_| {})
             .is_none());
         assert!(s.is_empty());
-        let b = base_of(&s.apply(None, &set(json!({"a": 1})), t0).unwrap());
+        let b = base_of(
+            &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+                .unwrap(),
+        );
         let short = Directives {
             max_inactive: Some(Duration::from_secs(5)),
             ..Default::default()
         };
-        s.apply(Some(&b), &short, t0).unwrap();
-        assert_eq!(s.sweep(t0 + Duration::from_secs(4)), 0);
-        assert_eq!(s.sweep(t0 + Duration::from_secs(6)), 1);
+        s.apply(Some(&b), &short, t0, &mut |_| {}).unwrap();
+        assert_eq!(s.sweep(t0 + Duration::from_secs(4), &mut |_| {}), 0);
+        assert_eq!(s.sweep(t0 + Duration::from_secs(6), &mut |_| {}), 1);
     }
 
     #[test]
     fn limits_are_errors_and_leave_the_session_unchanged() {
         let s = store(20, 1);
         let t0 = Instant::now();
-        let b = base_of(&s.apply(None, &set(json!({"a": 1})), t0).unwrap());
+        let b = base_of(
+            &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+                .unwrap(),
+        );
         let err = s
-            .apply(Some(&b), &set(json!({"big": "xxxxxxxxxxxxxxxxxxxx"})), t0)
+            .apply(
+                Some(&b),
+                &set(json!({"big": "xxxxxxxxxxxxxxxxxxxx"})),
+                t0,
+                &mut |_| {},
+            )
             .unwrap_err();
         assert!(matches!(
             err,
@@ -457,7 +759,9 @@ mod tests {
             json!({"a": 1})
         );
         assert_eq!(s.get(&b).unwrap().version, 1);
-        let err = s.apply(None, &set(json!({"a": 2})), t0).unwrap_err();
+        let err = s
+            .apply(None, &set(json!({"a": 2})), t0, &mut |_| {})
+            .unwrap_err();
         assert!(matches!(err, SessionError::Limit(1)));
     }
 }

@@ -459,7 +459,7 @@ async fn backend_route(
         hits.fetch_add(1, Ordering::SeqCst);
     }
     let mut resp = if req.headers().contains_key("x-reflect") {
-        reflect(&req)
+        reflect_response(&req)
     } else if path == "/health" {
         let mut r = Response::new(full("ok"));
         if !healthy.load(Ordering::SeqCst) {
@@ -506,7 +506,7 @@ async fn backend_route(
 
 /// Reflect mode (request header `x-reflect`): every request header `x-reply-NAME: V`
 /// becomes response header `NAME: V`; the body is `{"path", "query", "headers"}`.
-fn reflect(req: &Request<Incoming>) -> Response<BoxBody> {
+fn reflect_response(req: &Request<Incoming>) -> Response<BoxBody> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     let mut replies = Vec::new();
     for (k, v) in req.headers() {
@@ -562,5 +562,85 @@ pub fn conf(route: &str, backends: &[String], extra: &str) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"5s\"\n\n[backends]\nservers = [{}]\n{extra}\n",
         servers.join(", ")
+    )
+}
+
+/// A keep-alive HTTP/1.1 client on one connection (for loads of requests).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Resp {
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+}
+
+/// A reflect-mode request (see [`TestBackend`]): `replies` become the backend's response
+/// headers, e.g. `("x-session-set", "{\"a\":1}")`.
+pub fn reflect(path: &str, cookie: Option<&str>, replies: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let mut b = Request::get(path)
+        .header("host", "app.test")
+        .header("x-reflect", "1");
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    for (k, v) in replies {
+        b = b.header(format!("x-reply-{k}"), *v);
+    }
+    b.body(Full::new(Bytes::new())).unwrap()
+}
+
+/// The `JSESSIONID` value a response set, if any.
+pub fn set_cookie_id(r: &Resp) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("JSESSIONID="))
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+}
+
+/// `GET /sessions/<base>` on a node's admin: `None` on 404.
+pub async fn session_info(admin: SocketAddr, base: &str) -> Option<serde_json::Value> {
+    let r = http(admin, get(&format!("/sessions/{base}"))).await;
+    match r.status {
+        StatusCode::OK => Some(r.json()),
+        StatusCode::NOT_FOUND => None,
+        s => panic!("/sessions answered {s}"),
+    }
+}
+
+/// A node conf for a cluster test: one backend, fast membership timers, own port/domain.
+pub fn cluster_node(
+    route: &str,
+    backend: &str,
+    mcast_port: u16,
+    domain: &str,
+    extra_cluster: &str,
+) -> String {
+    format!(
+        "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"2s\"\n\
+         [backends]\nservers = [\"{backend}\"]\n\
+         [cluster]\nenabled = true\n{extra_cluster}\n\
+         [cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\nfrequency = \"200ms\"\n\
+         drop_time = \"1s\"\nverify_timeout = \"500ms\"\n[cluster.receiver]\nport = 0\n"
     )
 }

@@ -1,0 +1,363 @@
+//! Session replication over the mesh: the DeltaManager (SPEC 4.3, 4.5 delta, 4.6, 4.7).
+//!
+//! - [`apply`]: the replica's apply rule, one pure function (proptested).
+//! - [`peer`]: one task per member: an ordered queue, a connection with reconnect and
+//!   backoff, batches, acks, resend of unacked batches after a reconnect.
+//! - [`Replicator`]: what the session layer calls: `enqueue` (under the session's guard, so
+//!   per-session order holds on every queue) and `settle` (sync mode: wait for every
+//!   member's "applied" ack, bounded by `ack_timeout`); the receiving side (`apply_batch`);
+//!   state transfer in both directions.
+
+pub mod apply;
+mod metrics;
+pub mod peer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::membership::{MemberEvent, Membership};
+use super::mesh::codec;
+use super::messages::{
+    decode_mesh, encode_mesh, Change, FullSession, MeshMessage, NodeInfo, PeerState,
+};
+use crate::session::store::{Remote, SessionStore};
+pub use metrics::ReplMetrics;
+
+/// `send_options`: when a response may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendMode {
+    /// After every member acked that it applied the change (bounded by `ack_timeout`).
+    Sync,
+    /// At once; replication follows in the background.
+    Async,
+}
+
+/// A change on its way to one peer.
+pub struct Outgoing {
+    pub change: Arc<Change>,
+    pub ack: Option<oneshot::Sender<()>>,
+    pub enqueued: Instant,
+}
+
+/// A sync-mode wait for one peer's ack.
+pub struct Wait {
+    node_id: u64,
+    route: String,
+    rx: oneshot::Receiver<()>,
+}
+
+struct PeerHandle {
+    route: String,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    depth: Arc<AtomicI64>,
+    cancel: CancellationToken,
+}
+
+pub struct Replicator {
+    pub store: Arc<SessionStore>,
+    pub membership: Arc<Membership>,
+    pub mode: SendMode,
+    pub ack_timeout: Duration,
+    pub max_frame: usize,
+    peers: RwLock<HashMap<u64, PeerHandle>>,
+    pub metrics: ReplMetrics,
+}
+
+impl Replicator {
+    pub fn new(
+        store: Arc<SessionStore>,
+        membership: Arc<Membership>,
+        mode: SendMode,
+        ack_timeout: Duration,
+        max_frame: usize,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            membership,
+            mode,
+            ack_timeout,
+            max_frame,
+            peers: RwLock::new(HashMap::new()),
+            metrics: ReplMetrics::register(metrics),
+        })
+    }
+
+    /// Keeps one peer task per member, following membership events, until `shutdown`.
+    pub async fn follow_members(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut events = self.membership.subscribe();
+        for m in self.membership.members() {
+            self.add_peer(&m.info, &shutdown);
+        }
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.recv() => ev,
+            };
+            match ev {
+                Ok(MemberEvent::Added(info)) | Ok(MemberEvent::Changed(info)) => {
+                    self.add_peer(&info, &shutdown)
+                }
+                Ok(MemberEvent::Removed { info, .. }) => self.remove_peer(info.node_id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed events: rebuild from the table.
+                    let live: Vec<NodeInfo> = self
+                        .membership
+                        .members()
+                        .into_iter()
+                        .map(|m| m.info)
+                        .collect();
+                    let stale: Vec<u64> = self
+                        .peers_read()
+                        .keys()
+                        .filter(|id| !live.iter().any(|i| i.node_id == **id))
+                        .copied()
+                        .collect();
+                    for id in stale {
+                        self.remove_peer(id);
+                    }
+                    for info in &live {
+                        self.add_peer(info, &shutdown);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        let ids: Vec<u64> = self.peers_read().keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id);
+        }
+    }
+
+    fn peers_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<u64, PeerHandle>> {
+        self.peers.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_peer(self: &Arc<Self>, info: &NodeInfo, shutdown: &CancellationToken) {
+        if info.state == PeerState::Leaving {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.contains_key(&info.node_id) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(AtomicI64::new(0));
+        let cancel = shutdown.child_token();
+        tokio::spawn(peer::run(
+            self.clone(),
+            info.clone(),
+            rx,
+            depth.clone(),
+            cancel.clone(),
+        ));
+        peers.insert(
+            info.node_id,
+            PeerHandle {
+                route: info.jvm_route.clone(),
+                tx,
+                depth,
+                cancel,
+            },
+        );
+    }
+
+    fn remove_peer(&self, node_id: u64) {
+        let removed = self
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node_id);
+        if let Some(p) = removed {
+            p.cancel.cancel();
+            self.metrics.queue_depth(&p.route).set(0);
+        }
+    }
+
+    /// Queues `change` for every peer. In sync mode with `waits`, one ack wait per peer is
+    /// added. Synchronous and cheap: called while the session is locked.
+    pub fn enqueue(&self, change: Change, mut waits: Option<&mut Vec<Wait>>) {
+        let change = Arc::new(change);
+        let peers = self.peers_read();
+        for (id, p) in peers.iter() {
+            let ack = match waits.as_deref_mut() {
+                Some(w) => {
+                    let (tx, rx) = oneshot::channel();
+                    w.push(Wait {
+                        node_id: *id,
+                        route: p.route.clone(),
+                        rx,
+                    });
+                    Some(tx)
+                }
+                None => None,
+            };
+            let out = Outgoing {
+                change: change.clone(),
+                ack,
+                enqueued: Instant::now(),
+            };
+            // Counted before the send: the peer may ack it before this line returns.
+            let d = p.depth.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            if p.tx.send(out).is_err() {
+                p.depth.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            self.metrics.queue_depth(&p.route).set(d.max(0));
+        }
+    }
+
+    /// Sync mode: waits for the acks, at most `ack_timeout`. A peer that did not ack is
+    /// verified (and dropped if dead); the write is counted as unreplicated.
+    pub async fn settle(&self, waits: Vec<Wait>) {
+        if waits.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut missed = false;
+        for w in waits {
+            let ok = matches!(tokio::time::timeout_at(deadline, w.rx).await, Ok(Ok(())));
+            if !ok {
+                missed = true;
+                self.metrics.ack_timeouts.inc();
+                tracing::warn!(peer = %w.route, "no replication ack in time: verifying the member");
+                self.membership.suspect(w.node_id);
+            }
+        }
+        if missed {
+            self.metrics.unreplicated_writes.inc();
+        }
+    }
+
+    /// The receiving side: applies a batch in order; returns the sessions that need a full
+    /// copy (gaps).
+    pub fn apply_batch(&self, changes: &[Arc<Change>]) -> Vec<u128> {
+        let now = Instant::now();
+        let mut need_full = Vec::new();
+        for c in changes {
+            self.metrics.received(c.kind()).inc();
+            match self.store.apply_remote(c, now) {
+                Remote::Applied | Remote::Stale => {}
+                Remote::Gap => {
+                    self.metrics.gaps.inc();
+                    need_full.push(c.key());
+                }
+                Remote::Fenced => {
+                    self.metrics.fenced.inc();
+                    tracing::warn!(
+                        session = %crate::session::id::Key(c.key()).base(),
+                        "change from an owner with an older epoch rejected"
+                    );
+                }
+            }
+        }
+        need_full
+    }
+
+    /// Sends this node's sessions to a joiner, in chunks: only the key list is taken up
+    /// front; each session is copied when its chunk is built.
+    pub async fn serve_state(
+        &self,
+        framed: &mut Framed<TcpStream, tokio_util::codec::LengthDelimitedCodec>,
+    ) -> std::io::Result<u64> {
+        let keys = self.store.keys();
+        // Leave room for the frame's own overhead.
+        let budget = self.max_frame / 2;
+        let mut chunk: Vec<FullSession> = Vec::new();
+        let mut bytes = 0usize;
+        let mut count = 0u64;
+        for key in keys {
+            let Some(s) = self.store.full_copy(key, Instant::now()) else {
+                continue; // removed since the key list was taken
+            };
+            bytes += s.attrs.len() + 64;
+            chunk.push(s);
+            count += 1;
+            if chunk.len() >= 512 || bytes >= budget {
+                let msg = MeshMessage::StateChunk {
+                    sessions: std::mem::take(&mut chunk),
+                };
+                framed.send(Bytes::from(encode_mesh(&msg))).await?;
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            framed
+                .send(Bytes::from(encode_mesh(&MeshMessage::StateChunk {
+                    sessions: chunk,
+                })))
+                .await?;
+        }
+        framed
+            .send(Bytes::from(encode_mesh(&MeshMessage::StateDone { count })))
+            .await?;
+        Ok(count)
+    }
+
+    /// A starting node: streams every session from the oldest ready member. Live changes
+    /// arriving meanwhile are applied by version, so order does not matter. `Ok(None)`: no
+    /// ready member to ask (a new cluster).
+    pub async fn state_transfer(&self) -> Result<Option<(String, u64)>, String> {
+        let source = self
+            .membership
+            .members()
+            .into_iter()
+            .filter(|m| m.info.state == PeerState::Ready && !m.suspect)
+            .max_by_key(|m| m.info.alive_ms);
+        let Some(src) = source else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let addr: SocketAddr = src.info.mesh_addr;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, codec(self.max_frame));
+        let req = MeshMessage::StateRequest {
+            domain: self.membership.cfg.domain.clone(),
+            from: self.membership.me.info(),
+        };
+        framed
+            .send(Bytes::from(encode_mesh(&req)))
+            .await
+            .map_err(|e| format!("send to {addr}: {e}"))?;
+        let mut applied = 0u64;
+        loop {
+            let frame = match framed.next().await {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => return Err(format!("read from {addr}: {e}")),
+                None => return Err(format!("{addr} closed the transfer early")),
+            };
+            match decode_mesh(&frame).map_err(|e| format!("bad frame from {addr}: {e}"))? {
+                MeshMessage::StateChunk { sessions } => {
+                    let now = Instant::now();
+                    for s in sessions {
+                        if self.store.apply_remote(&Change::Full(s), now) == Remote::Applied {
+                            applied += 1;
+                        }
+                    }
+                }
+                MeshMessage::StateDone { count } => {
+                    self.metrics.state_transfers.inc();
+                    self.metrics
+                        .state_transfer_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    tracing::info!(from = %src.info.jvm_route, sent = count, applied, took = ?started.elapsed(), "state transfer complete");
+                    return Ok(Some((src.info.jvm_route, count)));
+                }
+                other => return Err(format!("unexpected message from {addr}: {other:?}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! One replication peer: an ordered queue of changes and one TCP connection to the
+//! member's mesh address.
+//!
+//! Whatever is queued goes out in batches (one `Replicate` frame each: natural batching in
+//! async mode, and in sync mode under concurrent load). A batch stays "in flight" until the
+//! peer acks it as applied; if the connection drops, every unacked batch is sent again, in
+//! order, on the next connection (applying is idempotent by version). Reconnects back off
+//! from 50 ms to 2 s, and every failure asks the membership to verify the member.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use super::{Outgoing, Replicator};
+use crate::cluster::mesh::codec;
+use crate::cluster::messages::{decode_mesh, encode_mesh, Change, MeshMessage, NodeInfo};
+
+const MAX_BATCH: usize = 512;
+
+pub async fn run(
+    rep: Arc<Replicator>,
+    info: NodeInfo,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    depth: Arc<AtomicI64>,
+    cancel: CancellationToken,
+) {
+    let route = info.jvm_route.clone();
+    let mut retry: VecDeque<Outgoing> = VecDeque::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connect = tokio::time::timeout(
+            rep.membership.cfg.verify_timeout,
+            TcpStream::connect(info.mesh_addr),
+        );
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = connect => match r {
+                Ok(Ok(s)) => s,
+                _ => {
+                    rep.membership.suspect(info.node_id);
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(50);
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, codec(rep.max_frame));
+        let hello = MeshMessage::Hello {
+            domain: rep.membership.cfg.domain.clone(),
+            from: rep.membership.me.info(),
+        };
+        if framed.send(Bytes::from(encode_mesh(&hello))).await.is_err() {
+            continue;
+        }
+        let (mut sink, mut stream) = framed.split();
+        let mut inflight: BTreeMap<u64, Vec<Outgoing>> = BTreeMap::new();
+        let mut seq = 0u64;
+        let lost = loop {
+            // Resend what an earlier connection left unacked, before anything new.
+            let batch = if !retry.is_empty() {
+                let n = retry.len().min(MAX_BATCH);
+                retry.drain(..n).collect::<Vec<_>>()
+            } else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    frame = stream.next() => {
+                        match frame {
+                            Some(Ok(f)) => {
+                                on_ack(&rep, &route, &f, &mut inflight, &mut retry, &depth);
+                                continue;
+                            }
+                            _ => break true,
+                        }
+                    }
+                    first = rx.recv() => {
+                        let Some(first) = first else { return };
+                        let mut batch = vec![first];
+                        while batch.len() < MAX_BATCH {
+                            match rx.try_recv() {
+                                Ok(o) => batch.push(o),
+                                Err(_) => break,
+                            }
+                        }
+                        batch
+                    }
+                }
+            };
+            seq += 1;
+            let changes: Vec<Arc<Change>> = batch.iter().map(|o| o.change.clone()).collect();
+            let frame = encode_mesh(&MeshMessage::Replicate { seq, changes });
+            for o in &batch {
+                rep.metrics.sent(&route, o.change.kind()).inc();
+            }
+            rep.metrics.bytes_sent(&route).inc_by(frame.len() as u64);
+            inflight.insert(seq, batch);
+            if sink.send(Bytes::from(frame)).await.is_err() {
+                break true;
+            }
+        };
+        if lost {
+            tracing::debug!(peer = %route, unacked = inflight.len(), "replication connection lost");
+            rep.membership.suspect(info.node_id);
+            // Unacked batches first, in order, then what was already waiting.
+            let mut again: VecDeque<Outgoing> = inflight.into_values().flatten().collect();
+            again.extend(retry.drain(..));
+            retry = again;
+        }
+    }
+}
+
+fn on_ack(
+    rep: &Replicator,
+    route: &str,
+    frame: &[u8],
+    inflight: &mut BTreeMap<u64, Vec<Outgoing>>,
+    retry: &mut VecDeque<Outgoing>,
+    depth: &AtomicI64,
+) {
+    let Ok(MeshMessage::Ack { seq, need_full }) = decode_mesh(frame) else {
+        rep.membership.metrics.mesh_rejected("unexpected").inc();
+        return;
+    };
+    let Some(batch) = inflight.remove(&seq) else {
+        return;
+    };
+    rep.metrics.acks.inc();
+    let n = batch.len();
+    for o in batch {
+        rep.metrics.lag.observe(o.enqueued.elapsed().as_secs_f64());
+        if let Some(tx) = o.ack {
+            let _ = tx.send(());
+        }
+    }
+    let n = n as i64;
+    let left = depth.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
+    rep.metrics.queue_depth(route).set(left.max(0));
+    // The peer could not apply these: it gets full copies, next in its queue.
+    let now = Instant::now();
+    for key in need_full {
+        if let Some(full) = rep.store.full_copy(key, now) {
+            depth.fetch_add(1, Ordering::Relaxed);
+            retry.push_back(Outgoing {
+                change: Arc::new(Change::Full(full)),
+                ack: None,
+                enqueued: now,
+            });
+        }
+    }
+}
