@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("hygiene/request (8 headers)", |b| {
         b.iter_batched_ref(
             || req.clone(),
-            |m| h.request(m, &client, host.as_ref()),
+            |m| h.request(m, &client, host.as_ref(), false),
             BatchSize::SmallInput,
         )
     });
@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("hygiene/request with forged session headers", |b| {
         b.iter_batched_ref(
             || forged.clone(),
-            |m| h.request(m, &client, host.as_ref()),
+            |m| h.request(m, &client, host.as_ref(), false),
             BatchSize::SmallInput,
         )
     });

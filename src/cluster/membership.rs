@@ -268,6 +268,45 @@ impl Membership {
         }
     }
 
+    /// Verifies a member now and waits for the answer (a refused forward): `true` if it is
+    /// alive; a dead member is removed before this returns.
+    pub async fn check_now(self: &Arc<Self>, node_id: u64) -> bool {
+        let Some(info) = self.table().get(&node_id).map(|m| m.info.clone()) else {
+            return false;
+        };
+        let me = self.me.info();
+        let res = super::mesh::ping(
+            info.mesh_addr,
+            &self.cfg.domain,
+            me,
+            self.cfg.verify_timeout,
+        )
+        .await;
+        match res {
+            Ok(pong) if pong.node_id == node_id => {
+                self.metrics.verification("alive").inc();
+                true
+            }
+            other => {
+                self.metrics.verification("dead").inc();
+                let why = match other {
+                    Ok(_) => "another process answers on its mesh address".to_string(),
+                    Err(e) => e,
+                };
+                self.remove(
+                    node_id,
+                    &format!("a forward failed and verification failed: {why}"),
+                );
+                false
+            }
+        }
+    }
+
+    /// The other members' announced state, for routing.
+    pub fn infos(&self) -> Vec<NodeInfo> {
+        self.table().values().map(|m| m.info.clone()).collect()
+    }
+
     /// Verifies a member now (a failed send or forward), unless already under way.
     pub fn suspect(self: &Arc<Self>, node_id: u64) {
         let target = {

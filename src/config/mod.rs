@@ -32,6 +32,8 @@ pub struct Config {
     pub backends: BackendsConfig,
     pub session: SessionConfig,
     pub replication: ReplicationConfig,
+    /// `[jvm_route_binder] enabled`: rewrite the session cookie to the new owner's route.
+    pub jvm_route_binder: bool,
     pub cluster: ClusterConfig,
 }
 
@@ -656,6 +658,7 @@ fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
             max_active_sessions: rs.max_active_sessions,
         },
         replication: ReplicationConfig { filter },
+        jvm_route_binder: raw.jvm_route_binder.enabled,
         cluster,
     })
 }

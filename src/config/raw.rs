@@ -18,7 +18,21 @@ pub struct RawConfig {
     pub backends: RawBackends,
     pub session: RawSession,
     pub replication: RawReplication,
+    pub jvm_route_binder: RawBinder,
     pub cluster: RawCluster,
+}
+
+/// JvmRouteBinderValve: rewrite the cookie's route after a failover.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBinder {
+    pub enabled: bool,
+}
+
+impl Default for RawBinder {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,8 @@ pub enum ProxyError {
     SessionLimit(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("cannot route the session: {0}")]
+    Unroutable(String),
 }
 
 impl ProxyError {
@@ -42,6 +44,7 @@ impl ProxyError {
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Unroutable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -66,6 +69,7 @@ impl ProxyError {
             ProxyError::BadDirective(_) => "bad_session_directive",
             ProxyError::SessionLimit(_) => "session_limit",
             ProxyError::Internal(_) => "internal",
+            ProxyError::Unroutable(_) => "unroutable",
         }
     }
 

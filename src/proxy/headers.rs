@@ -65,13 +65,15 @@ impl Hygiene {
         headers: &mut HeaderMap,
         client: &ClientInfo,
         host: Option<&HeaderValue>,
+        from_member: bool,
     ) -> Option<HeaderValue> {
         let upgrade = upgrade_requested(headers);
         strip_hop_by_hop(headers);
         strip_prefixed(headers, &self.prefix);
 
         let ip = client.peer.ip().to_canonical();
-        let trusted = self.is_trusted(ip);
+        // A cluster member forwarding a request is a proxy of ours.
+        let trusted = from_member || self.is_trusted(ip);
         let xff = if trusted && headers.contains_key(X_FORWARDED_FOR) {
             let mut chain = join_values(headers, &X_FORWARDED_FOR);
             chain.push_str(", ");
@@ -216,7 +218,7 @@ mod tests {
         m.insert("host", HeaderValue::from_static("example"));
         m.insert("accept", HeaderValue::from_static("*/*"));
         let host = m.get("host").cloned();
-        let up = h.request(&mut m, &client("10.1.2.3"), host.as_ref());
+        let up = h.request(&mut m, &client("10.1.2.3"), host.as_ref(), false);
         assert!(up.is_none());
         for gone in [
             "x-session-id",
@@ -241,14 +243,14 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.request(&mut m, &client("10.0.0.9"), None);
+        h.request(&mut m, &client("10.0.0.9"), None, false);
         assert_eq!(m["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
         assert_eq!(m["x-forwarded-proto"], "https");
 
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.request(&mut m, &client("192.168.1.1"), None);
+        h.request(&mut m, &client("192.168.1.1"), None, false);
         assert_eq!(m["x-forwarded-for"], "192.168.1.1");
         assert_eq!(m["x-forwarded-proto"], "http");
     }
@@ -259,7 +261,7 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert("connection", HeaderValue::from_static("Upgrade"));
         m.insert("upgrade", HeaderValue::from_static("websocket"));
-        let up = h.request(&mut m, &client("127.0.0.1"), None);
+        let up = h.request(&mut m, &client("127.0.0.1"), None, false);
         assert_eq!(up.unwrap(), "websocket");
         assert_eq!(m["upgrade"], "websocket");
         assert_eq!(m["connection"], "upgrade");

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::session::{SessionError, SessionLayer};
+use crate::session::{Plan, SessionError, SessionLayer};
 
 use body::{ProxyBody, UpBody};
 use error::{Blame, ProxyError};
@@ -82,12 +82,17 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let upgrade = self
-            .hygiene
-            .request(req.headers_mut(), &client, host.as_ref());
+        // A request forwarded by a member: its X-Forwarded-* are trusted, its hop count
+        // stops forwarding loops. From anyone else the marker is dropped.
+        let hops = self.hops_from_member(req.headers(), &client);
+        req.headers_mut().remove(HOP);
+        let upgrade =
+            self.hygiene
+                .request(req.headers_mut(), &client, host.as_ref(), hops.is_some());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, incoming) = req.into_parts();
+        let mut body = UpBody::Client(incoming);
         // Backends speak HTTP/1.1 in origin form; an HTTP/2 request names its authority
         // in the URI and may split cookies over several headers.
         if parts.version == Version::HTTP_2 {
@@ -100,13 +105,77 @@ impl Proxy {
         if parts.uri.authority().is_some() {
             parts.uri = origin_form(&parts.uri);
         }
-        // None: the static filter matched, no session work (SPEC 3.3).
-        let session = if upgrade.is_some() {
-            None
-        } else {
-            self.sessions.on_request(&mut parts, client.tls)
-        };
-        let up_req = Request::from_parts(parts, UpBody::Client(body));
+
+        // Who serves the session (SPEC 4.4). A refused forward verifies the member at once
+        // and plans again, so a client retrying after a crash does not wait for drop_time.
+        let mut session = None;
+        if upgrade.is_none() {
+            let mut attempts = 0;
+            loop {
+                match self.sessions.on_request(&mut parts, client.tls) {
+                    Plan::Static => break,
+                    Plan::Local(rs) => {
+                        session = Some(rs);
+                        break;
+                    }
+                    Plan::Forward(to) => {
+                        let hop = hops.unwrap_or(0) + 1;
+                        if hop > MAX_HOPS {
+                            return Err(ProxyError::Unroutable(format!(
+                                "session forwarded {MAX_HOPS} times without reaching its owner"
+                            )));
+                        }
+                        // A bodyless idempotent request can be planned again if its owner
+                        // turns out dead after the request reached it.
+                        let replay = (upstream::is_idempotent(&parts.method)
+                            && http_body::Body::is_end_stream(&body))
+                        .then(|| {
+                            (
+                                parts.method.clone(),
+                                parts.uri.clone(),
+                                parts.headers.clone(),
+                            )
+                        });
+                        match self.forward(parts, body, &to, hop).await {
+                            Ok(resp) => return Ok(resp),
+                            Err(Forward::Failed(e)) => return Err(e),
+                            Err(Forward::OwnerDied(e)) => {
+                                attempts += 1;
+                                let Some((method, uri, headers)) = replay else {
+                                    return Err(e);
+                                };
+                                if attempts > MAX_HOPS {
+                                    return Err(e);
+                                }
+                                let mut r = Request::new(());
+                                *r.method_mut() = method;
+                                *r.uri_mut() = uri;
+                                *r.version_mut() = Version::HTTP_11;
+                                *r.headers_mut() = headers;
+                                r.headers_mut().remove(HOP);
+                                (parts, body) = (r.into_parts().0, UpBody::Empty);
+                            }
+                            Err(Forward::Unsent(p, b, why)) => {
+                                attempts += 1;
+                                if attempts > MAX_HOPS {
+                                    return Err(ProxyError::Unroutable(format!(
+                                        "the session's owner {} cannot be reached: {why}",
+                                        to.jvm_route
+                                    )));
+                                }
+                                // Dead: removed now, and the next plan fails over. Alive
+                                // (e.g. a stale keep-alive connection): try again.
+                                if let Some(r) = self.sessions.replicator() {
+                                    r.membership.check_now(to.node_id).await;
+                                }
+                                (parts, body) = (*p, b);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let up_req = Request::from_parts(parts, body);
 
         let (mut resp, lease) = self.upstream.send(up_req).await.map_err(|e| match e {
             UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
@@ -130,7 +199,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         // The client's connection decides the version, not the backend's.
         parts.version = Version::HTTP_11;
-        if let Some(rs) = &session {
+        if let Some(rs) = &mut session {
             // Before hygiene: the directives are session-prefixed headers.
             let waits = self
                 .sessions
@@ -149,6 +218,91 @@ impl Proxy {
             ProxyBody::upstream(body, lease),
         ))
     }
+
+    /// The hop count of a request forwarded by a member, if the marker is genuine: it
+    /// names a member whose announced HTTP address has the peer's IP.
+    fn hops_from_member(&self, h: &http::HeaderMap, client: &ClientInfo) -> Option<u8> {
+        let v = h.get(HOP)?.to_str().ok()?;
+        let (n, route) = v.split_once(' ')?;
+        let n: u8 = n.parse().ok()?;
+        let r = self.sessions.replicator()?;
+        r.membership
+            .infos()
+            .iter()
+            .any(|m| m.jvm_route == route && m.http_addr.ip() == client.peer.ip().to_canonical())
+            .then_some(n)
+    }
+
+    /// Sends the request to the member that owns its session; the member's response is the
+    /// client's. `Unsent` hands the request back when nothing reached the member. A member
+    /// that does not answer is verified after `verify_timeout`: if it is dead (a stopped
+    /// process still accepts connections), the forward is abandoned (`OwnerDied`).
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: UpBody,
+        to: &crate::cluster::messages::NodeInfo,
+        hop: u8,
+    ) -> Result<Response<ProxyBody>, Forward> {
+        let marker = format!("{hop} {}", self.sessions.store.route());
+        if let Ok(v) = HeaderValue::from_str(&marker) {
+            parts.headers.insert(HOP, v);
+        }
+        let req = Request::from_parts(parts, body);
+        let send = self.upstream.send_to_peer(to.http_addr, req);
+        let watch = async {
+            let Some(r) = self.sessions.replicator() else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep(r.membership.cfg.verify_timeout).await;
+            if r.membership.check_now(to.node_id).await {
+                // Alive, only slow: let the forward run to its own timeout.
+                std::future::pending::<()>().await;
+            }
+        };
+        let sent = tokio::select! {
+            r = send => r,
+            _ = watch => {
+                return Err(Forward::OwnerDied(ProxyError::Unroutable(format!(
+                    "the session's owner {} stopped answering and failed verification",
+                    to.jvm_route
+                ))));
+            }
+        };
+        match sent {
+            Ok((resp, lease)) => {
+                let (mut parts, body) = resp.into_parts();
+                parts.version = Version::HTTP_11;
+                self.hygiene.response(&mut parts.headers, false);
+                Ok(Response::from_parts(
+                    parts,
+                    ProxyBody::upstream(body, lease),
+                ))
+            }
+            Err((Some(req), why)) => {
+                let (mut parts, body) = req.into_parts();
+                parts.headers.remove(HOP);
+                Err(Forward::Unsent(Box::new(parts), body, why))
+            }
+            Err((None, why)) => Err(Forward::Failed(ProxyError::BackendFailed(format!(
+                "forward to member {}: {why}",
+                to.jvm_route
+            )))),
+        }
+    }
+}
+
+/// Forwarding markers (SPEC 4.4): `<hops> <route of the forwarding member>`.
+const HOP: http::HeaderName = http::HeaderName::from_static("x-caracal-hop");
+/// A request is forwarded at most twice.
+const MAX_HOPS: u8 = 2;
+
+enum Forward {
+    /// Nothing reached the member: the request comes back.
+    Unsent(Box<http::request::Parts>, UpBody, String),
+    /// The member took the request and then failed verification.
+    OwnerDied(ProxyError),
+    Failed(ProxyError),
 }
 
 fn join_cookies(h: &mut http::HeaderMap) {

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::messages::Change;
 use crate::cluster::replication::{Replicator, SendMode, Wait};
+use crate::cluster::routing;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{request, response, Uri};
@@ -33,13 +34,28 @@ use crate::metrics::Metrics;
 pub use store::{Outcome, SessionError, SessionStore};
 
 /// The session state of one request between `on_request` and `on_response`.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RequestSession {
     /// The live session the request carried.
     pub base: Option<String>,
     /// The client presented some session id (live or not).
     pub presented: bool,
     pub tls: bool,
+    /// The client's full id when its route is not the owner's (JvmRouteBinder): the
+    /// response rewrites the cookie to `<base>.<this node>`.
+    pub rebind: Option<String>,
+    /// Acks a takeover waits for (sync mode), settled with the response.
+    waits: Vec<Wait>,
+}
+
+/// Where a request goes (SPEC 3, 4.4).
+pub enum Plan {
+    /// The static filter matched: no session work at all.
+    Static,
+    /// Served by this node's backends.
+    Local(RequestSession),
+    /// Another member owns the session: forward the request there.
+    Forward(crate::cluster::messages::NodeInfo),
 }
 
 pub struct SessionLayer {
@@ -50,6 +66,8 @@ pub struct SessionLayer {
     pub names: protocol::Names,
     filter: filter::StaticFilter,
     route: HeaderValue,
+    /// `[jvm_route_binder] enabled`.
+    binder: bool,
     directive_errors: prometheus_client::metrics::counter::Counter,
 }
 
@@ -80,48 +98,108 @@ impl SessionLayer {
             names: protocol::Names::new(&s.header_prefix)?,
             filter: cfg.replication.filter.clone(),
             route: HeaderValue::from_str(&cfg.node.jvm_route)?,
+            binder: cfg.jvm_route_binder,
             directive_errors,
         })
     }
 
-    /// Resolves the request's session and adds the session headers for the backend.
-    /// Returns `None` when the static filter matches: no session work at all.
-    pub fn on_request(&self, parts: &mut request::Parts, tls: bool) -> Option<RequestSession> {
+    /// Resolves the request's session: who serves it and, when this node does, adds the
+    /// session headers for the backend and strips the `;jsessionid=` parameter. A forwarded
+    /// request is left as it came (the owner resolves it again).
+    pub fn on_request(&self, parts: &mut request::Parts, tls: bool) -> Plan {
         if self.filter.matches(parts.uri.path()) {
-            return None;
+            return Plan::Static;
         }
         let mut rs = RequestSession {
             tls,
             ..Default::default()
         };
-        // Cookie first, path parameter second; the parameter never reaches a backend.
+        // Cookie first, path parameter second.
         let from_cookie = self.cookie.from_cookies(&parts.headers).map(str::to_string);
-        let from_path = match cookie::take_path_param(parts.uri.path(), &self.cookie.path_param) {
-            Some((value, stripped)) => {
-                let value = value.to_string();
-                parts.uri = with_path(&parts.uri, &stripped);
-                Some(value)
-            }
-            None => None,
-        };
-        let presented = from_cookie.or(from_path);
+        let path_param = cookie::take_path_param(parts.uri.path(), &self.cookie.path_param)
+            .map(|(v, stripped)| (v.to_string(), stripped));
+        let presented = from_cookie.or_else(|| path_param.as_ref().map(|(v, _)| v.clone()));
         rs.presented = presented.is_some();
-        let Some(client_id) = presented.as_deref().and_then(id::parse) else {
-            return Some(rs);
+        let client_id = presented.as_deref().and_then(id::parse);
+
+        let me = self.store.route();
+        let now = Instant::now();
+        let decision = match (&client_id, self.replicator.get()) {
+            (None, _) => routing::Decision::NoSession,
+            (Some(c), None) => {
+                // No cluster: only this node's store counts.
+                match self
+                    .store
+                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch))
+                {
+                    Some(_) => routing::Decision::Local,
+                    None => routing::Decision::NoSession,
+                }
+            }
+            (Some(c), Some(r)) => routing::decide(
+                c.base,
+                me,
+                self.store
+                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch))
+                    .as_deref(),
+                c.route,
+                &r.membership.infos(),
+            ),
         };
-        let found = self.store.access(client_id.base, Instant::now(), &mut |c| {
-            self.replicate_async(c)
-        });
+        if let routing::Decision::Forward(to) = decision {
+            return Plan::Forward(to);
+        }
+        // Served here: the parameter never reaches a backend.
+        if let Some((_, stripped)) = &path_param {
+            parts.uri = with_path(&parts.uri, stripped);
+        }
+        let Some(c) = client_id else {
+            return Plan::Local(rs);
+        };
+        let found = match decision {
+            routing::Decision::Local => self
+                .store
+                .access(c.base, now, &mut |ch| self.replicate_async(ch)),
+            routing::Decision::TakeOver => {
+                let rep = self.replicator.get();
+                let sync = rep.is_some_and(|r| r.mode == SendMode::Sync);
+                let waits = &mut rs.waits;
+                let f = self.store.take_over(c.base, now, &mut |ch| {
+                    if let Some(r) = rep {
+                        r.enqueue(ch, if sync { Some(&mut *waits) } else { None });
+                    }
+                });
+                if f.is_some() {
+                    tracing::info!(
+                        session = c.base,
+                        from = c.route.unwrap_or("-"),
+                        "session taken over"
+                    );
+                }
+                f
+            }
+            routing::Decision::NoSession | routing::Decision::Forward(_) => None,
+        };
         if let Some(found) = found {
             let h = &mut parts.headers;
-            if let Ok(v) = HeaderValue::from_str(client_id.base) {
+            if let Ok(v) = HeaderValue::from_str(c.base) {
                 h.insert(self.names.id.clone(), v);
             }
             h.insert(self.names.session.clone(), found.rendered);
             h.insert(self.names.node.clone(), self.route.clone());
-            rs.base = Some(client_id.base.to_string());
+            // JvmRouteBinderValve: the cookie names another node than the owner (this one).
+            if self.binder && c.route != Some(me) {
+                if let Some(old) = presented
+                    .as_deref()
+                    .and_then(|p| HeaderValue::from_str(p).ok())
+                {
+                    h.insert(self.names.original_id.clone(), old);
+                }
+                rs.rebind = presented.clone();
+            }
+            rs.base = Some(c.base.to_string());
         }
-        Some(rs)
+        Plan::Local(rs)
     }
 
     pub fn set_replicator(&self, r: Arc<Replicator>) {
@@ -144,14 +222,15 @@ impl SessionLayer {
     /// directive the session is unchanged and the caller answers 502.
     pub fn on_response(
         &self,
-        rs: &RequestSession,
+        rs: &mut RequestSession,
         parts: &mut response::Parts,
     ) -> Result<Vec<Wait>, SessionError> {
+        let mut waits = std::mem::take(&mut rs.waits);
         let d = protocol::parse(&parts.headers, &self.names).inspect_err(|e| {
             self.directive_error(rs, e);
         })?;
-        let mut waits = Vec::new();
         if d.is_empty() {
+            self.rebind_cookie(rs, parts);
             return Ok(waits);
         }
         let rep = self.replicator.get();
@@ -172,12 +251,25 @@ impl SessionLayer {
         let cookie = match outcome {
             Outcome::Created(full) | Outcome::Renewed(full) => self.cookie.set(&full, rs.tls),
             Outcome::Invalidated if rs.presented => self.cookie.clear(rs.tls),
-            _ => None,
+            Outcome::Invalidated => None,
+            Outcome::Changed | Outcome::Unchanged => {
+                self.rebind_cookie(rs, parts);
+                None
+            }
         };
         if let Some(c) = cookie {
             parts.headers.append(SET_COOKIE, c);
         }
         Ok(waits)
+    }
+
+    /// `Set-Cookie: <base>.<this node>` after a failover (JvmRouteBinderValve).
+    fn rebind_cookie(&self, rs: &RequestSession, parts: &mut response::Parts) {
+        if let (Some(_), Some(base)) = (&rs.rebind, &rs.base) {
+            if let Some(c) = self.cookie.set(&id::full(base, self.store.route()), rs.tls) {
+                parts.headers.append(SET_COOKIE, c);
+            }
+        }
     }
 
     /// Sync mode: waits until every member applied the changes (bounded by ack_timeout).

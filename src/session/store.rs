@@ -247,6 +247,42 @@ impl SessionStore {
         })
     }
 
+    /// The owner recorded in this node's copy, if it holds a live one (not an access; an
+    /// expired copy is removed, as by [`SessionStore::access`]).
+    pub fn owner_of(&self, base: &str, now: Instant, emit: Emit) -> Option<Arc<str>> {
+        let key = Key::from_base(base)?;
+        let s = self.map.get(&key)?;
+        if s.expired(now, &self.route) {
+            drop(s);
+            self.expire(key, now, emit);
+            return None;
+        }
+        Some(s.owner.clone())
+    }
+
+    /// Failover (SPEC 4.4.3): this node becomes the owner with a higher epoch; the new
+    /// ownership goes to the cluster as a full copy. Atomic per session: concurrent
+    /// takeovers on this node raise the epoch once. `None` if the session is gone.
+    pub fn take_over(&self, base: &str, now: Instant, emit: Emit) -> Option<Found> {
+        let key = Key::from_base(base)?;
+        let mut s = self.map.get_mut(&key)?;
+        if s.expired(now, &self.route) {
+            return None;
+        }
+        if *s.owner != *self.route {
+            s.owner = self.route.clone();
+            s.epoch += 1;
+            s.version += 1;
+            s.last_access = now;
+            s.last_replicated = now;
+            emit(Change::Full(s.full(key, now)));
+        }
+        Some(Found {
+            owner: s.owner.clone(),
+            rendered: s.rendered.clone(),
+        })
+    }
+
     fn expire(&self, key: Key, now: Instant, emit: Emit) {
         let removed = self.map.remove_if(&key, |_, s| s.expired(now, &self.route));
         if let Some((_, s)) = removed {

@@ -474,6 +474,24 @@ async fn backend_route(
                 .push(v.to_str().unwrap_or("?").to_string());
         }
         Response::new(full(serde_json::to_vec(&map).unwrap()))
+    } else if path == "/count" {
+        // A visit counter kept only in the session: `n` goes up by one per request.
+        let h = req.headers();
+        let attrs: serde_json::Value = h
+            .get("x-session")
+            .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+            .unwrap_or(serde_json::json!({}));
+        let n = attrs["n"].as_u64().unwrap_or(0) + 1;
+        let body = serde_json::json!({
+            "n": n,
+            "node": h.get("x-session-node").and_then(|v| v.to_str().ok()),
+            "original": h.get("x-session-original-id").and_then(|v| v.to_str().ok()),
+            "backend": name,
+        });
+        let mut r = Response::new(full(body.to_string()));
+        r.headers_mut()
+            .insert("x-session-set", format!("{{\"n\":{n}}}").parse().unwrap());
+        r
     } else if path == "/directives" {
         let mut r = Response::new(full("with directives"));
         r.headers_mut()

@@ -148,6 +148,8 @@ pub fn is_idempotent(m: &Method) -> bool {
 
 pub struct Upstream {
     pub backends: Vec<Arc<Backend>>,
+    /// Keep-alive pools to other members' HTTP listeners, for forwarding.
+    peers: dashmap::DashMap<std::net::SocketAddr, Arc<Backend>>,
     balancer: Balancer,
     cfg: BackendsConfig,
     epoch: Instant,
@@ -176,6 +178,7 @@ impl Upstream {
         Self {
             balancer: Balancer::new(cfg.algorithm, &weights),
             backends,
+            peers: dashmap::DashMap::new(),
             cfg: cfg.clone(),
             epoch: Instant::now(),
         }
@@ -199,6 +202,49 @@ impl Upstream {
         };
         if b.set_health(false, until) {
             tracing::warn!(backend = %b.url, "backend marked down after a failed request");
+        }
+    }
+
+    /// Forwards `req` to another member's HTTP listener (one attempt). On failure, the
+    /// request comes back if nothing of it was sent.
+    pub async fn send_to_peer(
+        &self,
+        addr: std::net::SocketAddr,
+        req: Request<UpBody>,
+    ) -> Result<(Response<Incoming>, Lease), (Option<Request<UpBody>>, String)> {
+        let peer = self
+            .peers
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Backend {
+                    url: format!("http://{addr}"),
+                    authority: addr.to_string(),
+                    weight: 1,
+                    down_until: AtomicU64::new(0),
+                    in_flight: AtomicUsize::new(0),
+                    idle: Mutex::new(Vec::new()),
+                    counters: BackendCounters::default(),
+                })
+            })
+            .clone();
+        let mut lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
+        let (mut sender, _) = match peer.checkout(&self.cfg).await {
+            Ok(c) => c,
+            Err(e) => return Err((Some(req), e.to_string())),
+        };
+        // The owner answers within its own backend timeout; this only guards against a
+        // member that accepted and hung.
+        let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
+        match tokio::time::timeout(limit, sender.try_send_request(req)).await {
+            Err(_) => Err((None, "no answer in time".into())),
+            Ok(Ok(resp)) => {
+                lease.sender = Some(sender);
+                Ok((resp, lease))
+            }
+            Ok(Err(mut e)) => {
+                let why = e.error().to_string();
+                Err((e.take_message(), why))
+            }
         }
     }
 

@@ -1,0 +1,304 @@
+//! Sticky routing across nodes and failover (issue: routing and failover).
+
+mod common;
+
+use std::time::Duration;
+
+use caracal::cluster::routing::successor;
+use common::*;
+use http::StatusCode;
+use serde_json::Value;
+
+fn count(cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::get("/count").header("host", "app");
+    if let Some(c) = cookie {
+        b = b.header("cookie", format!("JSESSIONID={c}"));
+    }
+    b.body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
+async fn three(port: u16, domain: &str) -> (TestBackend, Vec<Node>) {
+    let b = TestBackend::start("b").await;
+    let confs: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|r| cluster_node(r, &b.url(), port, domain, ""))
+        .collect();
+    let nodes = Node::start_all(&confs).await;
+    for n in &nodes {
+        n.wait_status(Duration::from_secs(3), "cluster formed", |s| {
+            s["members"].as_array().unwrap().len() == 2
+        })
+        .await;
+    }
+    (b, nodes)
+}
+
+fn kill(n: &mut Node) {
+    n.child.kill().unwrap();
+    let _ = n.child.wait();
+}
+
+async fn owners(nodes: &[&Node], base: &str) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for n in nodes {
+        let s = session_info(n.admin, base)
+            .await
+            .expect("session on every live node");
+        v.push((
+            s["owner"].as_str().unwrap().to_string(),
+            s["epoch"].as_u64().unwrap(),
+        ));
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_of_node1_arriving_at_node2_is_served_by_node1() {
+    let (_b, nodes) = three(46401, "sticky").await;
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    assert!(id.ends_with(".n1"));
+    for n in &nodes[1..] {
+        let r = http(n.http, count(Some(&id))).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let j = r.json();
+        assert_eq!(j["node"], "n1", "served by {}", j["node"]);
+        assert!(
+            r.header("set-cookie").is_none(),
+            "cookie changed while the owner lives"
+        );
+    }
+    let r = http(nodes[0].http, count(Some(&id))).await;
+    assert_eq!(r.json()["n"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_owner_hands_the_session_to_the_deterministic_successor() {
+    let (_b, mut nodes) = three(46402, "failover").await;
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    let base = id.split('.').next().unwrap().to_string();
+    for _ in 0..2 {
+        http(nodes[1].http, count(Some(&id))).await;
+    }
+    let succ = successor(&base, ["n2", "n3"]).unwrap().to_string();
+    let mut n1 = nodes.remove(0);
+    kill(&mut n1);
+
+    // Right away, with no wait for drop_time: the client retries on the next node.
+    let r = http(nodes[0].http, count(Some(&id))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["n"], 4, "counter did not continue: {j}");
+    assert_eq!(j["node"], succ.as_str());
+    assert_eq!(j["original"], id.as_str(), "X-Session-Original-Id");
+    let new_id = set_cookie_id(&r).expect("cookie rewritten (JvmRouteBinder)");
+    assert_eq!(new_id, format!("{base}.{succ}"));
+    // The same cookie at the other node reaches the same owner.
+    let r = http(nodes[1].http, count(Some(&id))).await;
+    assert_eq!(r.json()["node"], succ.as_str());
+    assert_eq!(r.json()["n"], 5);
+    let seen = owners(&[&nodes[0], &nodes[1]], &base).await;
+    assert!(seen.iter().all(|(o, e)| *o == succ && *e == 2), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_requests_after_a_kill_make_one_owner_and_lose_nothing() {
+    let (_b, mut nodes) = three(46403, "parallel").await;
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    let base = id.split('.').next().unwrap().to_string();
+    let mut n1 = nodes.remove(0);
+    kill(&mut n1);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = nodes[i % 2].http;
+        let cookie = format!("JSESSIONID={id}");
+        tasks.push(tokio::spawn(async move {
+            let set = format!("{{\"k{i}\":{i}}}");
+            http(
+                addr,
+                reflect("/", Some(&cookie), &[("x-session-set", &set)]),
+            )
+            .await
+        }));
+    }
+    let mut served_by = std::collections::HashSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        served_by.insert(
+            r.json()["headers"]["x-session-node"][0]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        served_by.len(),
+        1,
+        "more than one owner served: {served_by:?}"
+    );
+    let seen = owners(&[&nodes[0], &nodes[1]], &base).await;
+    assert_eq!(seen[0], seen[1], "nodes disagree on the owner");
+    assert_eq!(seen[0].1, 2, "epoch raised once");
+    let info = session_info(nodes[0].admin, &base).await.unwrap();
+    let attrs = info["attributes"].as_object().unwrap();
+    for i in 0..20 {
+        assert!(attrs.contains_key(&format!("k{i}")), "lost k{i}: {attrs:?}");
+    }
+    assert_eq!(attrs["n"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_forwards_its_old_cookies_to_the_new_owner() {
+    let (b, mut nodes) = three(46404, "restart").await;
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    let base = id.split('.').next().unwrap().to_string();
+    let mut n1 = nodes.remove(0);
+    kill(&mut n1);
+    let r = http(nodes[0].http, count(Some(&id))).await;
+    let succ = r.json()["node"].as_str().unwrap().to_string();
+    assert_ne!(succ, "n1");
+    // n1 comes back with the same route and receives the cluster's sessions.
+    let n1b = Node::start(&cluster_node("n1", &b.url(), 46404, "restart", "")).await;
+    let copy = session_info(n1b.admin, &base).await.expect("transferred");
+    assert_eq!(copy["owner"], succ.as_str());
+    // The old cookie, at the restarted node: forwarded to the owner, never served stale.
+    let r = http(n1b.http, count(Some(&id))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["node"], succ.as_str());
+    assert_eq!(r.json()["n"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_binder_the_cookie_stays_and_the_successor_serves() {
+    let b = TestBackend::start("b").await;
+    let confs: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|r| {
+            cluster_node(r, &b.url(), 46405, "nobinder", "").replace(
+                "[cluster]\n",
+                "[jvm_route_binder]\nenabled = false\n[cluster]\n",
+            )
+        })
+        .collect();
+    let mut nodes = Node::start_all(&confs).await;
+    for n in &nodes {
+        n.wait_status(Duration::from_secs(3), "formed", |s| {
+            s["members"].as_array().unwrap().len() == 2
+        })
+        .await;
+    }
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    let mut n1 = nodes.remove(0);
+    kill(&mut n1);
+    let r = http(nodes[0].http, count(Some(&id))).await;
+    assert_eq!(r.json()["n"], 2);
+    assert!(r.header("set-cookie").is_none());
+    assert_eq!(r.json()["original"], Value::Null);
+}
+
+/// A paused-then-resumed owner (SIGSTOP) is taken over; its writes after SIGCONT carry the
+/// old epoch and are rejected by the members that saw the takeover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
+    let (_b, nodes) = three(46406, "zombie").await;
+    let r = http(nodes[0].http, count(None)).await;
+    let id = set_cookie_id(&r).unwrap();
+    let base = id.split('.').next().unwrap().to_string();
+    nodes[0].signal("STOP");
+    // The next request on n2 verifies n1 (no answer: stopped) and fails over.
+    let r = http(nodes[1].http, count(Some(&id))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let succ = r.json()["node"].as_str().unwrap().to_string();
+    assert_ne!(succ, "n1");
+    nodes[0].signal("CONT");
+    let live = if succ == "n2" { &nodes[1] } else { &nodes[2] };
+    // After SIGCONT the old owner either still believes it owns the session (its write
+    // then carries epoch 1 and is fenced) or has already received the takeover (if it was
+    // queued to its socket while it was stopped) and forwards to the new owner.
+    let r = http(nodes[0].http, count(Some(&id))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let info = session_info(live.admin, &base).await.unwrap();
+    assert_eq!(info["owner"], succ.as_str());
+    assert_eq!(info["epoch"], 2);
+    if r.json()["node"] == "n1" {
+        assert_eq!(info["attributes"]["n"], 2, "zombie write applied: {info}");
+        assert!(
+            fenced_total(&nodes[1..]).await >= 1,
+            "the zombie's change was not fenced"
+        );
+    } else {
+        assert_eq!(r.json()["node"], succ.as_str());
+        assert_eq!(info["attributes"]["n"], 3);
+    }
+    // Deterministically: a change of the old epoch sent straight to the new owner.
+    let before = fenced_total(&nodes[1..]).await;
+    let key = u128::from_str_radix(&base, 16).unwrap();
+    let mesh: std::net::SocketAddr = live.status().await["node"]["mesh_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stale = caracal::cluster::messages::Change::Delta {
+        key,
+        epoch: 1,
+        version: 99,
+        set: Some(r#"{"n":1000}"#.into()),
+        remove: vec![],
+        max_inactive_ms: None,
+    };
+    raw_replicate(mesh, "zombie", stale).await;
+    let info = session_info(live.admin, &base).await.unwrap();
+    assert_ne!(info["attributes"]["n"], 1000, "stale-epoch change applied");
+    assert_eq!(fenced_total(&nodes[1..]).await, before + 1);
+}
+
+async fn fenced_total(nodes: &[Node]) -> u64 {
+    let mut fenced = 0u64;
+    for n in nodes {
+        let m = http(n.admin, get("/metrics")).await.text();
+        fenced += m
+            .lines()
+            .find_map(|l| l.strip_prefix("caracal_replication_fenced_total "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+    }
+    fenced
+}
+
+/// Sends one change to a node's mesh as a member would, and waits for its ack.
+async fn raw_replicate(
+    mesh: std::net::SocketAddr,
+    domain: &str,
+    change: caracal::cluster::messages::Change,
+) {
+    use caracal::cluster::messages::{encode_mesh, MeshMessage, NodeInfo, PeerState};
+    use futures_util::{SinkExt, StreamExt};
+    let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
+    let mut f = tokio_util::codec::Framed::new(stream, caracal::cluster::mesh::codec(1 << 20));
+    let me = NodeInfo {
+        node_id: 7,
+        jvm_route: "n1".into(),
+        mesh_addr: "127.0.0.1:9".parse().unwrap(),
+        http_addr: "127.0.0.1:9".parse().unwrap(),
+        state: PeerState::Ready,
+        alive_ms: 1,
+    };
+    let hello = MeshMessage::Hello {
+        domain: domain.into(),
+        from: me,
+    };
+    f.send(bytes::Bytes::from(encode_mesh(&hello)))
+        .await
+        .unwrap();
+    let msg = MeshMessage::Replicate {
+        seq: 1,
+        changes: vec![std::sync::Arc::new(change)],
+    };
+    f.send(bytes::Bytes::from(encode_mesh(&msg))).await.unwrap();
+    f.next().await.unwrap().unwrap();
+}
