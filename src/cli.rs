@@ -33,10 +33,10 @@ enum Command {
     Check(NodeArgs),
     /// Run a local demo cluster with demo backends on loopback and print what to try.
     Demo {
-        /// The node's HTTP port.
+        /// HTTP port of node1 (node2 and node3 use the next two).
         #[arg(long, default_value_t = 8080)]
         port: u16,
-        /// The node's admin port.
+        /// Admin port of node1 (node2 and node3 use the next two).
         #[arg(long, default_value_t = 9090)]
         admin_port: u16,
         /// The first demo backend's port (the second uses the next one).

@@ -1,6 +1,6 @@
 //! The demo: a stateless app that uses sessions only through the header protocol
-//! (`caracal demo-backend`), and `caracal demo`, which runs a node and two such backends on
-//! loopback and prints what to try.
+//! (`caracal demo-backend`), and `caracal demo`, which runs three node processes and two
+//! such backends on loopback and prints what to try (including killing the owner).
 //!
 //! Demo app routes: `/` (HTML page with a visit counter), `/api/session` (the same as JSON),
 //! `/login?user=NAME` (renew + set user), `/logout` (invalidate), `/static/style.css`
@@ -150,7 +150,8 @@ fn redirect(to: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-/// Ports of `caracal demo`.
+/// Ports of `caracal demo`: node i (0..3) uses `http + i` and `admin + i`; the two backends
+/// `backend` and `backend + 1`.
 #[derive(Debug, Clone, Copy)]
 pub struct DemoPorts {
     pub http: u16,
@@ -158,7 +159,10 @@ pub struct DemoPorts {
     pub backend: u16,
 }
 
-/// Runs one node and two demo backends on loopback until `shutdown`.
+const NODES: u16 = 3;
+
+/// Runs three node processes (this binary) and two demo backends on loopback until
+/// `shutdown`, then stops the nodes it started.
 pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Result<()> {
     let b = [ports.backend, ports.backend.wrapping_add(1)];
     let mut backend_urls = Vec::new();
@@ -174,35 +178,88 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
         ));
         backend_urls.push(format!("\"http://{addr}\""));
     }
-    let conf = format!(
-        "[node]\njvm_route = \"node1\"\nshutdown_grace = \"2s\"\n\
-         [http]\nlisten = [\"127.0.0.1:{}\"]\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
-         [backends]\nservers = [{}]\n[backends.health]\ninterval = \"1s\"\n",
-        ports.http,
-        ports.admin,
-        backend_urls.join(", ")
-    );
-    let cfg = crate::config::load_str(std::path::Path::new("(demo)"), &conf, &[])?;
-    let listeners = crate::node::Listeners::bind(&cfg).await?;
+    let dir = std::env::temp_dir().join(format!("caracal-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe()?;
+    // Its own multicast port and domain, so a demo never joins a real cluster.
+    let mcast_port = 45565;
+    let domain = format!("caracal-demo-{}", std::process::id());
+    let mut children = Vec::new();
+    for i in 0..NODES {
+        let conf = format!(
+            "[node]\njvm_route = \"node{n}\"\nshutdown_grace = \"2s\"\n\
+             [http]\nlisten = [\"127.0.0.1:{http}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [backends]\nservers = [{servers}]\n[backends.health]\ninterval = \"1s\"\n\
+             [cluster]\nenabled = true\n[cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\n\
+             [cluster.receiver]\nport = 4000\nauto_bind = 100\n",
+            n = i + 1,
+            http = ports.http + i,
+            admin = ports.admin + i,
+            servers = backend_urls.join(", "),
+        );
+        let path = dir.join(format!("node{}.toml", i + 1));
+        std::fs::write(&path, conf)?;
+        let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1)))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        children.push(child);
+    }
+    let pid = |c: &tokio::process::Child| c.id().map_or("?".to_string(), |p| p.to_string());
+    let mut lines = String::new();
+    for (i, c) in children.iter().enumerate() {
+        let i16 = i as u16;
+        lines.push_str(&format!(
+            "node{n}  http://127.0.0.1:{h}/   admin http://127.0.0.1:{a}/status   pid {p}\n",
+            n = i + 1,
+            h = ports.http + i16,
+            a = ports.admin + i16,
+            p = pid(c)
+        ));
+    }
     println!(
-        "\ncaracal demo: one node, two stateless demo backends, all on loopback.\n\n\
-         node1    http://127.0.0.1:{http}/           (pid {pid})\n\
-         admin    http://127.0.0.1:{admin}/status\n\
-         backends http://127.0.0.1:{b0}  http://127.0.0.1:{b1}\n\n\
+        "\ncaracal demo: a three-node cluster and two stateless demo backends, all on loopback.\n\n\
+         {lines}backends http://127.0.0.1:{b0}  http://127.0.0.1:{b1}\n\
+         logs and confs in {dir}\n\n\
          Try:\n\
-         1. Open http://127.0.0.1:{http}/ and reload: the visit counter grows, and the\n   \
-            backend alternates while the session stays (it lives in caracal, not the backend).\n\
-         2. curl -si -c /tmp/jar -b /tmp/jar http://127.0.0.1:{http}/api/session\n   \
-            (run it twice: Set-Cookie JSESSIONID=<32 hex>.node1, then visits 2)\n\
-         3. curl -s http://127.0.0.1:{admin}/sessions/<the 32 hex chars>   (the stored session)\n\
-         4. /login?user=alice renews the id (old id gone, data kept); /logout invalidates it.\n\
-         5. /static/style.css matches the static filter: no session headers, no cookie.\n\n\
+         1. curl -s -c jar -b jar http://127.0.0.1:{h0}/api/session   (a few times)\n   \
+            The visit counter lives in the cluster's session store; the cookie ends in .node1.\n\
+         2. Ask the other nodes with the same cookie: they forward to the owner, node1.\n   \
+            curl -s -b jar http://127.0.0.1:{h1}/api/session\n\
+         3. Kill the owner:  kill -9 {p0}\n\
+         4. Continue on any other node: the counter goes on, the session's successor owns it\n   \
+            now, and the cookie is rewritten to its route (JvmRouteBinder):\n   \
+            curl -si -c jar -b jar http://127.0.0.1:{h2}/api/session\n\
+         5. Every node's copy: curl -s http://127.0.0.1:{a1}/sessions/<the 32 hex chars>\n\
+         6. /login?user=alice renews the id, /logout invalidates it, /static/style.css skips\n   \
+            all session work (the static filter). Open http://127.0.0.1:{h0}/ in a browser.\n\n\
          Ctrl-C stops everything.\n",
-        http = ports.http,
-        admin = ports.admin,
         b0 = b[0],
         b1 = b[1],
-        pid = std::process::id(),
+        dir = dir.display(),
+        h0 = ports.http,
+        h1 = ports.http + 1,
+        h2 = ports.http + 2,
+        a1 = ports.admin + 1,
+        p0 = pid(&children[0]),
     );
-    crate::node::run(cfg, listeners, shutdown).await
+    shutdown.cancelled().await;
+    for c in &mut children {
+        // SIGTERM so each node leaves the cluster cleanly; the shell's kill needs no crate.
+        if let Some(p) = c.id() {
+            let _ = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -TERM {p} 2>/dev/null")])
+                .status();
+        }
+    }
+    for c in &mut children {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), c.wait()).await;
+        let _ = c.kill().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

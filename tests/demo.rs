@@ -1,7 +1,10 @@
-//! `caracal demo` and the demo app: a visit counter that lives in the proxy's session store.
+//! `caracal demo`: three node processes and two stateless demo backends; the walk-through
+//! it prints works, including killing the owner.
 
 mod common;
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,16 +14,29 @@ use http::StatusCode;
 struct Killed(std::process::Child);
 impl Drop for Killed {
     fn drop(&mut self) {
+        // SIGTERM lets the demo stop the nodes it started.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.0.id())])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-/// Two free ports in a row, for the demo's backend pair.
-fn free_pair() -> u16 {
+/// `n` free loopback ports in a row.
+fn free_run(n: u16) -> u16 {
     loop {
         let p = closed_port().port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+        if p < u16::MAX - n
+            && (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        {
             return p;
         }
     }
@@ -38,11 +54,26 @@ fn with_cookie(
         .unwrap()
 }
 
+async fn wait_ready(admin: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = try_http(admin, get("/ready")).await {
+            if r.status == StatusCode::OK {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "demo node {admin} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_counts_visits_across_both_backends() {
-    let (http_port, admin_port, backend_port) =
-        (closed_port().port(), closed_port().port(), free_pair());
-    let child = Command::new(BIN)
+async fn demo_walkthrough_survives_killing_the_owner() {
+    let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
+    let mut child = Command::new(BIN)
         .args([
             "demo",
             "--port",
@@ -52,28 +83,49 @@ async fn demo_counts_visits_across_both_backends() {
             "--backend-port",
             &backend_port.to_string(),
         ])
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _guard = Killed(child);
-    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    let node: std::net::SocketAddr = ([127, 0, 0, 1], http_port).into();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Ok(r) = try_http(admin, get("/ready")).await {
-            if r.status == StatusCode::OK {
-                break;
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let guard = Killed(child);
+    // The node1 line carries its PID: "node1  http://...   pid 1234".
+    let node1_pid = tokio::task::spawn_blocking(move || {
+        for line in out.lines().map_while(Result::ok) {
+            if line.starts_with("node1 ") {
+                return line.rsplit(' ').next().unwrap().trim().to_string();
             }
         }
-        assert!(Instant::now() < deadline, "demo never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("demo printed no node1 line");
+    })
+    .await
+    .unwrap();
+    let node = |i: u16| -> SocketAddr { ([127, 0, 0, 1], http_port + i).into() };
+    let admin = |i: u16| -> SocketAddr { ([127, 0, 0, 1], admin_port + i).into() };
+    for i in 0..3 {
+        wait_ready(admin(i)).await;
+    }
+    for i in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = http(admin(i), get("/status")).await.json();
+            if s["members"].as_array().unwrap().len() == 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "demo cluster did not form");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     let mut cookie: Option<String> = None;
     let mut backends = std::collections::HashSet::new();
-    for visit in 1..=4u64 {
-        let r = http(node, with_cookie("/api/session", &cookie)).await;
+    for visit in 1..=6u64 {
+        // Visits go round the three nodes; the owner stays node1.
+        let r = http(
+            node(((visit - 1) % 3) as u16),
+            with_cookie("/api/session", &cookie),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK);
         let j = r.json();
         assert_eq!(j["visits"], visit, "{j}");
@@ -85,19 +137,33 @@ async fn demo_counts_visits_across_both_backends() {
             assert_eq!(j["node"], "node1");
         }
     }
+    assert!(cookie.as_deref().unwrap().ends_with(".node1"));
     assert_eq!(
         backends.len(),
         2,
         "both stateless backends served the one session"
     );
-    // The HTML page and the static file.
-    let page = http(node, with_cookie("/", &cookie)).await;
-    assert!(page.text().contains("visit 5"), "{}", page.text());
-    let css = http(node, with_cookie("/static/style.css", &cookie)).await;
-    assert_eq!(css.status, StatusCode::OK);
+    let css = http(node(0), with_cookie("/static/style.css", &cookie)).await;
     assert!(css.header("set-cookie").is_none());
-    // Logout invalidates.
-    let out = http(node, with_cookie("/logout", &cookie)).await;
-    assert_eq!(out.status, StatusCode::SEE_OTHER);
-    assert!(out.header("set-cookie").unwrap().contains("Max-Age=0"));
+
+    // Step 3 of the walk-through: kill -9 the owner, continue on another node.
+    let ok = Command::new("sh")
+        .args(["-c", &format!("kill -9 {node1_pid}")])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let r = http(node(2), with_cookie("/api/session", &cookie)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["visits"], 7, "{j}");
+    assert_ne!(j["node"], "node1");
+    let rewritten = r
+        .header("set-cookie")
+        .expect("cookie rewritten")
+        .to_string();
+    assert!(
+        rewritten.contains(&format!(".{}", j["node"].as_str().unwrap())),
+        "{rewritten}"
+    );
+    drop(guard);
 }

@@ -284,10 +284,21 @@ impl Proxy {
                 parts.headers.remove(HOP);
                 Err(Forward::Unsent(Box::new(parts), body, why))
             }
-            Err((None, why)) => Err(Forward::Failed(ProxyError::BackendFailed(format!(
-                "forward to member {}: {why}",
-                to.jvm_route
-            )))),
+            Err((None, why)) => {
+                // Sent, then the connection broke (a killed owner's pooled connection):
+                // if the member is dead, this is a failover, not a backend error.
+                let dead = match self.sessions.replicator() {
+                    Some(r) => !r.membership.check_now(to.node_id).await,
+                    None => false,
+                };
+                let e =
+                    ProxyError::BackendFailed(format!("forward to member {}: {why}", to.jvm_route));
+                Err(if dead {
+                    Forward::OwnerDied(e)
+                } else {
+                    Forward::Failed(e)
+                })
+            }
         }
     }
 }
