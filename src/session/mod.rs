@@ -288,6 +288,25 @@ impl SessionLayer {
         );
     }
 
+    /// Ends every session this node owns and waits for the cluster to apply it (Tomcat's
+    /// `expireSessionsOnShutdown = true`).
+    pub async fn end_owned_sessions(&self) -> usize {
+        let rep = self.replicator.get();
+        let mut waits = Vec::new();
+        let now = Instant::now();
+        let mut n = 0;
+        for key in self.store.owned_keys() {
+            let ended = self.store.end_owned(key, now, &mut |c| {
+                if let Some(r) = rep {
+                    r.enqueue(c, Some(&mut waits));
+                }
+            });
+            n += usize::from(ended);
+        }
+        self.settle(waits).await;
+        n
+    }
+
     /// Removes expired sessions periodically until `shutdown`.
     pub async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);

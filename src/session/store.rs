@@ -575,6 +575,24 @@ impl SessionStore {
         self.map.iter().map(|e| e.key().0).collect()
     }
 
+    /// Ends a session this node owns (shutdown with `expire_sessions_on_shutdown`); the
+    /// removal is emitted like an invalidation.
+    pub fn end_owned(&self, key: u128, now: Instant, emit: Emit) -> bool {
+        let k = Key(key);
+        let Some((_, s)) = self.map.remove_if(&k, |_, s| *s.owner == *self.route) else {
+            return false;
+        };
+        self.counters.expired.inc();
+        self.counters.active.dec();
+        self.tomb(k, s.ver(), now);
+        emit(Change::Remove {
+            key,
+            epoch: s.epoch,
+            version: s.version,
+        });
+        true
+    }
+
     /// Keys of the sessions this node owns.
     pub fn owned_keys(&self) -> Vec<u128> {
         self.map
