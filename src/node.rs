@@ -261,7 +261,10 @@ pub async fn run(
     }
     if cluster.is_some() && cfg.cluster.expire_sessions_on_shutdown {
         let n = proxy.sessions.end_owned_sessions().await;
-        tracing::info!(sessions = n, "expire_sessions_on_shutdown: owned sessions ended");
+        tracing::info!(
+            sessions = n,
+            "expire_sessions_on_shutdown: owned sessions ended"
+        );
     }
     background.cancel();
     let _ = health.await;

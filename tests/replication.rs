@@ -407,12 +407,20 @@ async fn bad_mesh_frames_close_that_connection_only() {
 async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
     let b = TestBackend::start("b").await;
     let keep = cluster_node("k1", &b.url(), 46308, "shutdown", "");
-    let end = cluster_node("e1", &b.url(), 46308, "shutdown", "expire_sessions_on_shutdown = true");
+    let end = cluster_node(
+        "e1",
+        &b.url(),
+        46308,
+        "shutdown",
+        "expire_sessions_on_shutdown = true",
+    );
     let n2 = cluster_node("k2", &b.url(), 46308, "shutdown", "");
     let mut nodes = Node::start_all(&[keep, end, n2]).await;
     for n in &nodes {
-        n.wait_status(Duration::from_secs(3), "formed", |s| s["members"].as_array().unwrap().len() == 2)
-            .await;
+        n.wait_status(Duration::from_secs(3), "formed", |s| {
+            s["members"].as_array().unwrap().len() == 2
+        })
+        .await;
     }
     let mk = |addr| async move {
         let r = http(addr, reflect("/", None, &[("x-session-set", "{}")])).await;
@@ -423,9 +431,11 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
     let survivor = nodes.pop().unwrap();
     for mut n in nodes {
         n.signal("TERM");
-        tokio::task::spawn_blocking(move || assert!(n.wait_exit(Duration::from_secs(10)).success()))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            assert!(n.wait_exit(Duration::from_secs(10)).success())
+        })
+        .await
+        .unwrap();
     }
     // SPEC 4.8: sessions stay alive on the other members by default...
     assert!(session_info(survivor.admin, &kept).await.is_some());

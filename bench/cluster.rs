@@ -1,0 +1,451 @@
+//! Cluster figures (issues: replication, failover), measured on real node processes on
+//! loopback and printed:
+//! 1. replication throughput between two nodes (changes/s), sync and async, with the
+//!    replication lag p50/p99 and bytes on the wire per change;
+//! 2. state-transfer time for TRANSFER_SESSIONS (100k) sessions of 1 KiB;
+//! 3. failover: FAILOVER_KILLS (20) kill -9 of a session's owner under steady requests from
+//!    a client that retries at once on the next node (DNS round robin): time from kill to the
+//!    first continued response (p50/p99), failed requests, sessions lost.
+//!
+//! Run: `cargo bench --bench cluster` (env: BENCH_SECS, TRANSFER_SESSIONS, FAILOVER_KILLS).
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_caracal");
+
+fn env_num(k: &str, d: u64) -> u64 {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+// ---- a backend that keeps a counter (and padding) in the session ----------------------
+
+async fn backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc =
+                    service_fn(
+                        |req: Request<Incoming>| async move { Ok::<_, Infallible>(route(&req)) },
+                    );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn route(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let mut r = Response::new(Full::new(Bytes::new()));
+    if path == "/health" {
+        return r;
+    }
+    if let Some(n) = path.strip_prefix("/fill/") {
+        let n: usize = n.parse().unwrap_or(0);
+        let v = format!("{{\"pad\":\"{}\"}}", "x".repeat(n.saturating_sub(10)));
+        r.headers_mut().insert("x-session-set", v.parse().unwrap());
+        return r;
+    }
+    let n = req
+        .headers()
+        .get("x-session")
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.as_bytes()).ok())
+        .and_then(|v| v["n"].as_u64())
+        .unwrap_or(0)
+        + 1;
+    r.headers_mut()
+        .insert("x-session-set", format!("{{\"n\":{n}}}").parse().unwrap());
+    *r.body_mut() = Full::new(Bytes::from(n.to_string()));
+    r
+}
+
+// ---- nodes ------------------------------------------------------------------------------
+
+struct NodeProc {
+    child: Child,
+    http: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn conf(route: &str, backend: SocketAddr, domain: &str, extra: &str) -> String {
+    format!(
+        "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"1s\"\n\
+         [http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [backends]\nservers = [\"http://{backend}\"]\n\
+         [cluster]\nenabled = true\n{extra}\n\
+         [cluster.membership]\nport = 46900\ndomain = \"{domain}\"\n[cluster.receiver]\nport = 0\n"
+    )
+}
+
+async fn spawn_node(conf: &str) -> NodeProc {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, conf).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn,caracal::node=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (http, admin) = tokio::task::spawn_blocking(move || {
+        let (mut http, mut admin) = (None, None);
+        let mut lines = BufReader::new(err).lines();
+        while http.is_none() || admin.is_none() {
+            let line = lines.next().expect("node exited").unwrap();
+            let find = |m: &str| {
+                line.find(m)
+                    .and_then(|i| line[i + m.len()..].split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            };
+            http = http.or(find("kind=\"http\" addr="));
+            admin = admin.or(find("kind=\"admin\" addr="));
+        }
+        // Keep draining so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        (http.unwrap(), admin.unwrap())
+    })
+    .await
+    .unwrap();
+    let node = NodeProc {
+        child,
+        http,
+        admin,
+        _dir: dir,
+    };
+    loop {
+        if let Ok((200, _)) = get(admin, "/ready", None).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    node
+}
+
+async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Result<(u16, String), String> {
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut b = Request::get(path).header("host", "bench");
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let resp = tx
+        .send_request(b.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One keep-alive connection.
+struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl Conn {
+    async fn new(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Conn(tx)
+    }
+
+    async fn get(&mut self, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
+        self.0.ready().await.unwrap();
+        let mut b = Request::get(path).header("host", "bench");
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        let resp = self
+            .0
+            .send_request(b.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let sc = resp
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or("").to_string());
+        let _ = resp.into_body().collect().await;
+        (status, sc)
+    }
+}
+
+/// A metric's value (first line starting with `name`).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// p-quantile from a Prometheus histogram's cumulative buckets (upper bound of the bucket).
+fn quantile(text: &str, hist: &str, q: f64) -> f64 {
+    let prefix = format!("{hist}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, v) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= q * total)
+        .map_or(f64::NAN, |b| b.0)
+}
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() as f64 - 1.0) * q).round() as usize]
+}
+
+// ---- 1. replication throughput -----------------------------------------------------------
+
+async fn throughput(mode: &str, secs: u64, b: SocketAddr) {
+    let domain = format!("bench-tp-{mode}-{}", std::process::id());
+    let extra = format!("send_options = \"{mode}\"");
+    let n1 = spawn_node(&conf("n1", b, &domain, &extra)).await;
+    let n2 = spawn_node(&conf("n2", b, &domain, &extra)).await;
+    let total = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (addr, total) = (n1.http, total.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(addr).await;
+            let (_, cookie) = c.get("/inc", None).await;
+            let cookie = cookie.unwrap();
+            while Instant::now() < deadline {
+                let (s, _) = c.get("/inc", Some(&cookie)).await;
+                assert_eq!(s, 200);
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let n = total.load(Ordering::Relaxed);
+    // Let async mode drain before reading the counters.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = get(n1.admin, "/metrics", None).await.unwrap().1;
+    let bytes = metric(&m, "caracal_replication_bytes_sent_total");
+    let msgs = metric(&m, "caracal_replication_messages_sent_total");
+    let deltas = metric(
+        &m,
+        "caracal_replication_messages_sent_total{peer=\"n2\",kind=\"delta\"}",
+    );
+    let unrepl = metric(&m, "caracal_replication_unreplicated_writes_total");
+    println!(
+        "replication {mode:5}: {:>8.0} changes/s (32 clients, {secs} s, 2 nodes); lag p50 <= {:.2} ms, p99 <= {:.2} ms; \
+         {:.1} bytes on the wire per change ({} changes, {} deltas); unreplicated writes {}",
+        n as f64 / secs as f64,
+        quantile(&m, "caracal_replication_lag_seconds", 0.5) * 1e3,
+        quantile(&m, "caracal_replication_lag_seconds", 0.99) * 1e3,
+        bytes / msgs.max(1.0),
+        msgs,
+        deltas,
+        unrepl,
+    );
+    let n2s = get(n2.admin, "/status", None).await.unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(&n2s).unwrap();
+    assert_eq!(v["sessions"]["total"], 32, "replica lost sessions");
+}
+
+fn single_delta_bytes() -> usize {
+    use caracal::cluster::messages::{encode_mesh, Change, MeshMessage};
+    let d = Change::Delta {
+        key: u128::MAX / 3,
+        epoch: 1,
+        version: 42,
+        set: Some("{\"n\":42}".into()),
+        remove: vec![],
+        max_inactive_ms: None,
+    };
+    4 + encode_mesh(&MeshMessage::Replicate {
+        seq: 7,
+        changes: vec![Arc::new(d)],
+    })
+    .len()
+}
+
+// ---- 2. state transfer -------------------------------------------------------------------
+
+async fn transfer(sessions: u64, b: SocketAddr) {
+    let domain = format!("bench-st-{}", std::process::id());
+    let n1 = spawn_node(&conf("n1", b, &domain, "")).await;
+    let t = Instant::now();
+    let per = sessions / 32;
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let addr = n1.http;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(addr).await;
+            for _ in 0..per {
+                let (s, sc) = c.get("/fill/1024", None).await;
+                assert!(s == 200 && sc.is_some());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let filled = per * 32;
+    let fill_time = t.elapsed();
+    let t = Instant::now();
+    let n2 = spawn_node(&conf("n2", b, &domain, "")).await;
+    let ready = t.elapsed();
+    let m = get(n2.admin, "/metrics", None).await.unwrap().1;
+    let st = metric(&m, "caracal_state_transfer_duration_seconds_sum");
+    let s: serde_json::Value =
+        serde_json::from_str(&get(n2.admin, "/status", None).await.unwrap().1).unwrap();
+    println!(
+        "state transfer: {filled} sessions of 1 KiB (filled in {:.1} s): transfer {:.2} s \
+         ({:.0} sessions/s); new node spawn -> /ready 200 in {:.2} s (incl. 1.25 s join window); it holds {}",
+        fill_time.as_secs_f64(),
+        st,
+        filled as f64 / st,
+        ready.as_secs_f64(),
+        s["sessions"]["total"]
+    );
+}
+
+// ---- 3. failover ---------------------------------------------------------------------------
+
+async fn failover(kills: u64, b: SocketAddr) {
+    let domain = format!("bench-fo-{}", std::process::id());
+    let routes = ["n1", "n2", "n3"];
+    let mut nodes: Vec<Option<NodeProc>> = Vec::new();
+    for r in routes {
+        nodes.push(Some(spawn_node(&conf(r, b, &domain, "")).await));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut recover = Vec::new();
+    let (mut failed, mut lost) = (0u64, 0u64);
+    for k in 0..kills {
+        // A fresh session, owned by the node it was created on.
+        let owner = (k % 3) as usize;
+        let addr = nodes[owner].as_ref().unwrap().http;
+        let mut c = Conn::new(addr).await;
+        let (_, sc) = c.get("/inc", None).await;
+        let cookie = sc.unwrap();
+        let mut counter = 1u64;
+        // Steady requests over the live nodes (round robin), then the kill.
+        let addrs: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.http).collect();
+        for i in 0..20 {
+            let (s, body) = get(addrs[i % addrs.len()], "/inc", Some(&cookie))
+                .await
+                .unwrap();
+            assert_eq!(s, 200);
+            counter = body.parse().unwrap();
+        }
+        let killed = nodes[owner].take().unwrap();
+        let mut killed = killed;
+        let _ = killed.child.kill();
+        let t = Instant::now();
+        let _ = killed.child.wait();
+        // The client retries at once on the next node, as a DNS round-robin client does.
+        let others: Vec<SocketAddr> = nodes.iter().flatten().map(|n| n.http).collect();
+        let mut i = 0;
+        loop {
+            match get(others[i % others.len()], "/inc", Some(&cookie)).await {
+                Ok((200, body)) => {
+                    let n: u64 = body.parse().unwrap_or(0);
+                    if n != counter + 1 {
+                        lost += 1;
+                    }
+                    break;
+                }
+                _ => failed += 1,
+            }
+            i += 1;
+            assert!(t.elapsed() < Duration::from_secs(30), "no recovery");
+        }
+        recover.push(t.elapsed().as_secs_f64() * 1e3);
+        drop(killed);
+        // Bring the node back for the next round.
+        nodes[owner] = Some(spawn_node(&conf(routes[owner], b, &domain, "")).await);
+    }
+    println!(
+        "failover: {kills} kill -9 of the owner: kill -> first continued response p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         failed requests {failed}; sessions lost {lost} (sync mode, default timers)",
+        pct(&mut recover.clone(), 0.5),
+        pct(&mut recover.clone(), 0.99),
+        recover.iter().cloned().fold(0.0, f64::max),
+    );
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let secs = env_num("BENCH_SECS", 5);
+        let b = backend().await;
+        println!(
+            "machine: {} cores; one Replicate frame with one small delta: {} bytes",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            single_delta_bytes()
+        );
+        throughput("sync", secs, b).await;
+        throughput("async", secs, b).await;
+        transfer(env_num("TRANSFER_SESSIONS", 100_000), b).await;
+        failover(env_num("FAILOVER_KILLS", 20), b).await;
+    });
+}
