@@ -34,10 +34,7 @@ fn browser_request() -> HeaderMap {
 
 fn bench(c: &mut Criterion) {
     let h = Hygiene::new("X-Session", vec!["10.0.0.0/8".parse().unwrap()]);
-    let client = ClientInfo {
-        peer: "192.0.2.10:51234".parse().unwrap(),
-        tls: false,
-    };
+    let client = ClientInfo::new("192.0.2.10:51234".parse().unwrap(), false);
     let req = browser_request();
     let host = req.get("host").cloned();
     c.bench_function("hygiene/request (8 headers)", |b| {

@@ -114,7 +114,7 @@ impl Frontend {
         let _ = stream.set_nodelay(true);
         match tls {
             None => {
-                let client = ClientInfo { peer, tls: false };
+                let client = ClientInfo::new(peer, false);
                 let builder = if self.h2c {
                     &self.builder
                 } else {
@@ -136,7 +136,7 @@ impl Frontend {
                         return;
                     }
                 };
-                let client = ClientInfo { peer, tls: true };
+                let client = ClientInfo::new(peer, true);
                 self.serve_io(&self.builder, TokioIo::new(tls_stream), client, shutdown)
                     .await
             }
@@ -153,16 +153,19 @@ impl Frontend {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.proxy.clone();
+        let client = std::sync::Arc::new(client);
+        let peer = client.peer;
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+            let client = client.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
         let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(peer = %client.peer, error = %e, "client connection ended with an error");
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
                 }
             }
             _ = shutdown.cancelled() => {

@@ -27,10 +27,23 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// The client side of one connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The peer's IP as a header value, rendered once per connection.
+    pub ip_value: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let ip = peer.ip().to_canonical().to_string();
+        Self {
+            peer,
+            tls,
+            ip_value: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+        }
+    }
 }
 
 /// Header rules configured for a node.
@@ -74,16 +87,15 @@ impl Hygiene {
         let ip = client.peer.ip().to_canonical();
         // A cluster member forwarding a request is a proxy of ours.
         let trusted = from_member || self.is_trusted(ip);
-        let xff = if trusted && headers.contains_key(X_FORWARDED_FOR) {
+        if trusted && headers.contains_key(X_FORWARDED_FOR) {
             let mut chain = join_values(headers, &X_FORWARDED_FOR);
             chain.push_str(", ");
             chain.push_str(&ip.to_string());
-            chain
+            if let Ok(v) = HeaderValue::from_str(&chain) {
+                headers.insert(X_FORWARDED_FOR, v);
+            }
         } else {
-            ip.to_string()
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(X_FORWARDED_FOR, v);
+            headers.insert(X_FORWARDED_FOR, client.ip_value.clone());
         }
         if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
             let proto = if client.tls { "https" } else { "http" };
@@ -139,27 +151,43 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Removes the standard hop-by-hop headers and every header named in `Connection`.
+/// One pass over the names; nothing is allocated unless something must go.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut listed = false;
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || name == header::UPGRADE {
+            listed |= name == header::CONNECTION;
+            doomed.push(name.clone());
+        }
+    }
+    if listed {
+        for token in headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            // Host is needed to reach the backend; listing it must not remove it.
-            .filter(|n| *n != header::HOST)
-            .collect();
-        for n in named {
-            headers.remove(n);
+            .map(str::trim)
+        {
+            // The usual values name no header: skip parsing them.
+            if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("upgrade")
+                || token.is_empty()
+            {
+                continue;
+            }
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                // Host is needed to reach the backend; listing it must not remove it.
+                if n != header::HOST {
+                    doomed.push(n);
+                }
+            }
         }
     }
-    for h in &HOP_BY_HOP {
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
+    for n in doomed {
+        headers.remove(n);
     }
-    headers.remove(header::UPGRADE);
 }
 
 /// Removes every header whose (lower-case) name starts with `prefix`.
@@ -196,10 +224,7 @@ mod tests {
     use super::*;
 
     fn client(ip: &str) -> ClientInfo {
-        ClientInfo {
-            peer: format!("{ip}:5555").parse().unwrap(),
-            tls: false,
-        }
+        ClientInfo::new(format!("{ip}:5555").parse().unwrap(), false)
     }
 
     #[test]

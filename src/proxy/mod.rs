@@ -47,7 +47,7 @@ impl Proxy {
     }
 
     /// Serves one client request; never fails: errors become responses.
-    pub async fn handle(&self, req: Request<Incoming>, client: ClientInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         let http1 = req.version() < Version::HTTP_2;
         let resp = match self.proxy(req, client).await {
@@ -75,7 +75,7 @@ impl Proxy {
     async fn proxy(
         &self,
         mut req: Request<Incoming>,
-        client: ClientInfo,
+        client: &ClientInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -84,11 +84,11 @@ impl Proxy {
         });
         // A request forwarded by a member: its X-Forwarded-* are trusted, its hop count
         // stops forwarding loops. From anyone else the marker is dropped.
-        let hops = self.hops_from_member(req.headers(), &client);
+        let hops = self.hops_from_member(req.headers(), client);
         req.headers_mut().remove(HOP);
         let upgrade =
             self.hygiene
-                .request(req.headers_mut(), &client, host.as_ref(), hops.is_some());
+                .request(req.headers_mut(), client, host.as_ref(), hops.is_some());
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, incoming) = req.into_parts();

@@ -228,7 +228,7 @@ impl Upstream {
             })
             .clone();
         let mut lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
-        let (mut sender, _) = match peer.checkout(&self.cfg).await {
+        let (mut sender, _, _) = match peer.checkout(&self.cfg).await {
             Ok(c) => c,
             Err(e) => return Err((Some(req), e.to_string())),
         };
@@ -254,7 +254,7 @@ impl Upstream {
         &self,
         mut req: Request<UpBody>,
     ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let replay = Replay::of(&req);
+        let mut replay: Option<Replay> = None;
         let attempts = 1 + self.cfg.retries;
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoHealthy;
@@ -264,7 +264,7 @@ impl Upstream {
             };
             let backend = &self.backends[idx];
             let mut lease = Lease::new(backend.clone(), self.cfg.max_idle_per_server);
-            let (mut sender, fresh) = match backend.checkout(&self.cfg).await {
+            let (mut sender, fresh, idle_for) = match backend.checkout(&self.cfg).await {
                 Ok(c) => c,
                 Err(e) => {
                     backend.counters.connect_errors.inc();
@@ -274,6 +274,11 @@ impl Upstream {
                     continue;
                 }
             };
+            // A copy to send again is worth its cost only where a failure after sending is
+            // likely: a new connection, or one idle long enough for the backend to close it.
+            if replay.is_none() && (fresh || idle_for > std::time::Duration::from_secs(1)) {
+                replay = Replay::of(&req);
+            }
             let fut = sender.try_send_request(req);
             match tokio::time::timeout(self.cfg.response_timeout, fut).await {
                 Err(_) => {

@@ -50,11 +50,12 @@ pub async fn connect(
 }
 
 impl Backend {
-    /// An idle connection ready for a request, or a new one. `bool` = freshly connected.
+    /// An idle connection ready for a request, or a new one: (sender, freshly connected,
+    /// how long it sat idle).
     pub(super) async fn checkout(
         &self,
         cfg: &BackendsConfig,
-    ) -> Result<(SendRequest<UpBody>, bool), ConnectError> {
+    ) -> Result<(SendRequest<UpBody>, bool, std::time::Duration), ConnectError> {
         loop {
             let idle = {
                 let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,19 +65,20 @@ impl Backend {
             if idle.sender.is_closed() || idle.since.elapsed() >= cfg.idle_timeout {
                 continue;
             }
+            let idle_for = idle.since.elapsed();
             if idle.sender.is_ready() {
-                return Ok((idle.sender, false));
+                return Ok((idle.sender, false, idle_for));
             }
             // Released right as its body ended: the connection task may not have caught up.
             if let Ok(Ok(())) =
                 tokio::time::timeout(std::time::Duration::from_millis(50), idle.sender.ready())
                     .await
             {
-                return Ok((idle.sender, false));
+                return Ok((idle.sender, false, idle_for));
             }
         }
         let s = connect(&self.authority, cfg.connect_timeout).await?;
-        Ok((s, true))
+        Ok((s, true, std::time::Duration::ZERO))
     }
 
     pub(super) fn checkin(&self, sender: SendRequest<UpBody>, max_idle: usize) {
