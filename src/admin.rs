@@ -165,6 +165,10 @@ impl Admin {
                 "total": sessions.len(),
                 "owned": owned,
                 "replica": sessions.len().saturating_sub(owned),
+                "manager": self.cluster.as_ref().map(|c| match c.replicator.manager {
+                    crate::cluster::replication::Manager::Delta => "delta",
+                    crate::cluster::replication::Manager::Backup => "backup",
+                }),
             },
             "backends": backends,
             "requests": {

@@ -208,15 +208,23 @@ pub enum Change {
         epoch: u64,
         version: u64,
     },
+    /// BackupManager: this node is no longer the session's backup; forget the copy (no
+    /// tombstone: the session lives on).
+    Drop {
+        key: u128,
+        epoch: u64,
+        version: u64,
+    },
 }
 
 impl Change {
     pub fn key(&self) -> u128 {
         match self {
             Change::Full(f) => f.key,
-            Change::Delta { key, .. } | Change::Touch { key, .. } | Change::Remove { key, .. } => {
-                *key
-            }
+            Change::Delta { key, .. }
+            | Change::Touch { key, .. }
+            | Change::Remove { key, .. }
+            | Change::Drop { key, .. } => *key,
         }
     }
 
@@ -227,6 +235,7 @@ impl Change {
             Change::Delta { .. } => "delta",
             Change::Touch { .. } => "touch",
             Change::Remove { .. } => "remove",
+            Change::Drop { .. } => "drop",
         }
     }
 }

@@ -102,12 +102,14 @@ impl Cluster {
         let replicator = Replicator::new(
             store,
             membership.clone(),
+            cfg.manager,
             cfg.send_mode,
             cfg.ack_timeout,
             cfg.receiver.max_frame_bytes,
             metrics,
         );
         tokio::spawn(replicator.clone().follow_members(shutdown.clone()));
+        tokio::spawn(replicator.clone().rebalance(shutdown.clone()));
         tokio::spawn(mesh::serve(
             mesh_listener,
             membership.clone(),

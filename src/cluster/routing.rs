@@ -84,10 +84,19 @@ pub fn decide(
         None => match cookie_route {
             // We would hold a copy of any session we own: this one does not exist here.
             Some(r) if r == me => Decision::NoSession,
-            // A live owner may hold what we do not (not replicated to us yet).
+            // A live owner may hold what we do not (BackupManager, or not replicated yet).
             Some(r) => match member(r).filter(ready) {
                 Some(m) => Decision::Forward(m.clone()),
-                None => Decision::NoSession,
+                // Owner gone: its successor holds the copy if anyone does (the backup).
+                None => {
+                    let live = members.iter().filter(ready).map(|m| m.jvm_route.as_str());
+                    match successor(base, live.chain(std::iter::once(me))) {
+                        Some(s) if s != me => member(s)
+                            .map(|m| Decision::Forward(m.clone()))
+                            .unwrap_or(Decision::NoSession),
+                        _ => Decision::NoSession,
+                    }
+                }
             },
             None => Decision::NoSession,
         },
@@ -146,10 +155,17 @@ mod tests {
             decide(b, "n1", None, Some("n1"), &members),
             Decision::NoSession
         );
-        assert_eq!(
-            decide(b, "n1", None, Some("gone"), &members),
-            Decision::NoSession
-        );
+        // Owner gone, no copy here: the successor (the backup) is asked, unless it is us.
+        match decide(b, "n1", None, Some("gone"), &members) {
+            Decision::NoSession => assert_eq!(successor(b, ["n1", "n2", "n3"]), Some("n1")),
+            Decision::Forward(to) => {
+                assert_eq!(
+                    Some(to.jvm_route.as_str()),
+                    successor(b, ["n1", "n2", "n3"])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
         // Dead owner: exactly the successor takes over, the others forward to it.
         let succ = successor(b, ["n1", "n2", "n3"]).unwrap();
         let at = |me: &str| {

@@ -138,6 +138,7 @@ pub struct ReplicationConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub enabled: bool,
+    pub manager: crate::cluster::replication::Manager,
     pub send_mode: crate::cluster::replication::SendMode,
     pub ack_timeout: Duration,
     pub state_transfer_timeout: Duration,
@@ -769,21 +770,17 @@ fn validate_cluster(c: &raw::RawCluster, src: &Source) -> Result<ClusterConfig, 
         Some(a) => Some(parse_addr(src, &key("cluster.advertise_http"), a)?),
         None => None,
     };
-    match c.manager.as_str() {
-        "delta" => {}
-        "backup" => {
-            return Err(src.error(
-                &key("cluster.manager"),
-                "the backup manager is not available in this version: use delta",
-            ))
-        }
+    use crate::cluster::replication::Manager;
+    let manager = match c.manager.as_str() {
+        "delta" => Manager::Delta,
+        "backup" => Manager::Backup,
         other => {
             return Err(src.error(
                 &key("cluster.manager"),
-                format!("unknown manager {other:?}: use delta"),
+                format!("unknown manager {other:?}: use delta or backup"),
             ))
         }
-    }
+    };
     use crate::cluster::replication::SendMode;
     // Tomcat's channelSendOptions: 8 = asynchronous; 4 = use ack, 2 = synchronized ack
     // (6 = both, 10 = 8|2). caracal's sync really waits for "applied" acks.
@@ -812,6 +809,7 @@ fn validate_cluster(c: &raw::RawCluster, src: &Source) -> Result<ClusterConfig, 
     }
     Ok(ClusterConfig {
         enabled: c.enabled,
+        manager,
         send_mode,
         ack_timeout: c.ack_timeout.0,
         state_transfer_timeout: c.state_transfer_timeout.0,

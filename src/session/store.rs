@@ -442,6 +442,18 @@ impl SessionStore {
     /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
     pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
         let key = Key(change.key());
+        if let Change::Drop { epoch, version, .. } = change {
+            // Only a copy this node does not own, and not newer than the sender's.
+            let at = Ver::new(*epoch, *version);
+            let dropped = self
+                .map
+                .remove_if(&key, |_, s| *s.owner != *self.route && s.ver() <= at);
+            if dropped.is_some() {
+                self.counters.active.dec();
+                return Remote::Applied;
+            }
+            return Remote::Stale;
+        }
         let (kind, at) = match change {
             Change::Full(f) => {
                 let v = Ver::new(f.epoch, f.version);
@@ -455,7 +467,7 @@ impl SessionStore {
                 let v = Ver::new(*epoch, *version);
                 (Kind::Touch(v), v)
             }
-            Change::Remove { epoch, version, .. } => {
+            Change::Remove { epoch, version, .. } | Change::Drop { epoch, version, .. } => {
                 let v = Ver::new(*epoch, *version);
                 (Kind::Remove(v), v)
             }
@@ -534,7 +546,7 @@ impl SessionStore {
                     o.get_mut().last_access = now;
                 }
             }
-            Change::Remove { .. } => {
+            Change::Remove { .. } | Change::Drop { .. } => {
                 if let dashmap::Entry::Occupied(o) = entry {
                     o.remove();
                     self.counters.active.dec();
@@ -591,6 +603,15 @@ impl SessionStore {
             version: s.version,
         });
         true
+    }
+
+    /// (key, owner, epoch, version) of every session held: the BackupManager's rebalance
+    /// walks this after a membership change.
+    pub fn placements(&self) -> Vec<(u128, Arc<str>, Ver)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().0, e.value().owner.clone(), e.value().ver()))
+            .collect()
     }
 
     /// Keys of the sessions this node owns.

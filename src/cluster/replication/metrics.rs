@@ -38,6 +38,7 @@ pub struct ReplMetrics {
     depth: Family<PeerLabel, Gauge>,
     pub state_transfers: Counter,
     pub state_transfer_seconds: Histogram,
+    pub rebalanced: Counter,
 }
 
 impl ReplMetrics {
@@ -56,6 +57,7 @@ impl ReplMetrics {
             depth: Family::default(),
             state_transfers: Counter::default(),
             state_transfer_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            rebalanced: Counter::default(),
         };
         m.with_registry(|reg| {
             reg.register(
@@ -117,6 +119,11 @@ impl ReplMetrics {
                 "state_transfers",
                 "State transfers completed as the receiver",
                 r.state_transfers.clone(),
+            );
+            reg.register(
+                "backup_rebalanced_sessions",
+                "BackupManager: sessions copied to a new backup or taken over after a membership change",
+                r.rebalanced.clone(),
             );
             reg.register(
                 "state_transfer_duration_seconds",

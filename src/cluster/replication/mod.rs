@@ -33,6 +33,16 @@ use super::messages::{
 use crate::session::store::{Remote, SessionStore};
 pub use metrics::ReplMetrics;
 
+/// `[cluster] manager`: where a session's copies live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Manager {
+    /// DeltaManager: on every member.
+    Delta,
+    /// BackupManager: on the owner and one backup, the member with the highest rendezvous
+    /// score for the base id (owner excluded).
+    Backup,
+}
+
 /// `send_options`: when a response may go out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendMode {
@@ -66,6 +76,7 @@ struct PeerHandle {
 pub struct Replicator {
     pub store: Arc<SessionStore>,
     pub membership: Arc<Membership>,
+    pub manager: Manager,
     pub mode: SendMode,
     pub ack_timeout: Duration,
     pub max_frame: usize,
@@ -77,6 +88,7 @@ impl Replicator {
     pub fn new(
         store: Arc<SessionStore>,
         membership: Arc<Membership>,
+        manager: Manager,
         mode: SendMode,
         ack_timeout: Duration,
         max_frame: usize,
@@ -85,6 +97,7 @@ impl Replicator {
         Arc::new(Self {
             store,
             membership,
+            manager,
             mode,
             ack_timeout,
             max_frame,
@@ -184,12 +197,149 @@ impl Replicator {
         }
     }
 
+    /// BackupManager: after every membership change, restores "owner + exactly one backup"
+    /// for the sessions this node holds (SPEC 4.5 backup):
+    /// - owned sessions whose backup moved: a full copy to the new backup, acked, then the
+    ///   old backup (if alive) drops its copy;
+    /// - copies of a dead owner's sessions: the successor takes over (higher epoch) and
+    ///   sends its own backup a copy; a holder that is not the successor hands its copy on.
+    pub async fn rebalance(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.manager != Manager::Backup {
+            return;
+        }
+        let mut events = self.membership.subscribe();
+        let routes = |m: &Membership| -> Vec<String> {
+            m.infos()
+                .into_iter()
+                .filter(|i| i.state != PeerState::Leaving)
+                .map(|i| i.jvm_route)
+                .collect()
+        };
+        let mut old = routes(&self.membership);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ev = events.recv() => {
+                    if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        return;
+                    }
+                }
+            }
+            // Let the peer tasks for new members exist before copies are queued for them.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while events.try_recv().is_ok() {}
+            let new = routes(&self.membership);
+            if new != old {
+                let started = Instant::now();
+                let moved = self.rebalance_once(&old, &new).await;
+                self.metrics.rebalanced.inc_by(moved as u64);
+                if moved > 0 {
+                    tracing::info!(sessions = moved, took = ?started.elapsed(), "backups rebalanced");
+                }
+                old = new;
+            }
+        }
+    }
+
+    async fn rebalance_once(&self, old: &[String], new: &[String]) -> usize {
+        use crate::cluster::routing::successor;
+        let me = self.store.route().to_string();
+        let mut moved = 0;
+        let mut drops: Vec<(String, Change)> = Vec::new();
+        let mut waits = Vec::new();
+        let now = Instant::now();
+        for (key, owner, ver) in self.store.placements() {
+            let base = crate::session::id::Key(key).base();
+            if *owner == *me {
+                let ob = successor(&base, old.iter().map(String::as_str));
+                let nb = successor(&base, new.iter().map(String::as_str));
+                if ob == nb {
+                    continue;
+                }
+                if let (Some(nb), Some(full)) = (nb, self.store.full_copy(key, now)) {
+                    self.enqueue_to(Change::Full(full), Some(nb), Some(&mut waits));
+                    moved += 1;
+                }
+                if let Some(ob) = ob.filter(|ob| new.iter().any(|r| r == ob)) {
+                    let drop = Change::Drop {
+                        key,
+                        epoch: ver.epoch,
+                        version: ver.version,
+                    };
+                    drops.push((ob.to_string(), drop));
+                }
+            } else if !new.iter().any(|r| **r == *owner) {
+                // A copy of a dead owner's session.
+                let with_me = new
+                    .iter()
+                    .map(String::as_str)
+                    .chain(std::iter::once(me.as_str()));
+                match successor(&base, with_me) {
+                    Some(s) if s == me => {
+                        let rep = self;
+                        let taken = self.store.take_over(&base, now, &mut |c| {
+                            rep.enqueue(c, Some(&mut waits));
+                        });
+                        if taken.is_some() {
+                            moved += 1;
+                            tracing::debug!(session = %base, dead_owner = %owner, "took over a backed-up session");
+                        }
+                    }
+                    Some(s) => {
+                        if let Some(full) = self.store.full_copy(key, now) {
+                            self.enqueue_to(Change::Full(full), Some(s), Some(&mut waits));
+                            moved += 1;
+                        }
+                    }
+                    None => {}
+                }
+            }
+            // Bounded rate: let requests run between batches.
+            if waits.len() >= 256 {
+                self.settle(std::mem::take(&mut waits)).await;
+            }
+        }
+        self.settle(waits).await;
+        // Old copies go only after the new ones were acked.
+        for (route, drop) in drops {
+            self.enqueue_to(drop, Some(&route), None);
+        }
+        moved
+    }
+
     /// Queues `change` for every peer. In sync mode with `waits`, one ack wait per peer is
     /// added. Synchronous and cheap: called while the session is locked.
-    pub fn enqueue(&self, change: Change, mut waits: Option<&mut Vec<Wait>>) {
+    pub fn enqueue(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
+        let target = match self.manager {
+            Manager::Delta => None,
+            Manager::Backup => {
+                let peers = self.peers_read();
+                let base = crate::session::id::Key(change.key()).base();
+                match crate::cluster::routing::successor(
+                    &base,
+                    peers.values().map(|p| p.route.as_str()),
+                ) {
+                    Some(r) => Some(r.to_string()),
+                    None => return, // alone: nobody to back up to
+                }
+            }
+        };
+        self.enqueue_to(change, target.as_deref(), waits);
+    }
+
+    /// Queues `change` for the peer with route `only`, or for every peer.
+    pub fn enqueue_to(
+        &self,
+        change: Change,
+        only: Option<&str>,
+        mut waits: Option<&mut Vec<Wait>>,
+    ) {
         let change = Arc::new(change);
         let peers = self.peers_read();
         for (id, p) in peers.iter() {
+            if only.is_some_and(|r| r != p.route) {
+                continue;
+            }
             let ack = match waits.as_deref_mut() {
                 Some(w) => {
                     let (tx, rx) = oneshot::channel();
@@ -308,6 +458,12 @@ impl Replicator {
     /// arriving meanwhile are applied by version, so order does not matter. `Ok(None)`: no
     /// ready member to ask (a new cluster).
     pub async fn state_transfer(&self) -> Result<Option<(String, u64)>, String> {
+        if self.manager == Manager::Backup {
+            // A joiner holds only the copies it backs up; owners send exactly those when
+            // they see it join (rebalance), so there is nothing to pull.
+            tracing::info!("backup manager: copies arrive from their owners (rebalance)");
+            return Ok(None);
+        }
         let source = self
             .membership
             .members()
