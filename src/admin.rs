@@ -159,16 +159,16 @@ impl Admin {
                 "http_listen": self.state.http_addrs,
                 "https_listen": self.state.https_addrs,
                 "mesh_addr": mesh_addr,
+                "manager": self.cluster.as_ref().map(|c| match c.replicator.manager {
+                    crate::cluster::replication::Manager::Delta => "delta",
+                    crate::cluster::replication::Manager::Backup => "backup",
+                }),
             },
             "members": members,
             "sessions": {
                 "total": sessions.len(),
                 "owned": owned,
                 "replica": sessions.len().saturating_sub(owned),
-                "manager": self.cluster.as_ref().map(|c| match c.replicator.manager {
-                    crate::cluster::replication::Manager::Delta => "delta",
-                    crate::cluster::replication::Manager::Backup => "backup",
-                }),
             },
             "backends": backends,
             "requests": {
