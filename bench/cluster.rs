@@ -7,7 +7,12 @@
 //!    a client that retries at once on the next node (DNS round robin): time from kill to the
 //!    first continued response (p50/p99), failed requests, sessions lost.
 //!
-//! Run: `cargo bench --bench cluster` (env: BENCH_SECS, TRANSFER_SESSIONS, FAILOVER_KILLS).
+//! 4. delta vs backup: replication bytes and messages per session write for 2, 3, 4 and 6
+//!    nodes, and the time to restore two copies of RESTORE_SESSIONS (10k) sessions after a
+//!    node dies (backup).
+//!
+//! Run: `cargo bench --bench cluster` (env: BENCH_SECS, TRANSFER_SESSIONS, FAILOVER_KILLS,
+//! RESTORE_SESSIONS; BENCH_ONLY=throughput|transfer|failover|managers runs one part).
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -430,6 +435,94 @@ async fn failover(kills: u64, b: SocketAddr) {
     );
 }
 
+// ---- 4. delta vs backup ----------------------------------------------------------------
+
+async fn per_write(manager: &str, n: usize, b: SocketAddr) {
+    let domain = format!("bench-pw-{manager}-{n}-{}", std::process::id());
+    let extra = format!("manager = \"{manager}\"");
+    let mut nodes = Vec::new();
+    for i in 1..=n {
+        nodes.push(spawn_node(&conf(&format!("n{i}"), b, &domain, &extra)).await);
+    }
+    // Everyone hears everyone before measuring.
+    loop {
+        let s = get(nodes[0].admin, "/status", None).await.unwrap().1;
+        let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+        if v["members"].as_array().map_or(0, |m| m.len()) == n - 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let writes = 2000u64;
+    let mut c = Conn::new(nodes[0].http).await;
+    let (_, cookie) = c.get("/inc", None).await;
+    let cookie = cookie.unwrap();
+    let before = get(nodes[0].admin, "/metrics", None).await.unwrap().1;
+    for _ in 0..writes {
+        c.get("/inc", Some(&cookie)).await;
+    }
+    let after = get(nodes[0].admin, "/metrics", None).await.unwrap().1;
+    let d = |name: &str| metric(&after, name) - metric(&before, name);
+    println!(
+        "{manager:6} {n} nodes: {:6.1} bytes and {:4.2} messages sent per session write",
+        d("caracal_replication_bytes_sent_total") / writes as f64,
+        d("caracal_replication_messages_sent_total") / writes as f64,
+    );
+}
+
+async fn restore(sessions: u64, b: SocketAddr) {
+    let domain = format!("bench-rs-{}", std::process::id());
+    let extra = "manager = \"backup\"";
+    let mut nodes = Vec::new();
+    for i in 1..=4 {
+        nodes.push(spawn_node(&conf(&format!("n{i}"), b, &domain, extra)).await);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let per = sessions / 32;
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let addr = nodes[t % 4].http;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Conn::new(addr).await;
+            for _ in 0..per {
+                c.get("/fill/256", None).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = per * 32;
+    let held = |nodes: &Vec<NodeProc>| {
+        let admins: Vec<SocketAddr> = nodes.iter().map(|n| n.admin).collect();
+        async move {
+            let mut sum = 0;
+            for a in admins {
+                let s = get(a, "/status", None).await.unwrap().1;
+                let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+                sum += v["sessions"]["total"].as_u64().unwrap_or(0);
+            }
+            sum
+        }
+    };
+    while held(&nodes).await != 2 * total {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut dead = nodes.remove(0);
+    let _ = dead.child.kill();
+    let t = Instant::now();
+    let _ = dead.child.wait();
+    while held(&nodes).await != 2 * total {
+        assert!(t.elapsed() < Duration::from_secs(60), "copies not restored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "backup: {total} sessions on 4 nodes, kill -9 of one: two copies of every session again after {:.2} s \
+         (includes detection: the killed node's connections break, verification ~ms)",
+        t.elapsed().as_secs_f64()
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -443,9 +536,24 @@ fn main() {
             std::thread::available_parallelism().map_or(0, |n| n.get()),
             single_delta_bytes()
         );
-        throughput("sync", secs, b).await;
-        throughput("async", secs, b).await;
-        transfer(env_num("TRANSFER_SESSIONS", 100_000), b).await;
-        failover(env_num("FAILOVER_KILLS", 20), b).await;
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+        let run = |part: &str| only.is_empty() || only == part;
+        if run("throughput") {
+            throughput("sync", secs, b).await;
+            throughput("async", secs, b).await;
+        }
+        if run("transfer") {
+            transfer(env_num("TRANSFER_SESSIONS", 100_000), b).await;
+        }
+        if run("failover") {
+            failover(env_num("FAILOVER_KILLS", 20), b).await;
+        }
+        if run("managers") {
+            for n in [2, 3, 4, 6] {
+                per_write("delta", n, b).await;
+                per_write("backup", n, b).await;
+            }
+            restore(env_num("RESTORE_SESSIONS", 10_000), b).await;
+        }
     });
 }
