@@ -10,28 +10,9 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-/// A reflect-mode request: `replies` become the backend's response headers.
+/// A reflect-mode request (see `common::reflect`).
 fn req(path: &str, cookie: Option<&str>, replies: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
-    let mut b = http::Request::get(path)
-        .header("host", "app.test")
-        .header("x-reflect", "1");
-    if let Some(c) = cookie {
-        b = b.header("cookie", c);
-    }
-    for (k, v) in replies {
-        b = b.header(format!("x-reply-{k}"), *v);
-    }
-    b.body(Full::new(Bytes::new())).unwrap()
-}
-
-/// The `JSESSIONID` value from a response's Set-Cookie.
-fn set_cookie_id(r: &Resp) -> Option<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("JSESSIONID="))
-        .map(|v| v.split(';').next().unwrap().to_string())
+    reflect(path, cookie, replies)
 }
 
 fn base(full: &str) -> &str {

@@ -268,31 +268,36 @@ impl Membership {
         }
     }
 
+    /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
+    /// the same process, else why not. Counted either way.
+    async fn probe(&self, info: &NodeInfo) -> Result<PeerState, String> {
+        let res = super::mesh::ping(
+            info.mesh_addr,
+            &self.cfg.domain,
+            self.me.info(),
+            self.cfg.verify_timeout,
+        )
+        .await;
+        let out = match res {
+            Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),
+            Ok(_) => Err("another process answers on its mesh address".to_string()),
+            Err(e) => Err(e),
+        };
+        self.metrics
+            .verification(if out.is_ok() { "alive" } else { "dead" })
+            .inc();
+        out
+    }
+
     /// Verifies a member now and waits for the answer (a refused forward): `true` if it is
     /// alive; a dead member is removed before this returns.
     pub async fn check_now(self: &Arc<Self>, node_id: u64) -> bool {
         let Some(info) = self.table().get(&node_id).map(|m| m.info.clone()) else {
             return false;
         };
-        let me = self.me.info();
-        let res = super::mesh::ping(
-            info.mesh_addr,
-            &self.cfg.domain,
-            me,
-            self.cfg.verify_timeout,
-        )
-        .await;
-        match res {
-            Ok(pong) if pong.node_id == node_id => {
-                self.metrics.verification("alive").inc();
-                true
-            }
-            other => {
-                self.metrics.verification("dead").inc();
-                let why = match other {
-                    Ok(_) => "another process answers on its mesh address".to_string(),
-                    Err(e) => e,
-                };
+        match self.probe(&info).await {
+            Ok(_) => true,
+            Err(why) => {
                 self.remove(
                     node_id,
                     &format!("a forward failed and verification failed: {why}"),
@@ -325,33 +330,19 @@ impl Membership {
         }
     }
 
-    /// Connect + ping/pong within `verify_timeout`: keep or drop.
+    /// A silent member: keep (verified alive) or drop.
     async fn verify(self: Arc<Self>, info: NodeInfo) {
-        let me = self.me.info();
-        let res = super::mesh::ping(
-            info.mesh_addr,
-            &self.cfg.domain,
-            me,
-            self.cfg.verify_timeout,
-        )
-        .await;
-        match res {
-            Ok(pong) if pong.node_id == info.node_id => {
-                self.metrics.verification("alive").inc();
+        match self.probe(&info).await {
+            Ok(state) => {
                 let mut t = self.table();
                 if let Some(m) = t.get_mut(&info.node_id) {
                     m.verifying = false;
                     m.last_verified = Some(Instant::now());
-                    m.info.state = pong.state;
+                    m.info.state = state;
                 }
                 tracing::info!(route = %info.jvm_route, "silent member answered verification: kept");
             }
-            other => {
-                self.metrics.verification("dead").inc();
-                let why = match other {
-                    Ok(_) => "another process answers on its mesh address".to_string(),
-                    Err(e) => e,
-                };
+            Err(why) => {
                 self.remove(
                     info.node_id,
                     &format!("silent and failed verification: {why}"),

@@ -419,24 +419,15 @@ impl SessionStore {
         Ok(Outcome::Created(id::full(&key.base(), &self.route)))
     }
 
-    /// `current` with `set` merged and `remove` applied, rendered and size-checked. Owner
-    /// and replicas run the same merge, so they render the same bytes.
+    /// `current` with `set` merged and `remove` applied, rendered and size-checked against
+    /// `max_session_bytes`.
     fn merged(
         &self,
         current: &HeaderValue,
         set: Option<&Map<String, Value>>,
         remove: &[String],
     ) -> Result<HeaderValue, DirectiveError> {
-        let mut attrs = parse_attrs(current);
-        if let Some(set) = set {
-            for (k, v) in set {
-                attrs.insert(k.clone(), v.clone());
-            }
-        }
-        for k in remove {
-            attrs.remove(k);
-        }
-        render(&attrs, self.limits.max_session_bytes)
+        merge(current, set, remove, self.limits.max_session_bytes)
     }
 
     /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
@@ -529,7 +520,7 @@ impl SessionStore {
                     None => None,
                 };
                 // The owner checked the size; a replica never refuses what its owner holds.
-                let Ok(rendered) = self.merged_unbounded(&o.get().rendered, set.as_ref(), remove)
+                let Ok(rendered) = merge(&o.get().rendered, set.as_ref(), remove, usize::MAX)
                 else {
                     return Remote::Gap;
                 };
@@ -555,24 +546,6 @@ impl SessionStore {
             }
         }
         Remote::Applied
-    }
-
-    fn merged_unbounded(
-        &self,
-        current: &HeaderValue,
-        set: Option<&Map<String, Value>>,
-        remove: &[String],
-    ) -> Result<HeaderValue, DirectiveError> {
-        let mut attrs = parse_attrs(current);
-        if let Some(set) = set {
-            for (k, v) in set {
-                attrs.insert(k.clone(), v.clone());
-            }
-        }
-        for k in remove {
-            attrs.remove(k);
-        }
-        render(&attrs, usize::MAX)
     }
 
     /// A full copy of one session, for a replica that found a gap or for state transfer.
@@ -682,6 +655,26 @@ impl SessionStore {
     pub fn get(&self, base: &str) -> Option<Session> {
         self.map.get(&Key::from_base(base)?).map(|s| s.clone())
     }
+}
+
+/// `current` with `set` merged, then `remove` applied, rendered; over `max` bytes is an
+/// error. Owner and replicas run this same merge, so they render the same bytes.
+fn merge(
+    current: &HeaderValue,
+    set: Option<&Map<String, Value>>,
+    remove: &[String],
+    max: usize,
+) -> Result<HeaderValue, DirectiveError> {
+    let mut attrs = parse_attrs(current);
+    if let Some(set) = set {
+        for (k, v) in set {
+            attrs.insert(k.clone(), v.clone());
+        }
+    }
+    for k in remove {
+        attrs.remove(k);
+    }
+    render(&attrs, max)
 }
 
 /// The attributes of a rendered session; the store only renders JSON objects.
