@@ -442,3 +442,44 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
     // ...and end with their owner when it asks for that.
     assert!(session_info(survivor.admin, &ended).await.is_none());
 }
+
+/// A member dropped while alive (paused past drop_time) misses changes; when it is heard
+/// again, the owner resyncs it without waiting for the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_from_a_pause_is_resynced() {
+    let (_b, nodes) = cluster(2, 46309, "resync", "ack_timeout = \"300ms\"").await;
+    let r = http(
+        nodes[0].http,
+        reflect("/", None, &[("x-session-set", r#"{"v":1}"#)]),
+    )
+    .await;
+    let id = set_cookie_id(&r).unwrap();
+    let b = base(&id);
+    nodes[1].signal("STOP");
+    nodes[0]
+        .wait_status(Duration::from_secs(5), "n2 dropped", |s| {
+            s["members"].as_array().unwrap().is_empty()
+        })
+        .await;
+    // Changed while n2 is out of the cluster.
+    http(
+        nodes[0].http,
+        reflect(
+            "/",
+            Some(&format!("JSESSIONID={id}")),
+            &[("x-session-set", r#"{"v":2}"#)],
+        ),
+    )
+    .await;
+    nodes[1].signal("CONT");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = session_info(nodes[1].admin, &b).await.unwrap();
+        if s["attributes"]["v"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not resynced: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(nodes[0].log_text().contains("resynced"));
+}

@@ -109,7 +109,11 @@ impl Replicator {
     /// Keeps one peer task per member, following membership events, until `shutdown`.
     pub async fn follow_members(self: Arc<Self>, shutdown: CancellationToken) {
         let mut events = self.membership.subscribe();
+        // Processes seen before: one that is added again was dropped while alive (a pause, a
+        // partition) and may have missed changes.
+        let mut known: std::collections::HashSet<u64> = std::collections::HashSet::new();
         for m in self.membership.members() {
+            known.insert(m.info.node_id);
             self.add_peer(&m.info, &shutdown);
         }
         loop {
@@ -118,9 +122,13 @@ impl Replicator {
                 ev = events.recv() => ev,
             };
             match ev {
-                Ok(MemberEvent::Added(info)) | Ok(MemberEvent::Changed(info)) => {
-                    self.add_peer(&info, &shutdown)
+                Ok(MemberEvent::Added(info)) => {
+                    self.add_peer(&info, &shutdown);
+                    if !known.insert(info.node_id) {
+                        self.resync(&info);
+                    }
                 }
+                Ok(MemberEvent::Changed(info)) => self.add_peer(&info, &shutdown),
                 Ok(MemberEvent::Removed { info, .. }) => self.remove_peer(info.node_id),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Missed events: rebuild from the table.
@@ -183,6 +191,31 @@ impl Replicator {
                 cancel,
             },
         );
+    }
+
+    /// A member is back after being dropped: it gets a full copy of every session this node
+    /// owns that it should hold (all of them for delta; those it backs up for backup).
+    fn resync(&self, info: &NodeInfo) {
+        let now = Instant::now();
+        let mut n = 0;
+        for key in self.store.owned_keys() {
+            if self.manager == Manager::Backup {
+                let base = crate::session::id::Key(key).base();
+                let peers = self.peers_read();
+                let backup = crate::cluster::routing::successor(
+                    &base,
+                    peers.values().map(|p| p.route.as_str()),
+                );
+                if backup != Some(info.jvm_route.as_str()) {
+                    continue;
+                }
+            }
+            if let Some(full) = self.store.full_copy(key, now) {
+                self.enqueue_to(Change::Full(full), Some(&info.jvm_route), None);
+                n += 1;
+            }
+        }
+        tracing::info!(peer = %info.jvm_route, sessions = n, "member back after being dropped: resynced");
     }
 
     fn remove_peer(&self, node_id: u64) {
