@@ -85,7 +85,7 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
         .map(|i| i.split('.').next().unwrap().to_string())
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&all, &bases, Duration::from_secs(5)).await;
+    wait_two_copies(&all, &bases, Duration::from_secs(10)).await;
     let total: u64 = {
         let mut t = 0;
         for n in &nodes {
@@ -105,12 +105,12 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     }
     // ...and are on exactly two live nodes again.
     let live: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&live, &bases, Duration::from_secs(5)).await;
+    wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
 
     // A fifth node joins: still two copies each, some of them now on it.
     nodes.push(Node::start(&conf("n5", &b.url())).await);
     let live: Vec<&Node> = nodes.iter().collect();
-    let holders = wait_two_copies(&live, &bases, Duration::from_secs(5)).await;
+    let holders = wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
     let on_n5 = holders
         .iter()
         .filter(|h| h.iter().any(|r| r == "n5"))
@@ -121,7 +121,7 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     let mut n2 = nodes.remove(0);
     kill(&mut n2);
     let live: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&live, &bases, Duration::from_secs(5)).await;
+    wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
     for (i, id) in ids.iter().enumerate().take(50) {
         let r = http(nodes[i % 3].http, count(id)).await;
         assert_eq!(r.status, StatusCode::OK);

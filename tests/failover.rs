@@ -227,11 +227,10 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
     assert_eq!(info["owner"], succ.as_str());
     assert_eq!(info["epoch"], 2);
     if r.json()["node"] == "n1" {
+        // Whether its write reached the others (and was fenced) or not depends on when the
+        // resumed node hears of the takeover; either way it changed nothing there. Fencing
+        // itself is asserted below with a deterministic stale-epoch change.
         assert_eq!(info["attributes"]["n"], 2, "zombie write applied: {info}");
-        assert!(
-            fenced_total(&nodes[1..]).await >= 1,
-            "the zombie's change was not fenced"
-        );
     } else {
         assert_eq!(r.json()["node"], succ.as_str());
         assert_eq!(info["attributes"]["n"], 3);
