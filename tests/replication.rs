@@ -360,7 +360,7 @@ async fn bad_mesh_frames_close_that_connection_only() {
     // truncated frame then EOF.
     let shapes: Vec<Vec<u8>> = vec![
         vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3],
-        [&[0, 0, 0, 5][..], &[1, 0xff, 0xff, 0xff, 0xff]].concat(),
+        [&[0, 0, 0, 5][..], &[1, 0, 0xff, 0xff, 0xff]].concat(),
         [&[0, 0, 0, 3][..], &[9, 9, 9]].concat(),
         [&[0, 0, 0, 100][..], &[1, 2, 3]].concat(),
     ];
@@ -482,4 +482,68 @@ async fn a_member_back_from_a_pause_is_resynced() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(nodes[0].log_text().contains("resynced"));
+}
+
+/// With `[cluster] key`, mesh frames carry an HMAC tag: the members replicate as usual,
+/// and a frame without the tag, or with a tag of another key, is dropped with its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
+    use caracal::cluster::messages::{seal_mesh, FullSession, Key};
+    let (_b, nodes) = cluster(2, 46310, "keyed", "key = \"mesh-secret-0123456789\"").await;
+    let r = http(
+        nodes[0].http,
+        reflect("/", None, &[("x-session-set", r#"{"a":1}"#)]),
+    )
+    .await;
+    let b = base(&set_cookie_id(&r).unwrap());
+    assert!(
+        session_info(nodes[1].admin, &b).await.is_some(),
+        "keyed replication failed"
+    );
+
+    let mesh: std::net::SocketAddr = nodes[1].status().await["node"]["mesh_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let forged_key = u128::MAX - 5;
+    let forged = MeshMessage::Replicate {
+        seq: 1,
+        changes: vec![std::sync::Arc::new(Change::Full(FullSession {
+            key: forged_key,
+            owner: "n1".into(),
+            epoch: 9,
+            version: 9,
+            attrs: r#"{"admin":true}"#.into(),
+            max_inactive_ms: 60_000,
+            idle_ms: 0,
+        }))],
+    };
+    let wrong = Key::new(b"not-the-cluster-secret");
+    for frame in [encode_mesh(&forged), seal_mesh(&forged, Some(&wrong))] {
+        let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
+        let mut f = tokio_util::codec::Framed::new(stream, caracal::cluster::mesh::codec(1 << 20));
+        f.send(Bytes::from(frame)).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(3), f.next())
+            .await
+            .expect("left open");
+        assert!(
+            answer.is_none() || answer.unwrap().is_err(),
+            "a forged frame was answered"
+        );
+    }
+    let forged_base = format!("{forged_key:032X}");
+    assert!(
+        session_info(nodes[1].admin, &forged_base).await.is_none(),
+        "forged session applied"
+    );
+    let m = http(nodes[1].admin, get("/metrics")).await.text();
+    for reason in ["missing_tag", "bad_tag"] {
+        assert!(
+            m.contains(&format!(
+                "caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {m}"
+        );
+    }
 }

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::messages::{Heartbeat, NodeInfo, PeerState, Reject};
+use super::messages::{
+    open_mesh, seal_mesh, FrameError, Heartbeat, Key, MeshMessage, NodeInfo, PeerState, Reject,
+};
 use super::metrics::ClusterMetrics;
 use crate::config::MembershipConfig;
 use crate::node::{NodeState, State};
@@ -75,6 +77,8 @@ impl Me {
 pub struct Membership {
     pub me: Me,
     pub cfg: MembershipConfig,
+    /// `[cluster] key`: tags every mesh frame.
+    key: Option<Key>,
     members: Mutex<HashMap<u64, Member>>,
     /// Highest heartbeat sequence per node id, kept after removal so a replayed packet of
     /// a removed member cannot bring it back.
@@ -86,16 +90,27 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(me: Me, cfg: MembershipConfig, metrics: ClusterMetrics) -> Self {
+    pub fn new(me: Me, cfg: MembershipConfig, key: Option<Key>, metrics: ClusterMetrics) -> Self {
         Self {
             me,
             cfg,
+            key,
             members: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             conflict: Mutex::new(None),
             events: broadcast::channel(1024).0,
             metrics,
         }
+    }
+
+    /// A mesh frame of this cluster (tagged when it has a key).
+    pub fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
+        bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
+    }
+
+    /// Opens a mesh frame: version, tag, decoding.
+    pub fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
+        open_mesh(frame, self.key.as_ref())
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<u64, Member>> {
@@ -271,13 +286,7 @@ impl Membership {
     /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
     /// the same process, else why not. Counted either way.
     async fn probe(&self, info: &NodeInfo) -> Result<PeerState, String> {
-        let res = super::mesh::ping(
-            info.mesh_addr,
-            &self.cfg.domain,
-            self.me.info(),
-            self.cfg.verify_timeout,
-        )
-        .await;
+        let res = super::mesh::ping(self, info.mesh_addr).await;
         let out = match res {
             Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),
             Ok(_) => Err("another process answers on its mesh address".to_string()),

@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use super::membership::Membership;
-use super::messages::{decode_mesh, encode_mesh, MeshMessage, NodeInfo};
+use super::messages::{MeshMessage, NodeInfo};
 use super::replication::Replicator;
 use crate::config::ReceiverConfig;
 
@@ -102,7 +101,7 @@ async fn connection(
                 return;
             }
         };
-        let msg = match decode_mesh(&frame) {
+        let msg = match m.open(&frame) {
             Ok(msg) => msg,
             Err(e) => {
                 m.metrics.mesh_rejected(e.label()).inc();
@@ -159,20 +158,16 @@ async fn connection(
             }
         };
         if let Some(r) = reply {
-            if framed.send(Bytes::from(encode_mesh(&r))).await.is_err() {
+            if framed.send(m.seal(&r)).await.is_err() {
                 return;
             }
         }
     }
 }
 
-/// Connects to `addr`, sends a ping and waits for the pong, all within `timeout`.
-pub async fn ping(
-    addr: SocketAddr,
-    domain: &str,
-    me: NodeInfo,
-    timeout: Duration,
-) -> Result<NodeInfo, String> {
+/// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
+pub async fn ping(m: &Membership, addr: SocketAddr) -> Result<NodeInfo, String> {
+    let timeout = m.cfg.verify_timeout;
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -180,15 +175,15 @@ pub async fn ping(
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec(PING_MAX_FRAME));
         let ping = MeshMessage::Ping {
-            domain: domain.to_string(),
-            from: me,
+            domain: m.cfg.domain.clone(),
+            from: m.me.info(),
         };
         framed
-            .send(Bytes::from(encode_mesh(&ping)))
+            .send(m.seal(&ping))
             .await
             .map_err(|e| format!("send ping to {addr}: {e}"))?;
         match framed.next().await {
-            Some(Ok(f)) => match decode_mesh(&f) {
+            Some(Ok(f)) => match m.open(&f) {
                 Ok(MeshMessage::Pong { from }) => Ok(from),
                 Ok(other) => Err(format!("unexpected answer from {addr}: {other:?}")),
                 Err(e) => Err(format!("bad answer from {addr}: {e}")),

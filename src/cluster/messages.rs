@@ -5,8 +5,9 @@
 //! over everything before it. The heartbeat carries a per-process sequence number and the
 //! sender's wall-clock time so a captured packet cannot be replayed later.
 //!
-//! Mesh frame (inside a 4-byte length prefix): format version (1 byte) then the
-//! postcard-encoded [`MeshMessage`].
+//! Mesh frame (inside a 4-byte length prefix): format version (1 byte), flags (1 byte; bit
+//! 0 = tagged), the postcard-encoded [`MeshMessage`], and, with `[cluster] key`, a 32-byte
+//! HMAC-SHA256 tag over everything before it: without the key nobody can inject changes.
 
 use std::net::SocketAddr;
 
@@ -280,13 +281,22 @@ pub enum MeshMessage {
     },
 }
 
-/// Encodes a mesh frame body (the length prefix is the codec's).
-pub fn encode_mesh(msg: &MeshMessage) -> Vec<u8> {
-    let mut out = vec![MESH_VERSION];
+/// Encodes a mesh frame body (the length prefix is the codec's), tagged when `key` is set.
+pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
+    let mut out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
     if let Ok(body) = postcard::to_stdvec(msg) {
         out.extend_from_slice(&body);
     }
+    if let Some(k) = key {
+        let tag = hmac::sign(&k.0, &out);
+        out.extend_from_slice(tag.as_ref());
+    }
     out
+}
+
+/// An untagged frame (a cluster without a key).
+pub fn encode_mesh(msg: &MeshMessage) -> Vec<u8> {
+    seal_mesh(msg, None)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -297,6 +307,12 @@ pub enum FrameError {
     Version(u8),
     #[error("undecodable frame")]
     Malformed,
+    #[error("frame without the HMAC tag the cluster key requires")]
+    MissingTag,
+    #[error("frame with a bad HMAC tag")]
+    BadTag,
+    #[error("tagged frame but no cluster key configured")]
+    UnexpectedTag,
 }
 
 impl FrameError {
@@ -305,20 +321,44 @@ impl FrameError {
             FrameError::Empty => "empty",
             FrameError::Version(_) => "version",
             FrameError::Malformed => "malformed",
+            FrameError::MissingTag => "missing_tag",
+            FrameError::BadTag => "bad_tag",
+            FrameError::UnexpectedTag => "unexpected_tag",
         }
     }
 }
 
-pub fn decode_mesh(frame: &[u8]) -> Result<MeshMessage, FrameError> {
-    let (&v, body) = frame.split_first().ok_or(FrameError::Empty)?;
+/// Checks (version, tag) and decodes a mesh frame.
+pub fn open_mesh(frame: &[u8], key: Option<&Key>) -> Result<MeshMessage, FrameError> {
+    let (&v, rest) = frame.split_first().ok_or(FrameError::Empty)?;
     if v != MESH_VERSION {
         return Err(FrameError::Version(v));
     }
+    let (&flags, rest) = rest.split_first().ok_or(FrameError::Malformed)?;
+    let tagged = flags & FLAG_TAGGED != 0;
+    let body = match (tagged, key) {
+        (false, Some(_)) => return Err(FrameError::MissingTag),
+        (true, None) => return Err(FrameError::UnexpectedTag),
+        (false, None) => rest,
+        (true, Some(k)) => {
+            if frame.len() < 2 + TAG_LEN {
+                return Err(FrameError::Malformed);
+            }
+            let (signed, tag) = frame.split_at(frame.len() - TAG_LEN);
+            hmac::verify(&k.0, signed, tag).map_err(|_| FrameError::BadTag)?;
+            &signed[2..]
+        }
+    };
     let (msg, rest) = postcard::take_from_bytes(body).map_err(|_| FrameError::Malformed)?;
     if !rest.is_empty() {
         return Err(FrameError::Malformed);
     }
     Ok(msg)
+}
+
+/// Decodes an untagged frame.
+pub fn decode_mesh(frame: &[u8]) -> Result<MeshMessage, FrameError> {
+    open_mesh(frame, None)
 }
 
 #[cfg(test)]
@@ -382,12 +422,22 @@ mod tests {
     #[test]
     fn mesh_frames() {
         let m = MeshMessage::Pong { from: hb().info };
-        assert_eq!(decode_mesh(&encode_mesh(&m)), Ok(m));
+        assert_eq!(decode_mesh(&encode_mesh(&m)), Ok(m.clone()));
         assert_eq!(decode_mesh(&[]), Err(FrameError::Empty));
         assert_eq!(decode_mesh(&[9, 1, 2]), Err(FrameError::Version(9)));
         assert_eq!(
-            decode_mesh(&[MESH_VERSION, 200, 200, 200]),
+            decode_mesh(&[MESH_VERSION, 0, 200, 200, 200]),
             Err(FrameError::Malformed)
         );
+        let k = Key::new(b"a-mesh-secret-of-some-length");
+        let sealed = seal_mesh(&m, Some(&k));
+        assert_eq!(open_mesh(&sealed, Some(&k)), Ok(m.clone()));
+        assert_eq!(
+            open_mesh(&encode_mesh(&m), Some(&k)),
+            Err(FrameError::MissingTag)
+        );
+        assert_eq!(open_mesh(&sealed, None), Err(FrameError::UnexpectedTag));
+        let other = Key::new(b"another-secret-entirely");
+        assert_eq!(open_mesh(&sealed, Some(&other)), Err(FrameError::BadTag));
     }
 }

@@ -96,7 +96,8 @@ impl Cluster {
             state,
         };
         let cm = metrics::ClusterMetrics::register(metrics);
-        let membership = Arc::new(Membership::new(me, cfg.membership.clone(), cm));
+        let key = cfg.key.as_deref().map(Key::new);
+        let membership = Arc::new(Membership::new(me, cfg.membership.clone(), key.clone(), cm));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
         let replicator = Replicator::new(
@@ -134,7 +135,6 @@ impl Cluster {
                             source: e,
                         }
                     })?;
-                let key = cfg.key.as_deref().map(Key::new);
                 let mc = Arc::new(Multicast::new(sock, SocketAddr::from((*group, *port)), key));
                 tokio::spawn(mc.clone().run(membership.clone(), shutdown.clone()));
                 (Some(mc), Vec::new())
@@ -162,14 +162,9 @@ impl Cluster {
         let m = &self.membership;
         tokio::time::sleep(m.cfg.frequency * 2 + m.cfg.frequency / 2).await;
         if let Some(other) = m.conflict() {
-            let alive = mesh::ping(
-                other.mesh_addr,
-                &m.cfg.domain,
-                m.me.info(),
-                m.cfg.verify_timeout,
-            )
-            .await
-            .is_ok_and(|pong| pong.jvm_route == other.jvm_route);
+            let alive = mesh::ping(m, other.mesh_addr)
+                .await
+                .is_ok_and(|pong| pong.jvm_route == other.jvm_route);
             if alive {
                 return Err(ClusterError::DuplicateRoute {
                     route: other.jvm_route,

@@ -143,9 +143,7 @@ pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
             if sa == m.me.mesh_addr {
                 return;
             }
-            if let Ok(info) =
-                super::mesh::ping(sa, &m.cfg.domain, m.me.info(), m.cfg.verify_timeout).await
-            {
+            if let Ok(info) = super::mesh::ping(&m, sa).await {
                 m.metrics.heartbeats_received.inc();
                 m.observe(info);
             }

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -27,9 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::membership::{MemberEvent, Membership};
 use super::mesh::codec;
-use super::messages::{
-    decode_mesh, encode_mesh, Change, FullSession, MeshMessage, NodeInfo, PeerState,
-};
+use super::messages::{Change, FullSession, MeshMessage, NodeInfo, PeerState};
 use crate::session::store::{Remote, SessionStore};
 pub use metrics::ReplMetrics;
 
@@ -470,19 +467,20 @@ impl Replicator {
                 let msg = MeshMessage::StateChunk {
                     sessions: std::mem::take(&mut chunk),
                 };
-                framed.send(Bytes::from(encode_mesh(&msg))).await?;
+                framed.send(self.membership.seal(&msg)).await?;
                 bytes = 0;
             }
         }
         if !chunk.is_empty() {
             framed
-                .send(Bytes::from(encode_mesh(&MeshMessage::StateChunk {
-                    sessions: chunk,
-                })))
+                .send(
+                    self.membership
+                        .seal(&MeshMessage::StateChunk { sessions: chunk }),
+                )
                 .await?;
         }
         framed
-            .send(Bytes::from(encode_mesh(&MeshMessage::StateDone { count })))
+            .send(self.membership.seal(&MeshMessage::StateDone { count }))
             .await?;
         Ok(count)
     }
@@ -518,7 +516,7 @@ impl Replicator {
             from: self.membership.me.info(),
         };
         framed
-            .send(Bytes::from(encode_mesh(&req)))
+            .send(self.membership.seal(&req))
             .await
             .map_err(|e| format!("send to {addr}: {e}"))?;
         let mut applied = 0u64;
@@ -528,7 +526,11 @@ impl Replicator {
                 Some(Err(e)) => return Err(format!("read from {addr}: {e}")),
                 None => return Err(format!("{addr} closed the transfer early")),
             };
-            match decode_mesh(&frame).map_err(|e| format!("bad frame from {addr}: {e}"))? {
+            match self
+                .membership
+                .open(&frame)
+                .map_err(|e| format!("bad frame from {addr}: {e}"))?
+            {
                 MeshMessage::StateChunk { sessions } => {
                     let now = Instant::now();
                     for s in sessions {

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outgoing, Replicator};
 use crate::cluster::mesh::codec;
-use crate::cluster::messages::{decode_mesh, encode_mesh, Change, MeshMessage, NodeInfo};
+use crate::cluster::messages::{Change, MeshMessage, NodeInfo};
 
 const MAX_BATCH: usize = 512;
 
@@ -62,7 +61,7 @@ pub async fn run(
             domain: rep.membership.cfg.domain.clone(),
             from: rep.membership.me.info(),
         };
-        if framed.send(Bytes::from(encode_mesh(&hello))).await.is_err() {
+        if framed.send(rep.membership.seal(&hello)).await.is_err() {
             continue;
         }
         let (mut sink, mut stream) = framed.split();
@@ -100,13 +99,15 @@ pub async fn run(
             };
             seq += 1;
             let changes: Vec<Arc<Change>> = batch.iter().map(|o| o.change.clone()).collect();
-            let frame = encode_mesh(&MeshMessage::Replicate { seq, changes });
+            let frame = rep
+                .membership
+                .seal(&MeshMessage::Replicate { seq, changes });
             for o in &batch {
                 rep.metrics.sent(&route, o.change.kind()).inc();
             }
             rep.metrics.bytes_sent(&route).inc_by(frame.len() as u64);
             inflight.insert(seq, batch);
-            if sink.send(Bytes::from(frame)).await.is_err() {
+            if sink.send(frame).await.is_err() {
                 break true;
             }
         };
@@ -129,7 +130,7 @@ fn on_ack(
     retry: &mut VecDeque<Outgoing>,
     depth: &AtomicI64,
 ) {
-    let Ok(MeshMessage::Ack { seq, need_full }) = decode_mesh(frame) else {
+    let Ok(MeshMessage::Ack { seq, need_full }) = rep.membership.open(frame) else {
         rep.membership.metrics.mesh_rejected("unexpected").inc();
         return;
     };
