@@ -547,3 +547,81 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
         );
     }
 }
+
+/// A ready member that never answers the state request (heartbeats from the test itself,
+/// announcing a mesh port that accepts and stays silent): the joiner gives up after
+/// `state_transfer_timeout`, then starts anyway, or exits non-zero with
+/// `require_state_transfer = true` (SPEC 4.7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
+    use caracal::cluster::messages::{encode_heartbeat, Heartbeat};
+    const PORT: u16 = 46311;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s); // accepted, never answered
+        }
+    });
+    let group = std::net::Ipv4Addr::new(228, 0, 0, 4);
+    let sock = caracal::cluster::transport::multicast_socket(
+        group,
+        PORT,
+        std::net::Ipv4Addr::LOCALHOST,
+        0,
+    )
+    .unwrap();
+    let ghost = tokio::spawn(async move {
+        for seq in 1..=600u64 {
+            let hb = Heartbeat {
+                domain: "ghost".into(),
+                info: NodeInfo {
+                    node_id: 4242,
+                    jvm_route: "ghost".into(),
+                    mesh_addr: silent_addr,
+                    http_addr: silent_addr,
+                    state: PeerState::Ready,
+                    alive_ms: 1_000_000,
+                },
+                seq,
+                sent_unix_ms: 0,
+            };
+            let _ = sock
+                .send_to(&encode_heartbeat(&hb, None), (group, PORT))
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let b = TestBackend::start("b").await;
+    let conf = |route: &str, required: bool| {
+        cluster_node(
+            route,
+            &b.url(),
+            PORT,
+            "ghost",
+            &format!("state_transfer_timeout = \"1s\"\nrequire_state_transfer = {required}"),
+        )
+    };
+    let required = conf("r1", true);
+    let (code, err) =
+        tokio::task::spawn_blocking(move || Node::run_to_exit(&required, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("state transfer timed out") && err.contains("require_state_transfer"),
+        "{err}"
+    );
+
+    let t = Instant::now();
+    let n = Node::start(&conf("r2", false)).await;
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "did not wait for the transfer"
+    );
+    assert!(n.log_text().contains("starting anyway"), "{}", n.log_text());
+    assert_eq!(n.status().await["node"]["state"], "ready");
+    ghost.abort();
+    accept.abort();
+}
