@@ -10,26 +10,16 @@ use http::StatusCode;
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-/// A reflect-mode request (see `common::reflect`).
-fn req(path: &str, cookie: Option<&str>, replies: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
-    reflect(path, cookie, replies)
-}
-
 fn base(full: &str) -> &str {
     full.split('.').next().unwrap()
 }
 
 async fn session_info(node: &Node, base: &str) -> Option<Value> {
-    let r = http(node.admin, get(&format!("/sessions/{base}"))).await;
-    match r.status {
-        StatusCode::OK => Some(r.json()),
-        StatusCode::NOT_FOUND => None,
-        s => panic!("/sessions answered {s}"),
-    }
+    common::session_info(node.admin, base).await
 }
 
 async fn new_session(node: &Node, attrs: &str) -> String {
-    let r = http(node.http, req("/", None, &[("x-session-set", attrs)])).await;
+    let r = http(node.http, reflect("/", None, &[("x-session-set", attrs)])).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     set_cookie_id(&r).expect("a session cookie")
 }
@@ -45,7 +35,7 @@ async fn cookie_format_and_flags_over_plain_http() {
     let (_b, node) = start().await;
     let r = http(
         node.http,
-        req("/", None, &[("x-session-set", r#"{"a":1}"#)]),
+        reflect("/", None, &[("x-session-set", r#"{"a":1}"#)]),
     )
     .await;
     let sc = r.header("set-cookie").unwrap().to_string();
@@ -83,7 +73,7 @@ async fn cookie_is_secure_under_tls() {
     let r = https_http1(
         node.https.unwrap(),
         ck.cert.der().to_vec(),
-        req("/", None, &[("x-session-set", "{}")]),
+        reflect("/", None, &[("x-session-set", "{}")]),
     )
     .await;
     let sc = r.header("set-cookie").unwrap();
@@ -176,14 +166,14 @@ async fn forged_garbage_and_overlong_ids_are_no_session_never_5xx() {
         ";;;=;".to_string(),
     ];
     for c in &cookies {
-        let r = http(node.http, req("/", Some(c), &[])).await;
+        let r = http(node.http, reflect("/", Some(c), &[])).await;
         assert_eq!(r.status, StatusCode::OK, "cookie {c:.60}: {}", r.text());
         assert!(r.json()["headers"].get("x-session-id").is_none(), "{c:.60}");
     }
     // A forged but well-formed id is never adopted: the new session gets a fresh id.
     let r = http(
         node.http,
-        req(
+        reflect(
             "/",
             Some(&format!("JSESSIONID={unknown}")),
             &[("x-session-set", "{}")],
@@ -202,7 +192,7 @@ async fn set_remove_and_max_inactive_directives() {
     let cookie = format!("JSESSIONID={id}");
     let r = http(
         node.http,
-        req(
+        reflect(
             "/",
             Some(&cookie),
             &[
@@ -246,7 +236,7 @@ async fn renew_gives_a_new_id_and_keeps_the_data() {
     let id = new_session(&node, r#"{"cart":[1,2]}"#).await;
     let r = http(
         node.http,
-        req(
+        reflect(
             "/login",
             Some(&format!("JSESSIONID={id}")),
             &[
@@ -266,7 +256,11 @@ async fn renew_gives_a_new_id_and_keeps_the_data() {
     let info = session_info(&node, base(&new)).await.unwrap();
     assert_eq!(info["attributes"], json!({"cart": [1, 2], "user": "al"}));
     // The old cookie is now no session.
-    let r = http(node.http, req("/", Some(&format!("JSESSIONID={id}")), &[])).await;
+    let r = http(
+        node.http,
+        reflect("/", Some(&format!("JSESSIONID={id}")), &[]),
+    )
+    .await;
     assert!(r.json()["headers"].get("x-session-id").is_none());
 }
 
@@ -276,7 +270,7 @@ async fn invalidate_clears_the_cookie_and_wins_over_other_directives() {
     let id = new_session(&node, r#"{"a":1}"#).await;
     let r = http(
         node.http,
-        req(
+        reflect(
             "/logout",
             Some(&format!("JSESSIONID={id}")),
             &[
@@ -318,7 +312,7 @@ async fn malformed_directives_are_502_and_leave_the_session_unchanged() {
         ("x-session-max-inactive", "soon", "whole seconds"),
     ];
     for (h, v, reason) in cases {
-        let r = http(node.http, req("/", Some(&cookie), &[(h, v)])).await;
+        let r = http(node.http, reflect("/", Some(&cookie), &[(h, v)])).await;
         assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{h}: {v:.40}");
         assert!(r.text().contains(reason), "{h}: {}", r.text());
         assert!(r.header("set-cookie").is_none());
@@ -329,7 +323,7 @@ async fn malformed_directives_are_502_and_leave_the_session_unchanged() {
     // Without a session, a bad Set creates nothing.
     let r = http(
         node.http,
-        req("/", None, &[("x-session-set", big.as_str())]),
+        reflect("/", None, &[("x-session-set", big.as_str())]),
     )
     .await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -353,7 +347,7 @@ async fn the_static_filter_skips_all_session_work() {
     // Tomcat's list: .css matches in full...
     let r = http(
         node.http,
-        req(
+        reflect(
             "/a/b.css",
             Some(&cookie),
             &[("x-session-set", r#"{"css":1}"#)],
@@ -378,14 +372,14 @@ async fn the_static_filter_skips_all_session_work() {
     // ...no session is created from a static path either.
     let r = http(
         node.http,
-        req("/logo.png", None, &[("x-session-set", "{}")]),
+        reflect("/logo.png", None, &[("x-session-set", "{}")]),
     )
     .await;
     assert!(r.header("set-cookie").is_none());
     // ...and .cssx does not match.
     let r = http(
         node.http,
-        req(
+        reflect(
             "/a/b.cssx",
             Some(&cookie),
             &[("x-session-set", r#"{"cssx":1}"#)],
@@ -405,7 +399,7 @@ async fn path_parameter_is_read_and_stripped() {
     let id = new_session(&node, r#"{"a":1}"#).await;
     let r = http(
         node.http,
-        req(&format!("/cart;jsessionid={id}?x=1"), None, &[]),
+        reflect(&format!("/cart;jsessionid={id}?x=1"), None, &[]),
     )
     .await;
     let body = r.json();
@@ -416,7 +410,7 @@ async fn path_parameter_is_read_and_stripped() {
     let other = new_session(&node, r#"{"b":1}"#).await;
     let r = http(
         node.http,
-        req(
+        reflect(
             &format!("/cart;jsessionid={id}"),
             Some(&format!("JSESSIONID={other}")),
             &[],
@@ -453,7 +447,11 @@ async fn sessions_expire_after_max_inactive() {
         created.elapsed() >= Duration::from_millis(900),
         "expired early"
     );
-    let r = http(node.http, req("/", Some(&format!("JSESSIONID={id}")), &[])).await;
+    let r = http(
+        node.http,
+        reflect("/", Some(&format!("JSESSIONID={id}")), &[]),
+    )
+    .await;
     assert!(r.json()["headers"].get("x-session-id").is_none());
     let m = http(node.admin, get("/metrics")).await.text();
     assert!(m.contains("caracal_sessions_expired_total 1"), "{m}");
@@ -470,9 +468,12 @@ async fn fifty_parallel_requests_setting_distinct_attributes_all_land() {
         let addr = node.http;
         tasks.push(tokio::spawn(async move {
             let set = format!(r#"{{"k{i}":{i}}}"#);
-            http(addr, req("/", Some(&cookie), &[("x-session-set", &set)]))
-                .await
-                .status
+            http(
+                addr,
+                reflect("/", Some(&cookie), &[("x-session-set", &set)]),
+            )
+            .await
+            .status
         }));
     }
     for t in tasks {
@@ -498,7 +499,7 @@ async fn max_active_sessions_is_a_clear_503() {
     .await;
     new_session(&node, "{}").await;
     new_session(&node, "{}").await;
-    let r = http(node.http, req("/", None, &[("x-session-set", "{}")])).await;
+    let r = http(node.http, reflect("/", None, &[("x-session-set", "{}")])).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.text().contains("max_active_sessions"), "{}", r.text());
     let s = node.status().await;

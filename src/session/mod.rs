@@ -136,15 +136,16 @@ impl SessionLayer {
                     None => routing::Decision::NoSession,
                 }
             }
-            (Some(c), Some(r)) => routing::decide(
-                c.base,
-                me,
-                self.store
-                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch))
-                    .as_deref(),
-                c.route,
-                &r.membership.infos(),
-            ),
+            (Some(c), Some(r)) => {
+                let owner = self
+                    .store
+                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch));
+                match owner.as_deref() {
+                    // The common case (sticky traffic at its owner): no member list needed.
+                    Some(o) if o == me => routing::Decision::Local,
+                    o => routing::decide(c.base, me, o, c.route, &r.membership.infos()),
+                }
+            }
         };
         if let routing::Decision::Forward(to) = decision {
             return Plan::Forward(to);
