@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::upstream::Lease;
+use super::upstream::client::ResponseBody;
 
 /// What the proxy sends upstream: the client's body as it arrives, or nothing.
 #[derive(Debug)]
@@ -45,30 +45,15 @@ impl Body for UpBody {
     }
 }
 
-/// What the proxy sends to the client: a backend's body (returning the backend connection
-/// to the pool when it ends), or a short body the proxy wrote itself.
+/// What the proxy sends to the client: a backend's body (which returns its connection to the
+/// pool when it ends), or a short body the proxy wrote itself.
 #[derive(Debug)]
 pub enum ProxyBody {
-    Upstream {
-        inner: Incoming,
-        lease: Option<Lease>,
-    },
+    Upstream(ResponseBody),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    /// Wraps a backend body. A body that is already complete (HEAD, 204, `Content-Length: 0`)
-    /// releases its connection at once, since hyper will never poll it.
-    pub fn upstream(inner: Incoming, lease: Lease) -> Self {
-        let lease = if inner.is_end_stream() {
-            lease.release();
-            None
-        } else {
-            Some(lease)
-        };
-        ProxyBody::Upstream { inner, lease }
-    }
-
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
         ProxyBody::Full(if b.is_empty() { None } else { Some(b) })
@@ -81,48 +66,28 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
-            ProxyBody::Upstream { inner, lease } => {
-                let res = Pin::new(&mut *inner).poll_frame(cx);
-                match &res {
-                    Poll::Ready(None) => {
-                        if let Some(l) = lease.take() {
-                            l.release();
-                        }
-                    }
-                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => {
-                        if let Some(l) = lease.take() {
-                            l.release();
-                        }
-                    }
-                    // An error drops the lease: the connection is not reused.
-                    Poll::Ready(Some(Err(_))) => {
-                        lease.take();
-                    }
-                    _ => {}
-                }
-                res
-            }
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

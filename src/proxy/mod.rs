@@ -127,35 +127,20 @@ impl Proxy {
                         }
                         // A bodyless idempotent request can be planned again if its owner
                         // turns out dead after the request reached it.
-                        let replay = (upstream::is_idempotent(&parts.method)
-                            && http_body::Body::is_end_stream(&body))
-                        .then(|| {
-                            (
-                                parts.method.clone(),
-                                parts.uri.clone(),
-                                parts.headers.clone(),
-                            )
-                        });
-                        match self.forward(parts, body, &to, hop).await {
+                        let replayable = upstream::is_idempotent(&parts.method)
+                            && http_body::Body::is_end_stream(&body);
+                        let outcome = self.forward(&mut parts, &mut body, &to, hop).await;
+                        parts.headers.remove(HOP);
+                        match outcome {
                             Ok(resp) => return Ok(resp),
                             Err(Forward::Failed(e)) => return Err(e),
                             Err(Forward::OwnerDied(e)) => {
                                 attempts += 1;
-                                let Some((method, uri, headers)) = replay else {
-                                    return Err(e);
-                                };
-                                if attempts > MAX_HOPS {
+                                if !replayable || attempts > MAX_HOPS {
                                     return Err(e);
                                 }
-                                let mut r = Request::new(());
-                                *r.method_mut() = method;
-                                *r.uri_mut() = uri;
-                                *r.version_mut() = Version::HTTP_11;
-                                *r.headers_mut() = headers;
-                                r.headers_mut().remove(HOP);
-                                (parts, body) = (r.into_parts().0, UpBody::Empty);
                             }
-                            Err(Forward::Unsent(p, b, why)) => {
+                            Err(Forward::Unsent(why)) => {
                                 attempts += 1;
                                 if attempts > MAX_HOPS {
                                     return Err(ProxyError::Unroutable(format!(
@@ -168,42 +153,45 @@ impl Proxy {
                                 if let Some(r) = self.sessions.replicator() {
                                     r.membership.check_now(to.node_id).await;
                                 }
-                                (parts, body) = (*p, b);
                             }
                         }
                     }
                 }
             }
         }
-        let up_req = Request::from_parts(parts, body);
 
-        let (mut resp, lease) = self.upstream.send(up_req).await.map_err(|e| match e {
-            UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
-            UpstreamError::Connect(m) => ProxyError::BackendConnect(m),
-            UpstreamError::Failed(m) => ProxyError::BackendFailed(m),
-            UpstreamError::Timeout => ProxyError::BackendTimeout,
-        })?;
+        let upstream::Exchange {
+            head: mut resp,
+            body: resp_body,
+        } = self
+            .upstream
+            .send(&parts, &mut body)
+            .await
+            .map_err(|e| match e {
+                UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
+                UpstreamError::Connect(m) => ProxyError::BackendConnect(m),
+                UpstreamError::Failed(m) => ProxyError::BackendFailed(m),
+                UpstreamError::Timeout => ProxyError::BackendTimeout,
+            })?;
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_up) = client_upgrade else {
+        if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(client_up), Some(backend_up)) = (client_upgrade, resp_body.into_upgraded())
+            else {
                 return Err(ProxyError::BackendFailed(
                     "backend switched protocols without an upgrade request".into(),
                 ));
             };
-            let backend_up = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_up, backend_up, lease));
-            let (mut parts, _) = resp.into_parts();
-            self.hygiene.response(&mut parts.headers, true);
-            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+            tokio::spawn(tunnel(client_up, backend_up));
+            self.hygiene.response(&mut resp.headers, true);
+            return Ok(Response::from_parts(resp, ProxyBody::empty()));
         }
-        let (mut parts, body) = resp.into_parts();
         // The client's connection decides the version, not the backend's.
-        parts.version = Version::HTTP_11;
+        resp.version = Version::HTTP_11;
         if let Some(rs) = &mut session {
             // Before hygiene: the directives are session-prefixed headers.
             let waits = self
                 .sessions
-                .on_response(rs, &mut parts)
+                .on_response(rs, &mut resp)
                 .map_err(|e| match e {
                     SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
                     SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
@@ -212,11 +200,8 @@ impl Proxy {
             // Sync mode: the response goes out only after the members applied the change.
             self.sessions.settle(waits).await;
         }
-        self.hygiene.response(&mut parts.headers, false);
-        Ok(Response::from_parts(
-            parts,
-            ProxyBody::upstream(body, lease),
-        ))
+        self.hygiene.response(&mut resp.headers, false);
+        Ok(Response::from_parts(resp, ProxyBody::Upstream(resp_body)))
     }
 
     /// The hop count of a request forwarded by a member, if the marker is genuine: it
@@ -234,13 +219,14 @@ impl Proxy {
     }
 
     /// Sends the request to the member that owns its session; the member's response is the
-    /// client's. `Unsent` hands the request back when nothing reached the member. A member
-    /// that does not answer is verified after `verify_timeout`: if it is dead (a stopped
-    /// process still accepts connections), the forward is abandoned (`OwnerDied`).
+    /// client's. `Unsent`: nothing reached the member. A member that does not answer is
+    /// verified after `verify_timeout`: if it is dead (a stopped process still accepts
+    /// connections), the forward is abandoned (`OwnerDied`). The caller removes the hop
+    /// marker this adds.
     async fn forward(
         &self,
-        mut parts: http::request::Parts,
-        body: UpBody,
+        parts: &mut http::request::Parts,
+        body: &mut UpBody,
         to: &crate::cluster::messages::NodeInfo,
         hop: u8,
     ) -> Result<Response<ProxyBody>, Forward> {
@@ -248,8 +234,7 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&marker) {
             parts.headers.insert(HOP, v);
         }
-        let req = Request::from_parts(parts, body);
-        let send = self.upstream.send_to_peer(to.http_addr, req);
+        let send = self.upstream.send_to_peer(to.http_addr, parts, body);
         let watch = async {
             let Some(r) = self.sessions.replicator() else {
                 return std::future::pending().await;
@@ -270,21 +255,13 @@ impl Proxy {
             }
         };
         match sent {
-            Ok((resp, lease)) => {
-                let (mut parts, body) = resp.into_parts();
-                parts.version = Version::HTTP_11;
-                self.hygiene.response(&mut parts.headers, false);
-                Ok(Response::from_parts(
-                    parts,
-                    ProxyBody::upstream(body, lease),
-                ))
+            Ok(upstream::Exchange { mut head, body }) => {
+                head.version = Version::HTTP_11;
+                self.hygiene.response(&mut head.headers, false);
+                Ok(Response::from_parts(head, ProxyBody::Upstream(body)))
             }
-            Err((Some(req), why)) => {
-                let (mut parts, body) = req.into_parts();
-                parts.headers.remove(HOP);
-                Err(Forward::Unsent(Box::new(parts), body, why))
-            }
-            Err((None, why)) => {
+            Err((true, why)) => Err(Forward::Unsent(why)),
+            Err((false, why)) => {
                 // Sent, then the connection broke (a killed owner's pooled connection):
                 // if the member is dead, this is a failover, not a backend error.
                 let dead = match self.sessions.replicator() {
@@ -309,8 +286,8 @@ const HOP: http::HeaderName = http::HeaderName::from_static("x-caracal-hop");
 const MAX_HOPS: u8 = 2;
 
 enum Forward {
-    /// Nothing reached the member: the request comes back.
-    Unsent(Box<http::request::Parts>, UpBody, String),
+    /// Nothing reached the member: the request can go again.
+    Unsent(String),
     /// The member took the request and then failed verification.
     OwnerDied(ProxyError),
     Failed(ProxyError),
@@ -340,19 +317,27 @@ fn origin_form(uri: &Uri) -> Uri {
 }
 
 /// Joins the client's and the backend's upgraded connections (WebSocket and friends).
+/// `backend` is the raw connection, the bytes the backend sent past its 101, and the lease
+/// held while the tunnel lives.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    lease: upstream::Lease,
+    backend: (tokio::net::TcpStream, bytes::Bytes, Option<upstream::Lease>),
 ) {
-    let (c, b) = match tokio::try_join!(client, backend) {
-        Ok(x) => x,
+    use tokio::io::AsyncWriteExt;
+    let (mut b, early, lease) = backend;
+    let mut c = match client.await {
+        Ok(c) => TokioIo::new(c),
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
-    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+    if !early.is_empty() {
+        if let Err(e) = c.write_all(&early).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+            return;
+        }
+    }
     if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
         tracing::debug!(error = %e, "upgraded connection ended with an error");
     }

@@ -72,17 +72,20 @@ async fn probe(
     path: &str,
     connect_timeout: std::time::Duration,
 ) -> Result<(), String> {
-    let mut sender = pool::connect(&b.authority, connect_timeout)
+    let mut conn = pool::connect(&b.authority, connect_timeout)
         .await
         .map_err(|e| e.to_string())?;
     let req = Request::get(path)
         .header(header::HOST, &b.authority)
         .header(header::USER_AGENT, "caracal-health")
         .header(header::CONNECTION, "close")
-        .body(UpBody::Empty)
+        .body(())
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let s = resp.status();
+    let head = conn
+        .send(&req.into_parts().0, &mut UpBody::Empty)
+        .await
+        .map_err(|e| e.reason)?;
+    let s = head.parts.status;
     if s.is_success() || s.is_redirection() {
         Ok(())
     } else {

@@ -1,15 +1,17 @@
 //! The backend side of the proxy: one pooled keep-alive client for all backends, the
 //! balancer, passive and active health, timeouts and the retry rule.
 //!
+//! - [`client`]: the HTTP/1.1 exchange on one connection, run in the request's task.
 //! - [`pool`]: per-backend idle HTTP/1.1 connections and connecting with a timeout.
 //! - [`balancer`]: which backend a request goes to.
 //! - [`health`]: active checks (`[backends.health]`).
 //!
 //! Retry rule (SPEC 3): a request moves to another backend only when nothing reached the
-//! first (connect failed, or hyper handed the request back unsent), or when it is
-//! idempotent and has no body, so it can be sent again as it was.
+//! first (connect failed, or the write failed at once), or when it is idempotent and has no
+//! body, so it can be sent again as it was (the request's parts are only borrowed).
 
 pub mod balancer;
+pub mod client;
 pub mod health;
 pub mod pool;
 
@@ -17,15 +19,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use http::{request, response, Method};
 
 use crate::config::BackendsConfig;
 use crate::metrics::{BackendCounters, Metrics};
 
 use super::body::UpBody;
 use balancer::Balancer;
+use client::{Conn, ResponseBody};
 
 /// `down_until` value meaning "until an active health check says otherwise".
 const DOWN_UNTIL_CHECKED: u64 = u64::MAX;
@@ -61,30 +62,23 @@ impl Backend {
     }
 }
 
-/// A backend connection lent to one request, plus its in-flight count. Dropping it without
-/// [`Lease::release`] closes the connection (the response was not read to its end).
+/// A request's hold on a backend: its in-flight count, and where its connection returns.
+/// Held by the response body until the body ends.
 #[derive(Debug)]
 pub struct Lease {
     backend: Arc<Backend>,
-    sender: Option<SendRequest<UpBody>>,
     max_idle: usize,
 }
 
 impl Lease {
     fn new(backend: Arc<Backend>, max_idle: usize) -> Self {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self {
-            backend,
-            sender: None,
-            max_idle,
-        }
+        Self { backend, max_idle }
     }
 
     /// The response was read to its end: the connection goes back to the pool.
-    pub fn release(mut self) {
-        if let Some(s) = self.sender.take() {
-            self.backend.checkin(s, self.max_idle);
-        }
+    pub fn release(self, conn: Conn) {
+        self.backend.checkin(conn, self.max_idle);
     }
 
     pub fn backend(&self) -> &Backend {
@@ -108,35 +102,6 @@ pub enum UpstreamError {
     Failed(String),
     #[error("timeout")]
     Timeout,
-}
-
-/// The parts of a bodyless idempotent request, kept so it can be sent again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn of(req: &Request<UpBody>) -> Option<Self> {
-        use http_body::Body;
-        (is_idempotent(req.method()) && req.body().is_end_stream()).then(|| Replay {
-            method: req.method().clone(),
-            uri: req.uri().clone(),
-            version: req.version(),
-            headers: req.headers().clone(),
-        })
-    }
-
-    fn build(&self) -> Request<UpBody> {
-        let mut r = Request::new(UpBody::Empty);
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
 }
 
 pub fn is_idempotent(m: &Method) -> bool {
@@ -205,13 +170,14 @@ impl Upstream {
         }
     }
 
-    /// Forwards `req` to another member's HTTP listener (one attempt). On failure, the
-    /// request comes back if nothing of it was sent.
+    /// Forwards a request to another member's HTTP listener (one attempt). The error says
+    /// whether nothing of the request was sent.
     pub async fn send_to_peer(
         &self,
         addr: std::net::SocketAddr,
-        req: Request<UpBody>,
-    ) -> Result<(Response<Incoming>, Lease), (Option<Request<UpBody>>, String)> {
+        req: &request::Parts,
+        body: &mut UpBody,
+    ) -> Result<Exchange, (bool, String)> {
         let peer = self
             .peers
             .entry(addr)
@@ -227,34 +193,31 @@ impl Upstream {
                 })
             })
             .clone();
-        let mut lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
-        let (mut sender, _, _) = match peer.checkout(&self.cfg).await {
+        let lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
+        let (mut conn, _, _) = match peer.checkout(&self.cfg).await {
             Ok(c) => c,
-            Err(e) => return Err((Some(req), e.to_string())),
+            Err(e) => return Err((true, e.to_string())),
         };
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        match tokio::time::timeout(limit, sender.try_send_request(req)).await {
-            Err(_) => Err((None, "no answer in time".into())),
-            Ok(Ok(resp)) => {
-                lease.sender = Some(sender);
-                Ok((resp, lease))
-            }
-            Ok(Err(mut e)) => {
-                let why = e.error().to_string();
-                Err((e.take_message(), why))
-            }
+        match tokio::time::timeout(limit, conn.send(req, body)).await {
+            Err(_) => Err((false, "no answer in time".into())),
+            Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
+            Ok(Err(e)) => Err((e.unsent, e.reason)),
         }
     }
 
-    /// Sends `req` to a backend chosen by the balancer; returns the response head and the
-    /// lease that must live as long as its body.
+    /// Sends a request to a backend chosen by the balancer; returns the response head and
+    /// its body, which holds the connection until it ends.
     pub async fn send(
         &self,
-        mut req: Request<UpBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
-        let mut replay: Option<Replay> = None;
+        req: &request::Parts,
+        body: &mut UpBody,
+    ) -> Result<Exchange, UpstreamError> {
+        use http_body::Body;
+        // Sent and failed, it can be sent again as it is: nothing of it was consumed.
+        let replayable = is_idempotent(&req.method) && body.is_end_stream();
         let attempts = 1 + self.cfg.retries;
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoHealthy;
@@ -263,8 +226,8 @@ impl Upstream {
                 break;
             };
             let backend = &self.backends[idx];
-            let mut lease = Lease::new(backend.clone(), self.cfg.max_idle_per_server);
-            let (mut sender, fresh, idle_for) = match backend.checkout(&self.cfg).await {
+            let lease = Lease::new(backend.clone(), self.cfg.max_idle_per_server);
+            let (mut conn, fresh, _) = match backend.checkout(&self.cfg).await {
                 Ok(c) => c,
                 Err(e) => {
                     backend.counters.connect_errors.inc();
@@ -274,34 +237,23 @@ impl Upstream {
                     continue;
                 }
             };
-            // A copy to send again is worth its cost only where a failure after sending is
-            // likely: a new connection, or one idle long enough for the backend to close it.
-            if replay.is_none() && (fresh || idle_for > std::time::Duration::from_secs(1)) {
-                replay = Replay::of(&req);
-            }
-            let fut = sender.try_send_request(req);
-            match tokio::time::timeout(self.cfg.response_timeout, fut).await {
+            match tokio::time::timeout(self.cfg.response_timeout, conn.send(req, body)).await {
                 Err(_) => {
                     backend.counters.timeouts.inc();
                     return Err(UpstreamError::Timeout);
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok(head)) => {
                     backend.counters.responses.inc();
-                    lease.sender = Some(sender);
-                    return Ok((resp, lease));
+                    return Ok(Exchange::new(conn, head, lease));
                 }
-                Ok(Err(mut e)) => {
+                Ok(Err(e)) => {
                     backend.counters.errors.inc();
-                    let msg = format!("{}: {}", backend.url, e.error());
+                    let msg = format!("{}: {}", backend.url, e.reason);
                     if fresh {
                         self.passive_failure(backend);
                         tried.push(idx);
                     }
-                    if let Some(unsent) = e.take_message() {
-                        req = unsent;
-                    } else if let Some(r) = &replay {
-                        req = r.build();
-                    } else {
+                    if !(e.unsent || replayable) {
                         return Err(UpstreamError::Failed(msg));
                     }
                     last_err = UpstreamError::Failed(msg);
@@ -309,5 +261,21 @@ impl Upstream {
             }
         }
         Err(last_err)
+    }
+}
+
+/// A backend's answer: the response head and its body.
+pub struct Exchange {
+    pub head: response::Parts,
+    pub body: ResponseBody,
+}
+
+impl Exchange {
+    fn new(conn: Conn, head: client::Head, lease: Lease) -> Self {
+        let (head, plan) = head.into_parts();
+        Self {
+            head,
+            body: ResponseBody::new(conn, plan, lease),
+        }
     }
 }
