@@ -14,6 +14,9 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Each request as the backend received it: head (lower-cased) and body.
+type Log = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// One canned answer: the raw bytes, and what the backend does after sending them.
 #[derive(Clone)]
 struct Reply {
@@ -43,7 +46,7 @@ struct Scripted {
     addr: SocketAddr,
     conns: Arc<AtomicUsize>,
     /// Each request as received: head and body (chunked bodies decoded).
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Log,
 }
 
 impl Scripted {
@@ -81,7 +84,7 @@ async fn serve(
     mut s: TcpStream,
     script: Vec<Reply>,
     next: Arc<AtomicUsize>,
-    requests: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    requests: Log,
     answer_early: bool,
 ) {
     let mut buf = Vec::new();
