@@ -58,8 +58,15 @@ render haproxy.cfg $HAP $HAP_TLS > "$W/haproxy.cfg"
 taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
 render caracal.toml $CAR $CAR_TLS 18815 > "$W/caracal.toml"
 RUST_LOG=warn taskset -c 0 "$BIN" --config "$W/caracal.toml" 2>"$W/caracal.log" & PIDS+=($!)
+PID_CAR=$!
 for p in $B1 $NGX $HAP $CAR; do wait_port $p; done
 until curl -sf -o /dev/null http://127.0.0.1:18815/ready; do sleep 0.1; done
+# The processes that do the proxying (nginx: its worker, not the master).
+PID_NGX=$(pgrep -P "${PIDS[1]}" | head -1)
+PID_HAP=${PIDS[2]}
+
+# CPU ticks (utime + stime) used so far by the given processes.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
 # One wrk run: prints "rps p50_ms p99_ms".
 wrk_once() { # url [header]
@@ -83,35 +90,45 @@ h2_once() { # url -> "rps mean_ms max_ms"
     /requests:/ && /succeeded/ { ok=$8 }
     END { printf "%.0f %.3f %.3f 0\n", rps, mean, max }'
 }
-median() { # reads lines "rps a b bad", prints the line with the median rps
-  sort -n | awk '{ l[NR]=$0 } END { print l[int((NR+1)/2)] }'
+median() { # reads lines "rps a b bad cpu", prints the line with the median rps, cpu median
+  sort -n | awk '{ l[NR]=$0; c[NR]=$5 } END {
+    n = asort_c(c); split(l[int((NR+1)/2)], m, " ");
+    printf "%s %s %s %s %s\n", m[1], m[2], m[3], m[4], c[int((NR+1)/2)] }
+    function asort_c(a,   i, j, t, k) { k = 0; for (i in a) k++
+      for (i = 2; i <= k; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j+1] = a[j]; a[j+1] = t }
+      return k }'
 }
-run() { # name kind url [header]
-  local f="$W/$1.runs"; : > "$f"
-  for _ in $(seq "$RUNS"); do
-    if [ "$2" = h2 ]; then h2_once "$3" >> "$f"; else wrk_once "$3" "${4:-}" >> "$f"; fi
-  done
-  median < "$f" > "$W/$1"
+once() { # name kind url header pids... : one run, appended to $W/name.runs with CPU us/request
+  local name=$1 kind=$2 url=$3 hdr=$4; shift 4
+  local t0 t1 line
+  t0=$(ticks "$@")
+  if [ "$kind" = h2 ]; then line=$(h2_once "$url"); else line=$(wrk_once "$url" "$hdr"); fi
+  t1=$(ticks "$@")
+  echo "$line" | awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" \
+    '{ cpu = ($1 > 0) ? t * 1e6 / hz / ($1 * d) : 0; printf "%s %s %s %s %.2f\n", $1, $2, $3, $4, cpu }' >> "$W/$name.runs"
 }
+finish() { for n in "$@"; do median < "$W/$n.runs" > "$W/$n"; done; }
 
 SESSION=$(curl -s -D - -o /dev/null "http://127.0.0.1:$CAR/login" | tr -d '\r' | sed -n 's/^set-cookie: JSESSIONID=\([^;]*\).*/\1/Ip')
 [ -n "$SESSION" ] || { echo "caracal gave no session cookie" >&2; exit 1; }
 
-echo "== 1. plain GET" >&2
-run plain.caracal wrk "http://127.0.0.1:$CAR/"
-run plain.nginx wrk "http://127.0.0.1:$NGX/"
-run plain.haproxy wrk "http://127.0.0.1:$HAP/"
-echo "== 2. sticky" >&2
-run sticky.caracal wrk "http://127.0.0.1:$CAR/sticky" "Cookie: JSESSIONID=$SESSION"
-run sticky.nginx wrk "http://127.0.0.1:$NGX/sticky" "Cookie: JSESSIONID=$SESSION"
-run sticky.haproxy wrk "http://127.0.0.1:$HAP/sticky" "Cookie: JSESSIONID=s1~$SESSION"
-echo "== 4. h2 over TLS" >&2
-run h2.caracal h2 "https://127.0.0.1:$CAR_TLS/"
-run h2.nginx h2 "https://127.0.0.1:$NGX_TLS/"
-run h2.haproxy h2 "https://127.0.0.1:$HAP_TLS/"
+for r in $(seq "$RUNS"); do
+  echo "== round $r/$RUNS: 1. plain GET, 2. sticky, 4. h2 over TLS" >&2
+  once plain.caracal wrk "http://127.0.0.1:$CAR/" "" "$PID_CAR"
+  once plain.nginx wrk "http://127.0.0.1:$NGX/" "" "$PID_NGX"
+  once plain.haproxy wrk "http://127.0.0.1:$HAP/" "" "$PID_HAP"
+  once sticky.caracal wrk "http://127.0.0.1:$CAR/sticky" "Cookie: JSESSIONID=$SESSION" "$PID_CAR"
+  once sticky.nginx wrk "http://127.0.0.1:$NGX/sticky" "Cookie: JSESSIONID=$SESSION" "$PID_NGX"
+  once sticky.haproxy wrk "http://127.0.0.1:$HAP/sticky" "Cookie: JSESSIONID=s1~$SESSION" "$PID_HAP"
+  once h2.caracal h2 "https://127.0.0.1:$CAR_TLS/" "" "$PID_CAR"
+  once h2.nginx h2 "https://127.0.0.1:$NGX_TLS/" "" "$PID_NGX"
+  once h2.haproxy h2 "https://127.0.0.1:$HAP_TLS/" "" "$PID_HAP"
+  once write.single wrk "http://127.0.0.1:$CAR/write" "Cookie: JSESSIONID=$SESSION" "$PID_CAR"
+done
+finish plain.caracal plain.nginx plain.haproxy sticky.caracal sticky.nginx sticky.haproxy \
+  h2.caracal h2.nginx h2.haproxy write.single
 
-echo "== 3. session writes (caracal)" >&2
-run write.single wrk "http://127.0.0.1:$CAR/write" "Cookie: JSESSIONID=$SESSION"
+echo "== 3. session writes (caracal, 3 nodes)" >&2
 for mode in sync async; do
   pids=()
   for i in 1 2 3; do
@@ -141,7 +158,10 @@ CONF
   for i in 1 2 3; do until curl -sf -o /dev/null "http://127.0.0.1:1884$i/ready"; do sleep 0.1; done; done
   until [ "$(curl -s http://127.0.0.1:18841/status | grep -c '"jvm_route"')" -ge 3 ]; do sleep 0.1; done
   S=$(curl -s -D - -o /dev/null "http://127.0.0.1:18831/login" | tr -d '\r' | sed -n 's/^set-cookie: JSESSIONID=\([^;]*\).*/\1/Ip')
-  run "write.$mode" wrk "http://127.0.0.1:18831/write" "Cookie: JSESSIONID=$S"
+  for _ in $(seq "$RUNS"); do
+    once "write.$mode" wrk "http://127.0.0.1:18831/write" "Cookie: JSESSIONID=$S" "${pids[@]}"
+  done
+  finish "write.$mode"
   unrep=$(curl -s http://127.0.0.1:18841/metrics | awk '/^caracal_replication_unreplicated_writes_total/ {print $2}')
   echo "$mode: unreplicated writes $unrep" >&2
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
@@ -149,17 +169,19 @@ done
 
 # ---- table ----
 row() { # label file
-  read -r rps a b bad < "$W/$2"
-  printf "| %-34s | %9s | %8s | %8s | %s |\n" "$1" "$rps" "$a" "$b" "$bad"
+  read -r rps a b bad cpu < "$W/$2"
+  printf "| %-34s | %9s | %8s | %8s | %8s | %s |\n" "$1" "$rps" "$a" "$b" "$cpu" "$bad"
 }
 ratio() { awk -v a="$(cut -d' ' -f1 "$W/$1")" -v b="$(cut -d' ' -f1 "$W/$2")" 'BEGIN { printf "%.2f", a/b }'; }
+cpuratio() { awk -v a="$(cut -d' ' -f5 "$W/$1")" -v b="$(cut -d' ' -f5 "$W/$2")" 'BEGIN { printf "%.2f", a/b }'; }
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "versions: $("$BIN" --version), $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1)"
-echo "runs: $RUNS x ${DURATION}s each, median shown; wrk -t1 -c$CONNS; h2load -c16 -m16 (no percentiles: mean / max)"
+echo "runs: $RUNS interleaved rounds x ${DURATION}s, medians; wrk -t1 -c$CONNS; h2load -c16 -m16 (no percentiles: mean / max)"
+echo "CPU us/req: the proxy process's CPU time per request (all three nodes for the cluster rows)"
 echo
-echo "| case | req/s | p50 ms (h2: mean) | p99 ms (h2: max) | non-2xx |"
-echo "|---|---:|---:|---:|---|"
+echo "| case | req/s | p50 ms (h2: mean) | p99 ms (h2: max) | CPU us/req | non-2xx |"
+echo "|---|---:|---:|---:|---:|---|"
 for p in caracal nginx haproxy; do row "1. plain GET, $p" plain.$p; done
 for p in caracal nginx haproxy; do row "2. sticky cookie, $p" sticky.$p; done
 for p in caracal nginx haproxy; do row "4. h2 over TLS, $p" h2.$p; done
@@ -171,3 +193,6 @@ echo "ratios (req/s): plain caracal/nginx $(ratio plain.caracal plain.nginx), ca
 echo "  sticky caracal/nginx $(ratio sticky.caracal sticky.nginx), caracal/haproxy $(ratio sticky.caracal sticky.haproxy);"
 echo "  h2 caracal/nginx $(ratio h2.caracal h2.nginx), caracal/haproxy $(ratio h2.caracal h2.haproxy);"
 echo "  writes 3-node sync / plain $(ratio write.sync plain.caracal), async / plain $(ratio write.async plain.caracal), 1-node / plain $(ratio write.single plain.caracal)"
+echo "CPU per request: plain caracal/nginx $(cpuratio plain.caracal plain.nginx), caracal/haproxy $(cpuratio plain.caracal plain.haproxy);"
+echo "  sticky caracal/nginx $(cpuratio sticky.caracal sticky.nginx), caracal/haproxy $(cpuratio sticky.caracal sticky.haproxy);"
+echo "  h2 caracal/nginx $(cpuratio h2.caracal h2.nginx), caracal/haproxy $(cpuratio h2.caracal h2.haproxy)"

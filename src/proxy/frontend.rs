@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,12 +24,15 @@ use crate::config::HttpConfig;
 use super::headers::ClientInfo;
 use super::Proxy;
 
-/// Settings and shared state of all client listeners of a node.
+/// Settings and shared state of all client listeners of a node. The protocol is known
+/// without sniffing (TLS says it in ALPN, plain listeners speak HTTP/1.1 unless h2c is on),
+/// so only h2c listeners pay for hyper's version-detecting `auto` connection.
 pub struct Frontend {
     proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
-    /// hyper's auto builder without h2c, for plain listeners when h2c is off.
-    builder_h1: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 or HTTP/2 by the connection preface (h2c prior knowledge).
+    auto: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     h2c: bool,
     handshake_timeout: Duration,
     permits: Arc<Semaphore>,
@@ -50,11 +54,24 @@ impl Frontend {
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
-        let builder_h1 = builder.clone().http1_only();
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout)
+            .max_buf_size(cfg.max_header_bytes)
+            .max_headers(cfg.max_headers)
+            .keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)));
         Self {
             proxy,
-            builder,
-            builder_h1,
+            auto: builder,
+            http1,
+            http2,
             h2c: cfg.h2c,
             handshake_timeout: cfg.header_read_timeout,
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -115,13 +132,12 @@ impl Frontend {
         match tls {
             None => {
                 let client = ClientInfo::new(peer, false);
-                let builder = if self.h2c {
-                    &self.builder
+                let io = TokioIo::new(stream);
+                if self.h2c {
+                    self.serve_io(io, client, Protocol::Sniff, shutdown).await
                 } else {
-                    &self.builder_h1
-                };
-                self.serve_io(builder, TokioIo::new(stream), client, shutdown)
-                    .await
+                    self.serve_io(io, client, Protocol::Http1, shutdown).await
+                }
             }
             Some(acceptor) => {
                 let hs = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
@@ -136,8 +152,13 @@ impl Frontend {
                         return;
                     }
                 };
+                let protocol = if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
                 let client = ClientInfo::new(peer, true);
-                self.serve_io(&self.builder, TokioIo::new(tls_stream), client, shutdown)
+                self.serve_io(TokioIo::new(tls_stream), client, protocol, shutdown)
                     .await
             }
         }
@@ -145,9 +166,9 @@ impl Frontend {
 
     async fn serve_io<I>(
         &self,
-        builder: &auto::Builder<TokioExecutor>,
         io: TokioIo<I>,
         client: ClientInfo,
+        protocol: Protocol,
         shutdown: CancellationToken,
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -160,18 +181,56 @@ impl Frontend {
             let client = client.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
-                }
+        let result = match protocol {
+            Protocol::Http1 => {
+                let conn = self.http1.serve_connection(io, svc).with_upgrades();
+                drive(conn, shutdown, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(|e| e.to_string())
             }
-            _ = shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+            Protocol::Http2 => {
+                let conn = self.http2.serve_connection(io, svc);
+                drive(conn, shutdown, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(|e| e.to_string())
             }
+            Protocol::Sniff => {
+                let conn = self.auto.serve_connection_with_upgrades(io, svc);
+                drive(conn, shutdown, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Protocol {
+    Http1,
+    Http2,
+    /// h2c prior knowledge or HTTP/1.1, told apart by the first bytes.
+    Sniff,
+}
+
+/// Runs one client connection; on shutdown it is asked to finish its in-flight requests.
+async fn drive<C, T, E>(
+    conn: C,
+    shutdown: CancellationToken,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) -> Result<T, E>
+where
+    C: std::future::Future<Output = Result<T, E>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            graceful(conn.as_mut());
+            conn.await
         }
     }
 }
