@@ -119,7 +119,7 @@ impl Admin {
                 json!({
                     "url": b.url,
                     "weight": b.weight,
-                    "healthy": b.is_up(now),
+                    "healthy": b.is_up(|| now),
                     "in_flight": b.in_flight(),
                     "idle_connections": b.idle_count(),
                     "responses": b.counters.responses.get(),

@@ -131,13 +131,18 @@ impl Frontend {
         let _ = stream.set_nodelay(true);
         match tls {
             None => {
-                let client = ClientInfo::new(peer, false);
-                let io = TokioIo::new(stream);
-                if self.h2c {
-                    self.serve_io(io, client, Protocol::Sniff, shutdown).await
+                let protocol = if self.h2c {
+                    match tokio::time::timeout(self.handshake_timeout, sniff(&stream)).await {
+                        Ok(Ok(Some(p))) => p,
+                        // Closed, failed or silent before its first byte.
+                        _ => return,
+                    }
                 } else {
-                    self.serve_io(io, client, Protocol::Http1, shutdown).await
-                }
+                    Protocol::Http1
+                };
+                let client = ClientInfo::new(peer, false);
+                self.serve_io(TokioIo::new(stream), client, protocol, shutdown)
+                    .await
             }
             Some(acceptor) => {
                 let hs = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
@@ -205,6 +210,26 @@ impl Frontend {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
+}
+
+/// The protocol of a plain connection that may speak h2c with prior knowledge, from its
+/// first bytes (peeked: they stay for the protocol that serves it). `None`: closed first.
+/// Peeking once per connection is cheaper than hyper's sniffing `auto` connection, which
+/// wraps every read of the connection.
+async fn sniff(stream: &TcpStream) -> std::io::Result<Option<Protocol>> {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let n = stream.peek(&mut buf).await?;
+    Ok(if n == 0 {
+        None
+    } else if buf[..n] != PREFACE[..n] {
+        Some(Protocol::Http1)
+    } else if n == PREFACE.len() {
+        Some(Protocol::Http2)
+    } else {
+        // A prefix of the preface so far: hyper's auto connection waits for the rest.
+        Some(Protocol::Sniff)
+    })
 }
 
 #[derive(Clone, Copy)]

@@ -26,8 +26,13 @@ impl Balancer {
     }
 
     /// Index of the backend to use, or `None` when every eligible backend is down.
-    pub fn pick(&self, backends: &[Arc<Backend>], now_ms: u64, tried: &[usize]) -> Option<usize> {
-        let ok = |i: usize| backends[i].is_up(now_ms) && !tried.contains(&i);
+    pub fn pick(
+        &self,
+        backends: &[Arc<Backend>],
+        now_ms: impl Fn() -> u64,
+        tried: &[usize],
+    ) -> Option<usize> {
+        let ok = |i: usize| backends[i].is_up(&now_ms) && !tried.contains(&i);
         let len = self.schedule.len();
         if len == 0 {
             return None;

@@ -45,8 +45,11 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn is_up(&self, now_ms: u64) -> bool {
-        now_ms >= self.down_until.load(Ordering::Relaxed)
+    /// `now_ms` is only asked for when the backend was marked down (saves a clock read
+    /// on every request).
+    pub fn is_up(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        until == 0 || now_ms() >= until
     }
 
     pub fn in_flight(&self) -> usize {
@@ -222,7 +225,7 @@ impl Upstream {
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoHealthy;
         for _ in 0..attempts {
-            let Some(idx) = self.balancer.pick(&self.backends, self.now_ms(), &tried) else {
+            let Some(idx) = self.balancer.pick(&self.backends, || self.now_ms(), &tried) else {
                 break;
             };
             let backend = &self.backends[idx];
