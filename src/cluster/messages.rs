@@ -230,13 +230,20 @@ impl Change {
     }
 
     /// Metric label.
+    /// Metric label of each kind, by [`Change::kind_index`].
+    pub const KINDS: [&'static str; 5] = ["full", "delta", "touch", "remove", "drop"];
+
     pub fn kind(&self) -> &'static str {
+        Self::KINDS[self.kind_index()]
+    }
+
+    pub fn kind_index(&self) -> usize {
         match self {
-            Change::Full(_) => "full",
-            Change::Delta { .. } => "delta",
-            Change::Touch { .. } => "touch",
-            Change::Remove { .. } => "remove",
-            Change::Drop { .. } => "drop",
+            Change::Full(_) => 0,
+            Change::Delta { .. } => 1,
+            Change::Touch { .. } => 2,
+            Change::Remove { .. } => 3,
+            Change::Drop { .. } => 4,
         }
     }
 }

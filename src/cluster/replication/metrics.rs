@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
+use crate::cluster::messages::Change;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerKind {
     peer: String,
@@ -27,7 +29,8 @@ struct KindLabel {
 pub struct ReplMetrics {
     sent: Family<PeerKind, Counter>,
     bytes_sent: Family<PeerLabel, Counter>,
-    received: Family<KindLabel, Counter>,
+    /// Changes received, by [`Change::kind_index`] (handles looked up once).
+    received: [Counter; 5],
     pub bytes_received: Counter,
     pub acks: Counter,
     pub ack_timeouts: Counter,
@@ -43,10 +46,11 @@ pub struct ReplMetrics {
 
 impl ReplMetrics {
     pub fn register(m: &crate::metrics::Metrics) -> Self {
+        let received = Family::<KindLabel, Counter>::default();
         let r = Self {
             sent: Family::default(),
             bytes_sent: Family::default(),
-            received: Family::default(),
+            received: Change::KINDS.map(|kind| received.get_or_create_owned(&KindLabel { kind })),
             bytes_received: Counter::default(),
             acks: Counter::default(),
             ack_timeouts: Counter::default(),
@@ -73,7 +77,7 @@ impl ReplMetrics {
             reg.register(
                 "replication_messages_received",
                 "Changes received, by type",
-                r.received.clone(),
+                received.clone(),
             );
             reg.register(
                 "replication_bytes_received",
@@ -134,26 +138,39 @@ impl ReplMetrics {
         r
     }
 
-    pub fn sent(&self, peer: &str, kind: &'static str) -> Counter {
-        self.sent.get_or_create_owned(&PeerKind {
+    /// The handles of one peer's series, looked up once: a label lookup hashes and
+    /// allocates, which the per-change path should not pay.
+    pub fn peer(&self, peer: &str) -> PeerMetrics {
+        let label = PeerLabel {
             peer: peer.to_string(),
-            kind,
-        })
+        };
+        PeerMetrics {
+            sent: Change::KINDS.map(|kind| {
+                self.sent.get_or_create_owned(&PeerKind {
+                    peer: peer.to_string(),
+                    kind,
+                })
+            }),
+            bytes_sent: self.bytes_sent.get_or_create_owned(&label),
+            depth: self.depth.get_or_create_owned(&label),
+        }
     }
 
-    pub fn bytes_sent(&self, peer: &str) -> Counter {
-        self.bytes_sent.get_or_create_owned(&PeerLabel {
-            peer: peer.to_string(),
-        })
+    pub fn received(&self, c: &Change) -> &Counter {
+        &self.received[c.kind_index()]
     }
+}
 
-    pub fn received(&self, kind: &'static str) -> Counter {
-        self.received.get_or_create_owned(&KindLabel { kind })
-    }
+/// One peer's replication series.
+#[derive(Clone)]
+pub struct PeerMetrics {
+    sent: [Counter; 5],
+    pub bytes_sent: Counter,
+    pub depth: Gauge,
+}
 
-    pub fn queue_depth(&self, peer: &str) -> Gauge {
-        self.depth.get_or_create_owned(&PeerLabel {
-            peer: peer.to_string(),
-        })
+impl PeerMetrics {
+    pub fn sent(&self, c: &Change) -> &Counter {
+        &self.sent[c.kind_index()]
     }
 }

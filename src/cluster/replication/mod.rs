@@ -59,14 +59,15 @@ pub struct Outgoing {
 /// A sync-mode wait for one peer's ack.
 pub struct Wait {
     node_id: u64,
-    route: String,
+    route: Arc<str>,
     rx: oneshot::Receiver<()>,
 }
 
 struct PeerHandle {
-    route: String,
+    route: Arc<str>,
     tx: mpsc::UnboundedSender<Outgoing>,
     depth: Arc<AtomicI64>,
+    metrics: metrics::PeerMetrics,
     cancel: CancellationToken,
 }
 
@@ -172,19 +173,22 @@ impl Replicator {
         let (tx, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicI64::new(0));
         let cancel = shutdown.child_token();
+        let metrics = self.metrics.peer(&info.jvm_route);
         tokio::spawn(peer::run(
             self.clone(),
             info.clone(),
             rx,
             depth.clone(),
+            metrics.clone(),
             cancel.clone(),
         ));
         peers.insert(
             info.node_id,
             PeerHandle {
-                route: info.jvm_route.clone(),
+                route: info.jvm_route.as_str().into(),
                 tx,
                 depth,
+                metrics,
                 cancel,
             },
         );
@@ -199,10 +203,8 @@ impl Replicator {
             if self.manager == Manager::Backup {
                 let base = crate::session::id::Key(key).base();
                 let peers = self.peers_read();
-                let backup = crate::cluster::routing::successor(
-                    &base,
-                    peers.values().map(|p| p.route.as_str()),
-                );
+                let backup =
+                    crate::cluster::routing::successor(&base, peers.values().map(|p| &*p.route));
                 if backup != Some(info.jvm_route.as_str()) {
                     continue;
                 }
@@ -223,7 +225,7 @@ impl Replicator {
             .remove(&node_id);
         if let Some(p) = removed {
             p.cancel.cancel();
-            self.metrics.queue_depth(&p.route).set(0);
+            p.metrics.depth.set(0);
         }
     }
 
@@ -345,10 +347,7 @@ impl Replicator {
             Manager::Backup => {
                 let peers = self.peers_read();
                 let base = crate::session::id::Key(change.key()).base();
-                match crate::cluster::routing::successor(
-                    &base,
-                    peers.values().map(|p| p.route.as_str()),
-                ) {
+                match crate::cluster::routing::successor(&base, peers.values().map(|p| &*p.route)) {
                     Some(r) => Some(r.to_string()),
                     None => return, // alone: nobody to back up to
                 }
@@ -365,9 +364,10 @@ impl Replicator {
         mut waits: Option<&mut Vec<Wait>>,
     ) {
         let change = Arc::new(change);
+        let enqueued = Instant::now();
         let peers = self.peers_read();
         for (id, p) in peers.iter() {
-            if only.is_some_and(|r| r != p.route) {
+            if only.is_some_and(|r| r != &*p.route) {
                 continue;
             }
             let ack = match waits.as_deref_mut() {
@@ -385,7 +385,7 @@ impl Replicator {
             let out = Outgoing {
                 change: change.clone(),
                 ack,
-                enqueued: Instant::now(),
+                enqueued,
             };
             // Counted before the send: the peer may ack it before this line returns.
             let d = p.depth.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
@@ -393,7 +393,7 @@ impl Replicator {
                 p.depth.fetch_sub(1, Ordering::Relaxed);
                 continue;
             }
-            self.metrics.queue_depth(&p.route).set(d.max(0));
+            p.metrics.depth.set(d.max(0));
         }
     }
 
@@ -404,10 +404,24 @@ impl Replicator {
             return;
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        let mut waits = waits;
+        // One timer for all the acks; `acked` counts those that came, in order.
+        let mut acked = 0;
+        let all = async {
+            for w in waits.iter_mut() {
+                if (&mut w.rx).await.is_err() {
+                    return;
+                }
+                acked += 1;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, all).await;
+        if acked == waits.len() {
+            return;
+        }
         let mut missed = false;
-        for w in waits {
-            let ok = matches!(tokio::time::timeout_at(deadline, w.rx).await, Ok(Ok(())));
-            if !ok {
+        for mut w in waits.into_iter().skip(acked) {
+            if w.rx.try_recv().is_err() {
                 missed = true;
                 self.metrics.ack_timeouts.inc();
                 tracing::warn!(peer = %w.route, "no replication ack in time: verifying the member");
@@ -425,7 +439,7 @@ impl Replicator {
         let now = Instant::now();
         let mut need_full = Vec::new();
         for c in changes {
-            self.metrics.received(c.kind()).inc();
+            self.metrics.received(c).inc();
             match self.store.apply_remote(c, now) {
                 Remote::Applied | Remote::Stale => {}
                 Remote::Gap => {

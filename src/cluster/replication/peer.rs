@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
+use super::metrics::PeerMetrics;
 use super::{Outgoing, Replicator};
 use crate::cluster::mesh::codec;
 use crate::cluster::messages::{Change, MeshMessage, NodeInfo};
@@ -29,6 +30,7 @@ pub async fn run(
     info: NodeInfo,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     depth: Arc<AtomicI64>,
+    metrics: PeerMetrics,
     cancel: CancellationToken,
 ) {
     let route = info.jvm_route.clone();
@@ -78,7 +80,7 @@ pub async fn run(
                     frame = stream.next() => {
                         match frame {
                             Some(Ok(f)) => {
-                                on_ack(&rep, &route, &f, &mut inflight, &mut retry, &depth);
+                                on_ack(&rep, &metrics, &f, &mut inflight, &mut retry, &depth);
                                 continue;
                             }
                             _ => break true,
@@ -103,9 +105,9 @@ pub async fn run(
                 .membership
                 .seal(&MeshMessage::Replicate { seq, changes });
             for o in &batch {
-                rep.metrics.sent(&route, o.change.kind()).inc();
+                metrics.sent(&o.change).inc();
             }
-            rep.metrics.bytes_sent(&route).inc_by(frame.len() as u64);
+            metrics.bytes_sent.inc_by(frame.len() as u64);
             inflight.insert(seq, batch);
             if sink.send(frame).await.is_err() {
                 break true;
@@ -124,7 +126,7 @@ pub async fn run(
 
 fn on_ack(
     rep: &Replicator,
-    route: &str,
+    metrics: &PeerMetrics,
     frame: &[u8],
     inflight: &mut BTreeMap<u64, Vec<Outgoing>>,
     retry: &mut VecDeque<Outgoing>,
@@ -147,7 +149,7 @@ fn on_ack(
     }
     let n = n as i64;
     let left = depth.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
-    rep.metrics.queue_depth(route).set(left.max(0));
+    metrics.depth.set(left.max(0));
     // The peer could not apply these: it gets full copies, next in its queue.
     let now = Instant::now();
     for key in need_full {
