@@ -124,26 +124,34 @@ impl SessionLayer {
 
         let me = self.store.route();
         let now = Instant::now();
+        // The session found while deciding (one store lookup on the common path).
+        let mut found = None;
         let decision = match (&client_id, self.replicator.get()) {
             (None, _) => routing::Decision::NoSession,
             (Some(c), None) => {
                 // No cluster: only this node's store counts.
-                match self
+                found = self
                     .store
-                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch))
-                {
-                    Some(_) => routing::Decision::Local,
-                    None => routing::Decision::NoSession,
+                    .access(c.base, now, &mut |ch| self.replicate_async(ch));
+                if found.is_some() {
+                    routing::Decision::Local
+                } else {
+                    routing::Decision::NoSession
                 }
             }
             (Some(c), Some(r)) => {
-                let owner = self
+                match self
                     .store
-                    .owner_of(c.base, now, &mut |ch| self.replicate_async(ch));
-                match owner.as_deref() {
+                    .access_if_owner(c.base, now, &mut |ch| self.replicate_async(ch))
+                {
                     // The common case (sticky traffic at its owner): no member list needed.
-                    Some(o) if o == me => routing::Decision::Local,
-                    o => routing::decide(c.base, me, o, c.route, &r.membership.infos()),
+                    Ok(f) => {
+                        found = Some(f);
+                        routing::Decision::Local
+                    }
+                    Err(o) => {
+                        routing::decide(c.base, me, o.as_deref(), c.route, &r.membership.infos())
+                    }
                 }
             }
         };
@@ -158,9 +166,10 @@ impl SessionLayer {
             return Plan::Local(rs);
         };
         let found = match decision {
-            routing::Decision::Local => self
-                .store
-                .access(c.base, now, &mut |ch| self.replicate_async(ch)),
+            routing::Decision::Local => found.or_else(|| {
+                self.store
+                    .access(c.base, now, &mut |ch| self.replicate_async(ch))
+            }),
             routing::Decision::TakeOver => {
                 let rep = self.replicator.get();
                 let sync = rep.is_some_and(|r| r.mode == SendMode::Sync);

@@ -223,17 +223,41 @@ impl SessionStore {
     /// most every max_inactive/4 by the owner). An expired session is removed and reported
     /// absent.
     pub fn access(&self, base: &str, now: Instant, emit: Emit) -> Option<Found> {
-        let key = Key::from_base(base)?;
-        let mut e = self.map.get_mut(&key)?;
+        self.access_where(base, now, emit, false).ok()
+    }
+
+    /// [`SessionStore::access`] if this node owns the session (one map lookup for the
+    /// common case of sticky traffic at its owner); else, untouched, the owner its copy
+    /// records (`None`: no live copy).
+    pub fn access_if_owner(
+        &self,
+        base: &str,
+        now: Instant,
+        emit: Emit,
+    ) -> Result<Found, Option<Arc<str>>> {
+        self.access_where(base, now, emit, true)
+    }
+
+    fn access_where(
+        &self,
+        base: &str,
+        now: Instant,
+        emit: Emit,
+        only_owned: bool,
+    ) -> Result<Found, Option<Arc<str>>> {
+        let key = Key::from_base(base).ok_or(None)?;
+        let mut e = self.map.get_mut(&key).ok_or(None)?;
         if e.expired(now, &self.route) {
             drop(e);
             self.expire(key, now, emit);
-            return None;
+            return Err(None);
+        }
+        let owned = *e.owner == *self.route;
+        if only_owned && !owned {
+            return Err(Some(e.owner.clone()));
         }
         e.last_access = now;
-        if *e.owner == *self.route
-            && now.saturating_duration_since(e.last_replicated) >= e.max_inactive / 4
-        {
+        if owned && now.saturating_duration_since(e.last_replicated) >= e.max_inactive / 4 {
             e.last_replicated = now;
             emit(Change::Touch {
                 key: key.0,
@@ -241,23 +265,10 @@ impl SessionStore {
                 version: e.version,
             });
         }
-        Some(Found {
+        Ok(Found {
             owner: e.owner.clone(),
             rendered: e.rendered.clone(),
         })
-    }
-
-    /// The owner recorded in this node's copy, if it holds a live one (not an access; an
-    /// expired copy is removed, as by [`SessionStore::access`]).
-    pub fn owner_of(&self, base: &str, now: Instant, emit: Emit) -> Option<Arc<str>> {
-        let key = Key::from_base(base)?;
-        let s = self.map.get(&key)?;
-        if s.expired(now, &self.route) {
-            drop(s);
-            self.expire(key, now, emit);
-            return None;
-        }
-        Some(s.owner.clone())
     }
 
     /// Failover (SPEC 4.4.3): this node becomes the owner with a higher epoch; the new
