@@ -34,10 +34,20 @@ pub struct Key(pub u128);
 impl Key {
     /// From a base id of the right shape (see [`parse`]); `None` otherwise.
     pub fn from_base(base: &str) -> Option<Key> {
-        if base.len() != BASE_LEN || !base.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
+        if base.len() != BASE_LEN {
             return None;
         }
-        u128::from_str_radix(base, 16).ok().map(Key)
+        // One pass that checks and decodes (this runs on every request with a session).
+        let mut k = 0u128;
+        for b in base.bytes() {
+            let d = match b {
+                b'0'..=b'9' => b - b'0',
+                b'A'..=b'F' => b - b'A' + 10,
+                _ => return None,
+            };
+            k = (k << 4) | u128::from(d);
+        }
+        Some(Key(k))
     }
 
     /// The 32-character upper-case hex form.
@@ -106,6 +116,18 @@ mod tests {
             Key(1)
         );
         assert!(Key::from_base("0000000000000000000000000000000g").is_none());
+        assert!(
+            Key::from_base("0000000000000000000000000000000a").is_none(),
+            "lower case"
+        );
+        assert!(
+            Key::from_base("000000000000000000000000000000001").is_none(),
+            "33 chars"
+        );
+        assert_eq!(
+            Key::from_base("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF").unwrap(),
+            Key(u128::MAX)
+        );
     }
 
     #[test]
