@@ -138,15 +138,20 @@ fn set_upgrade(headers: &mut HeaderMap, value: HeaderValue) {
     headers.insert(header::UPGRADE, value);
 }
 
-/// `Connection: upgrade` + `Upgrade: x` present.
-fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
-    let up = headers.get(header::UPGRADE)?;
-    let listed = headers
+/// The comma-separated tokens of every `Connection` header, trimmed.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .map(str::trim)
+}
+
+/// `Connection: upgrade` + `Upgrade: x` present.
+fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
+    let up = headers.get(header::UPGRADE)?;
+    let listed = connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"));
     listed.then(|| up.clone())
 }
 
@@ -162,13 +167,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if listed {
-        for token in headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-        {
+        for token in connection_tokens(headers) {
             // The usual values name no header: skip parsing them.
             if token.eq_ignore_ascii_case("keep-alive")
                 || token.eq_ignore_ascii_case("close")

@@ -29,6 +29,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::proxy::body::UpBody;
+use crate::proxy::headers::connection_tokens;
 
 use super::Lease;
 
@@ -634,13 +635,7 @@ fn last_coding_is_chunked(h: &HeaderMap) -> bool {
 }
 
 fn connection_keep_alive(version: Version, h: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| connection_tokens(h).any(|t| t.eq_ignore_ascii_case(token));
     if version == Version::HTTP_10 {
         has("keep-alive")
     } else {

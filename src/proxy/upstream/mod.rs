@@ -197,7 +197,7 @@ impl Upstream {
             })
             .clone();
         let lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
-        let (mut conn, _, _) = match peer.checkout(&self.cfg).await {
+        let (mut conn, _) = match peer.checkout(&self.cfg).await {
             Ok(c) => c,
             Err(e) => return Err((true, e.to_string())),
         };
@@ -230,7 +230,7 @@ impl Upstream {
             };
             let backend = &self.backends[idx];
             let lease = Lease::new(backend.clone(), self.cfg.max_idle_per_server);
-            let (mut conn, fresh, _) = match backend.checkout(&self.cfg).await {
+            let (mut conn, fresh) = match backend.checkout(&self.cfg).await {
                 Ok(c) => c,
                 Err(e) => {
                     backend.counters.connect_errors.inc();

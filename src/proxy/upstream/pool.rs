@@ -33,24 +33,23 @@ pub async fn connect(authority: &str, timeout: Duration) -> Result<Conn, Connect
 
 impl Backend {
     /// An idle connection ready for a request, or a new one: (connection, freshly
-    /// connected, how long it sat idle).
+    /// connected).
     pub(super) async fn checkout(
         &self,
         cfg: &BackendsConfig,
-    ) -> Result<(Conn, bool, Duration), ConnectError> {
+    ) -> Result<(Conn, bool), ConnectError> {
         loop {
             let idle = {
                 let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 list.pop()
             };
             let Some(mut idle) = idle else { break };
-            let idle_for = idle.since.elapsed();
-            if idle_for < cfg.idle_timeout && idle.conn.is_usable() {
-                return Ok((idle.conn, false, idle_for));
+            if idle.since.elapsed() < cfg.idle_timeout && idle.conn.is_usable() {
+                return Ok((idle.conn, false));
             }
         }
         let c = connect(&self.authority, cfg.connect_timeout).await?;
-        Ok((c, true, Duration::ZERO))
+        Ok((c, true))
     }
 
     pub(super) fn checkin(&self, conn: Conn, max_idle: usize) {
