@@ -414,3 +414,27 @@ async fn conflicting_lengths_from_a_backend_are_502() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(r.text().contains("Content-Length"), "{}", r.text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bodyless_get_sent_to_a_backend_that_hangs_up_is_retried_elsewhere() {
+    // `mute` reads each request and closes without a word; `good` answers.
+    let mute = Scripted::start(vec![reply(b"", Then::Close)], false).await;
+    let good = Scripted::start(
+        vec![reply(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            Then::KeepAlive,
+        )],
+        false,
+    )
+    .await;
+    let extra = "retries = 1\n[backends.health]\nenabled = false\n";
+    let node = Node::start(&conf("n1", &[mute.url(), good.url()], extra)).await;
+    for i in 0..4 {
+        let r = http(node.http, get("/")).await;
+        assert_eq!((r.status, r.text().as_str()), (StatusCode::OK, "ok"), "{i}");
+    }
+    assert!(
+        !mute.requests.lock().unwrap().is_empty(),
+        "round robin sent nothing to the mute backend: the retry was not exercised"
+    );
+}
