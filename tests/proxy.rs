@@ -377,6 +377,34 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     );
 }
 
+/// Idle keep-alive connections are told to close at shutdown: the node exits at once, not
+/// after `shutdown_grace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections() {
+    let b = TestBackend::start("b").await;
+    let c =
+        conf("n1", &[b.url()], "").replace("shutdown_grace = \"5s\"", "shutdown_grace = \"60s\"");
+    let mut node = Node::start(&c).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let mut c = KeepAlive::connect(node.http).await;
+        assert_eq!(c.send(get("/")).await.status, StatusCode::OK);
+        idle.push(c);
+    }
+    let t = Instant::now();
+    node.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || node.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "waited {:?} for idle connections",
+        t.elapsed()
+    );
+    drop(idle);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_status_count_requests() {
     let b = TestBackend::start("b").await;

@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::HttpConfig;
 
+use super::drain::{Drain, Signal};
 use super::headers::ClientInfo;
 use super::Proxy;
 
@@ -36,6 +37,7 @@ pub struct Frontend {
     h2c: bool,
     handshake_timeout: Duration,
     permits: Arc<Semaphore>,
+    drain: Arc<Drain>,
 }
 
 impl Frontend {
@@ -75,11 +77,24 @@ impl Frontend {
             h2c: cfg.h2c,
             handshake_timeout: cfg.header_read_timeout,
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
+            drain: Arc::new(Drain::default()),
         }
     }
 
-    /// Accepts on `listener` until `shutdown`; connections are tracked by `tracker`.
+    /// Accepts on `listener` until `shutdown`, then asks the open connections to finish;
+    /// connections are tracked by `tracker`.
     pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        shutdown: CancellationToken,
+        tracker: TaskTracker,
+    ) {
+        self.clone().accept(listener, tls, shutdown, tracker).await;
+        self.drain.close_all();
+    }
+
+    async fn accept(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
@@ -109,12 +124,11 @@ impl Frontend {
             };
             let this = self.clone();
             let tls = tls.clone();
-            let shutdown = shutdown.clone();
             tracker.spawn(async move {
                 let metrics = this.proxy.metrics.clone();
                 metrics.connections.inc();
                 metrics.open_connections.inc();
-                this.connection(stream, peer, tls, shutdown).await;
+                this.connection(stream, peer, tls).await;
                 metrics.open_connections.dec();
                 drop(permit);
             });
@@ -126,7 +140,6 @@ impl Frontend {
         stream: TcpStream,
         peer: std::net::SocketAddr,
         tls: Option<TlsAcceptor>,
-        shutdown: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
         match tls {
@@ -141,8 +154,7 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, false);
-                self.serve_io(TokioIo::new(stream), client, protocol, shutdown)
-                    .await
+                self.serve_io(TokioIo::new(stream), client, protocol).await
             }
             Some(acceptor) => {
                 let hs = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
@@ -163,24 +175,20 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, true);
-                self.serve_io(TokioIo::new(tls_stream), client, protocol, shutdown)
+                self.serve_io(TokioIo::new(tls_stream), client, protocol)
                     .await
             }
         }
     }
 
-    async fn serve_io<I>(
-        &self,
-        io: TokioIo<I>,
-        client: ClientInfo,
-        protocol: Protocol,
-        shutdown: CancellationToken,
-    ) where
+    async fn serve_io<I>(&self, io: TokioIo<I>, client: ClientInfo, protocol: Protocol)
+    where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.proxy.clone();
         let client = std::sync::Arc::new(client);
         let peer = client.peer;
+        let shutdown = self.drain.register();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             let client = client.clone();
@@ -243,19 +251,21 @@ enum Protocol {
 /// Runs one client connection; on shutdown it is asked to finish its in-flight requests.
 async fn drive<C, T, E>(
     conn: C,
-    shutdown: CancellationToken,
+    shutdown: Signal,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) -> Result<T, E>
 where
     C: std::future::Future<Output = Result<T, E>>,
 {
     tokio::pin!(conn);
-    tokio::select! {
-        biased;
-        r = conn.as_mut() => r,
-        _ = shutdown.cancelled() => {
-            graceful(conn.as_mut());
-            conn.await
+    let mut graceful = Some(graceful);
+    std::future::poll_fn(|cx| {
+        if graceful.is_some() && shutdown.poll_stop(cx) {
+            if let Some(g) = graceful.take() {
+                g(conn.as_mut());
+            }
         }
-    }
+        conn.as_mut().poll(cx)
+    })
+    .await
 }

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones).
 const HOP_BY_HOP: [HeaderName; 8] = [
+    // First: strip_hop_by_hop reads the Connection bit as bit 0.
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -156,17 +157,22 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// Removes the standard hop-by-hop headers and every header named in `Connection`.
-/// One pass over the names; nothing is allocated unless something must go.
+/// One pass over the names; nothing is allocated unless `Connection` names other headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
-    let mut listed = false;
+    // Bit i: HOP_BY_HOP[i] is present; the bit past them: Upgrade.
+    let mut present = 0u16;
     for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) || name == header::UPGRADE {
-            listed |= name == header::CONNECTION;
-            doomed.push(name.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::UPGRADE {
+            present |= 1 << HOP_BY_HOP.len();
         }
     }
-    if listed {
+    if present == 0 {
+        return;
+    }
+    let mut listed: Vec<HeaderName> = Vec::new();
+    if present & 1 != 0 {
         for token in connection_tokens(headers) {
             // The usual values name no header: skip parsing them.
             if token.eq_ignore_ascii_case("keep-alive")
@@ -179,12 +185,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
                 // Host is needed to reach the backend; listing it must not remove it.
                 if n != header::HOST {
-                    doomed.push(n);
+                    listed.push(n);
                 }
             }
         }
     }
-    for n in doomed {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(header::UPGRADE);
+    }
+    for n in listed {
         headers.remove(n);
     }
 }

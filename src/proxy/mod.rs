@@ -5,8 +5,10 @@
 //! - [`headers`]: header hygiene.
 //! - [`upstream`]: backend pool, balancer, health, retries.
 //! - [`body`], [`error`]: the body types and the errors the proxy answers itself.
+//! - [`drain`]: telling open connections to finish on shutdown.
 
 pub mod body;
+pub mod drain;
 pub mod error;
 pub mod frontend;
 pub mod headers;
@@ -129,7 +131,9 @@ impl Proxy {
                         // turns out dead after the request reached it.
                         let replayable = upstream::is_idempotent(&parts.method)
                             && http_body::Body::is_end_stream(&body);
-                        let outcome = self.forward(&mut parts, &mut body, &to, hop).await;
+                        // Boxed: the forward path's futures would otherwise make every
+                        // request's future (moved into hyper's dispatcher) kilobytes larger.
+                        let outcome = Box::pin(self.forward(&mut parts, &mut body, &to, hop)).await;
                         parts.headers.remove(HOP);
                         match outcome {
                             Ok(resp) => return Ok(resp),
@@ -151,7 +155,7 @@ impl Proxy {
                                 // Dead: removed now, and the next plan fails over. Alive
                                 // (e.g. a stale keep-alive connection): try again.
                                 if let Some(r) = self.sessions.replicator() {
-                                    r.membership.check_now(to.node_id).await;
+                                    Box::pin(r.membership.check_now(to.node_id)).await;
                                 }
                             }
                         }

@@ -13,6 +13,8 @@ use serde_json::{Map, Value};
 /// Header names built once from the prefix.
 #[derive(Debug, Clone)]
 pub struct Names {
+    /// Lower-case prefix: a response with no header starting with it has no directives.
+    pub prefix: String,
     pub id: HeaderName,
     pub session: HeaderName,
     pub node: HeaderName,
@@ -29,6 +31,7 @@ impl Names {
     pub fn new(prefix: &str) -> Result<Self, http::header::InvalidHeaderName> {
         let n = |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes());
         Ok(Self {
+            prefix: prefix.to_ascii_lowercase(),
             id: n("-id")?,
             session: n("")?,
             node: n("-node")?,
@@ -47,6 +50,8 @@ impl Names {
 pub struct Directives {
     /// Merged `-Set` objects; `None` when no `-Set` header came.
     pub set: Option<Map<String, Value>>,
+    /// The `-Set` header when exactly one came: replicated as sent, not rendered again.
+    pub set_source: Option<http::HeaderValue>,
     pub remove: Vec<String>,
     pub renew: bool,
     pub invalidate: bool,
@@ -60,6 +65,15 @@ impl Directives {
             && !self.renew
             && !self.invalidate
             && self.max_inactive.is_none()
+    }
+
+    /// The merged `-Set` object as JSON text, for replication.
+    pub fn set_json(&self) -> Option<String> {
+        let set = self.set.as_ref()?;
+        Some(match &self.set_source {
+            Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            None => Value::Object(set.clone()).to_string(),
+        })
     }
 
     /// Changes the attributes or the timeout (create-worthy when there is no session yet
@@ -89,7 +103,17 @@ pub enum DirectiveError {
 /// Reads the directives from a backend's response headers.
 pub fn parse(headers: &HeaderMap, names: &Names) -> Result<Directives, DirectiveError> {
     let mut d = Directives::default();
+    // Most responses carry no directive: one scan of the names instead of five lookups.
+    if !headers
+        .keys()
+        .any(|k| k.as_str().starts_with(&names.prefix))
+    {
+        return Ok(d);
+    }
+    let mut sets = 0;
     for v in headers.get_all(&names.set) {
+        sets += 1;
+        d.set_source = (sets == 1).then(|| v.clone());
         let header = names.set.to_string();
         let value: Value =
             serde_json::from_slice(v.as_bytes()).map_err(|e| DirectiveError::BadJson {
@@ -165,7 +189,7 @@ mod tests {
         h.append("x-session-max-inactive", HeaderValue::from_static("60"));
         let d = parse(&h, &n).unwrap();
         assert_eq!(
-            d.set.unwrap(),
+            d.set.clone().unwrap(),
             serde_json::json!({"a":1,"b":3})
                 .as_object()
                 .unwrap()
@@ -174,7 +198,21 @@ mod tests {
         assert_eq!(d.remove, vec!["c", "d"]);
         assert!(d.renew && !d.invalidate);
         assert_eq!(d.max_inactive, Some(Duration::from_secs(60)));
+        // Two -Set headers replicate as their merge, one as sent.
+        assert_eq!(d.set_json().as_deref(), Some(r#"{"a":1,"b":3}"#));
+        let mut one = HeaderMap::new();
+        one.append(
+            "x-session-set",
+            HeaderValue::from_static(r#"{ "z": [1, 2] }"#),
+        );
+        let d = parse(&one, &n).unwrap();
+        assert_eq!(d.set_json().as_deref(), Some(r#"{ "z": [1, 2] }"#));
         assert!(parse(&HeaderMap::new(), &n).unwrap().is_empty());
+        // Headers that only look alike are not directives.
+        let mut other = HeaderMap::new();
+        other.append("x-sessions", HeaderValue::from_static("1"));
+        other.append("content-type", HeaderValue::from_static("text/plain"));
+        assert!(parse(&other, &n).unwrap().is_empty());
     }
 
     #[test]

@@ -344,19 +344,17 @@ impl SessionStore {
             }
             return Ok(Outcome::Invalidated);
         }
-        let live = key.filter(|k| {
+        let live = key.and_then(|k| {
             self.map
-                .get(k)
-                .is_some_and(|s| !s.expired(now, &self.route))
+                .get_mut(&k)
+                .filter(|s| !s.expired(now, &self.route))
+                .map(|s| (k, s))
         });
-        let Some(k) = live else {
+        let Some((k, mut s)) = live else {
             return self.create(d, now, emit);
         };
         let mut changed = false;
         if d.changes_data() {
-            let Some(mut s) = self.map.get_mut(&k) else {
-                return self.create(d, now, emit);
-            };
             s.rendered = self.merged(&s.rendered, d.set.as_ref(), &d.remove)?;
             if let Some(mi) = d.max_inactive {
                 s.max_inactive = mi;
@@ -370,12 +368,14 @@ impl SessionStore {
                     key: k.0,
                     epoch: s.epoch,
                     version: s.version,
-                    set: d.set.as_ref().map(|m| Value::Object(m.clone()).to_string()),
+                    set: d.set_json(),
                     remove: d.remove.clone(),
                     max_inactive_ms: d.max_inactive.map(|m| m.as_millis() as u64),
                 });
             }
         }
+        // Unlocked before the renewal moves the session to its new key.
+        drop(s);
         if d.renew {
             let new_key = id::new_key().map_err(SessionError::Random)?;
             let Some((_, mut s)) = self.map.remove(&k) else {
