@@ -438,3 +438,55 @@ async fn a_bodyless_get_sent_to_a_backend_that_hangs_up_is_retried_elsewhere() {
         "round robin sent nothing to the mute backend: the retry was not exercised"
     );
 }
+
+/// The backend's hop-by-hop headers, and those its `Connection` names, never reach the
+/// client; `Connection: close` from an HTTP/1.1 backend and a missing `keep-alive` from an
+/// HTTP/1.0 one end the connection, anything else keeps it. Equal repeated lengths are one
+/// length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_hop_by_hop_headers_are_dropped_and_decide_reuse() {
+    let b = Scripted::start(
+        vec![reply(
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+              X-Hop: secret\r\nX-Kept: yes\r\nContent-Length: 2, 2\r\n\r\nok",
+            Then::KeepAlive,
+        )],
+        false,
+    )
+    .await;
+    let node = node_for(&b).await;
+    let mut c = KeepAlive::connect(node.http).await;
+    for _ in 0..3 {
+        let r = c.send(get("/")).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.text(), "ok");
+        assert_eq!(r.header("x-kept"), Some("yes"));
+        for gone in ["x-hop", "keep-alive"] {
+            assert_eq!(r.header(gone), None, "{gone} reached the client");
+        }
+        assert_ne!(r.header("connection"), Some("Keep-Alive, X-Hop"));
+    }
+    assert_eq!(b.conns(), 1, "the backend connection is reused");
+
+    for (head, reused) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"[..],
+            false,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            true,
+        ),
+    ] {
+        let b = Scripted::start(vec![reply(head, Then::KeepAlive)], false).await;
+        let node = node_for(&b).await;
+        for _ in 0..2 {
+            let r = http(node.http, get("/")).await;
+            assert_eq!(r.text(), "ok");
+        }
+        let want = if reused { 1 } else { 2 };
+        let head = String::from_utf8_lossy(head);
+        assert_eq!(b.conns(), want, "{head}");
+    }
+}

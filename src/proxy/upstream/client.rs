@@ -29,7 +29,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::proxy::body::UpBody;
-use crate::proxy::headers::connection_tokens;
 
 use super::Lease;
 
@@ -521,9 +520,11 @@ async fn read_head<R: AsyncRead + Unpin>(
 fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendError> {
     let bad = |why: String| SendError::sent(format!("bad response head: {why}"));
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    // (name start, name end, value start, value end) of each header within the head.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, code, minor, count) = {
+    // (name start, name end, value start, value end) of each header within the head; on
+    // the stack for the usual few headers.
+    let mut few = [(0u32, 0u32, 0u32, 0u32); 24];
+    let mut many = Vec::new();
+    let (len, code, minor, spans) = {
         let mut res = httparse::Response::new(&mut []);
         let len = match httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut res, rbuf, &mut slots)
@@ -534,34 +535,61 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
         };
         let base = rbuf.as_ptr() as usize;
         let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        let spans: &mut [(u32, u32, u32, u32)] = if res.headers.len() <= few.len() {
+            &mut few[..res.headers.len()]
+        } else {
+            many.resize(res.headers.len(), (0, 0, 0, 0));
+            &mut many
+        };
         for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
             let n = offset(h.name.as_bytes());
             let v = offset(h.value);
             *span = (n, n + h.name.len() as u32, v, v + h.value.len() as u32);
         }
-        (
-            len,
-            res.code.unwrap_or(0),
-            res.version.unwrap_or(1),
-            res.headers.len(),
-        )
+        (len, res.code.unwrap_or(0), res.version.unwrap_or(1), spans)
     };
+    let count = spans.len();
     let raw = rbuf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|e| bad(e.to_string()))?;
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&raw[ns as usize..ne as usize])
-            .map_err(|e| bad(e.to_string()))?;
-        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
-            .map_err(|e| bad(e.to_string()))?;
-        headers.append(name, value);
-    }
     let version = if minor == 0 {
         Version::HTTP_10
     } else {
         Version::HTTP_11
     };
-    let mut keep_alive = connection_keep_alive(version, &headers);
+    // The framing headers are read from the raw bytes as the map is built; the hop-by-hop
+    // ones the proxy would strip anyway never enter it.
+    let mut conn = ConnectionTokens::default();
+    let mut chunked_last: Option<bool> = None;
+    let mut length: Result<Option<u64>, ()> = Ok(None);
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in spans.iter() {
+        let name = &raw[ns as usize..ne as usize];
+        let value = &raw[vs as usize..ve as usize];
+        if name.eq_ignore_ascii_case(b"connection") {
+            conn.read(value);
+            if !conn.names_headers {
+                continue;
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            continue;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // The last coding of the last header decides.
+            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            length = length.and_then(|found| add_length(found, value));
+        }
+        let name = HeaderName::from_bytes(name).map_err(|e| bad(e.to_string()))?;
+        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
+            .map_err(|e| bad(e.to_string()))?;
+        headers.append(name, value);
+    }
+    let mut keep_alive = if version == Version::HTTP_10 {
+        conn.keep_alive
+    } else {
+        !conn.close
+    };
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         Framing::Upgrade
     } else if no_body
@@ -570,20 +598,20 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Done
-    } else if headers.contains_key(header::TRANSFER_ENCODING) {
+    } else if let Some(chunked) = chunked_last {
         // Transfer-Encoding wins over Content-Length, and such a message must not be
         // followed by another on this connection (RFC 9112 6.3).
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
-        if last_coding_is_chunked(&headers) {
+        if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             keep_alive = false;
             Framing::Close
         }
     } else {
-        match content_length(&headers) {
+        match length {
             Ok(Some(0)) => Framing::Done,
             Ok(Some(n)) => Framing::Length(n),
             Ok(None) => {
@@ -608,38 +636,49 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
 
 /// The length all `Content-Length` values agree on; `Err` when they are malformed or differ.
 fn content_length(h: &HeaderMap) -> Result<Option<u64>, ()> {
-    let mut found = None;
-    for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| ())?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(());
-            }
-            let n: u64 = part.parse().map_err(|_| ())?;
-            if found.is_some_and(|f| f != n) {
-                return Err(());
-            }
-            found = Some(n);
+    h.get_all(header::CONTENT_LENGTH)
+        .iter()
+        .try_fold(None, |found, v| add_length(found, v.as_bytes()))
+}
+
+/// `found` so far and one more `Content-Length` value (a list of equal numbers).
+fn add_length(mut found: Option<u64>, value: &[u8]) -> Result<Option<u64>, ()> {
+    for part in value.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return Err(());
         }
+        let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(());
+        }
+        found = Some(n);
     }
     Ok(found)
 }
 
-fn last_coding_is_chunked(h: &HeaderMap) -> bool {
-    h.get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+/// The `Connection` tokens of a response, over all its `Connection` headers.
+#[derive(Default)]
+struct ConnectionTokens {
+    close: bool,
+    keep_alive: bool,
+    /// Some token names a header (to be stripped with it): the header stays in the map for
+    /// the hygiene that does that.
+    names_headers: bool,
 }
 
-fn connection_keep_alive(version: Version, h: &HeaderMap) -> bool {
-    let has = |token: &str| connection_tokens(h).any(|t| t.eq_ignore_ascii_case(token));
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
+impl ConnectionTokens {
+    fn read(&mut self, value: &[u8]) {
+        for t in value.split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            if t.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade") {
+                self.names_headers = true;
+            }
+        }
     }
 }
 
