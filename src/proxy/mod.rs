@@ -86,8 +86,7 @@ impl Proxy {
         });
         // A request forwarded by a member: its X-Forwarded-* are trusted, its hop count
         // stops forwarding loops. From anyone else the marker is dropped.
-        let hops = self.hops_from_member(req.headers(), client);
-        req.headers_mut().remove(HOP);
+        let hops = self.hops_from_member(req.headers_mut().remove(HOP), client);
         let upgrade =
             self.hygiene
                 .request(req.headers_mut(), client, host.as_ref(), hops.is_some());
@@ -210,8 +209,9 @@ impl Proxy {
 
     /// The hop count of a request forwarded by a member, if the marker is genuine: it
     /// names a member whose announced HTTP address has the peer's IP.
-    fn hops_from_member(&self, h: &http::HeaderMap, client: &ClientInfo) -> Option<u8> {
-        let v = h.get(HOP)?.to_str().ok()?;
+    fn hops_from_member(&self, marker: Option<HeaderValue>, client: &ClientInfo) -> Option<u8> {
+        let marker = marker?;
+        let v = marker.to_str().ok()?;
         let (n, route) = v.split_once(' ')?;
         let n: u8 = n.parse().ok()?;
         let r = self.sessions.replicator()?;

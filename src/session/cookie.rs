@@ -61,15 +61,21 @@ impl CookieConfig {
     /// Hand-scanned rather than `Cookie::split_parse`: this runs on every request and only
     /// needs one pair, so it should not build a `Cookie` for each of the others.
     pub fn from_cookies<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .find_map(|pair| {
-                let (n, v) = pair.split_once('=')?;
-                (n.trim() == self.name).then(|| v.trim().trim_matches('"'))
+        let name = self.name.as_bytes();
+        headers.get_all(COOKIE).iter().find_map(|v| {
+            v.as_bytes().split(|&b| b == b';').find_map(|pair| {
+                let pair = pair.trim_ascii_start();
+                let rest = pair.strip_prefix(name)?;
+                let value = rest.trim_ascii_start().strip_prefix(b"=")?;
+                let value = value.trim_ascii();
+                let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+                let end = value
+                    .iter()
+                    .rposition(|&b| b != b'"')
+                    .map_or(start, |i| i + 1);
+                std::str::from_utf8(&value[start..end]).ok()
             })
+        })
     }
 }
 
@@ -168,6 +174,14 @@ mod tests {
         );
         assert_eq!(c.from_cookies(&h), Some("ABC.n1"));
         assert_eq!(c.from_cookies(&HeaderMap::new()), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1;  JSESSIONID = \"\"XY.n2\" ;b=2"),
+        );
+        assert_eq!(c.from_cookies(&h), Some("XY.n2"));
+        h.insert(COOKIE, HeaderValue::from_static("JSESSIONID=\"\""));
+        assert_eq!(c.from_cookies(&h), Some(""));
     }
 
     #[test]
