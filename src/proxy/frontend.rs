@@ -42,10 +42,6 @@ pub struct Frontend {
 
 impl Frontend {
     pub fn new(proxy: Arc<Proxy>, cfg: &HttpConfig) -> Self {
-        // `half_close(true)`: a client that hangs up while its request is at the backend
-        // does not cancel the exchange, so the session change the backend answers with is
-        // applied (HAProxy's default, nginx's `proxy_ignore_client_abort on`). It also spares
-        // hyper's read for EOF during every request, which allocated a new read buffer.
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -53,7 +49,6 @@ impl Frontend {
             .header_read_timeout(cfg.header_read_timeout)
             .max_buf_size(cfg.max_header_bytes)
             .max_headers(cfg.max_headers)
-            .half_close(true)
             .keep_alive(true);
         builder
             .http2()
@@ -67,7 +62,6 @@ impl Frontend {
             .header_read_timeout(cfg.header_read_timeout)
             .max_buf_size(cfg.max_header_bytes)
             .max_headers(cfg.max_headers)
-            .half_close(true)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

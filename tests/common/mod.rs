@@ -459,13 +459,6 @@ async fn backend_route(
         hits.fetch_add(1, Ordering::SeqCst);
     }
     let mut resp = if req.headers().contains_key("x-reflect") {
-        let delay = req
-            .headers()
-            .get("x-delay-ms")
-            .and_then(|v| v.to_str().ok());
-        if let Some(ms) = delay.and_then(|v| v.parse().ok()) {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
         reflect_response(&req)
     } else if path == "/health" {
         let mut r = Response::new(full("ok"));
@@ -530,8 +523,7 @@ async fn backend_route(
 }
 
 /// Reflect mode (request header `x-reflect`): every request header `x-reply-NAME: V`
-/// becomes response header `NAME: V`; the body is `{"path", "query", "headers"}`. With
-/// `x-delay-ms: N` the answer comes after N ms.
+/// becomes response header `NAME: V`; the body is `{"path", "query", "headers"}`.
 fn reflect_response(req: &Request<Incoming>) -> Response<BoxBody> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     let mut replies = Vec::new();
