@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use caracal::metrics::Metrics;
 use caracal::session::cookie::{CookieConfig, SecureMode};
-use caracal::session::id;
+use caracal::session::id::{self, Key};
 use caracal::session::protocol::Directives;
 use caracal::session::store::{Limits, Outcome, SessionStore};
 
@@ -103,7 +103,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("store access (1M sessions)", |b| {
         b.iter(|| {
             i = (i + 7919) % ids.len();
-            store.access(&ids[i], Instant::now(), &mut |_| {}).is_some()
+            Key::from_base(&ids[i])
+                .and_then(|k| store.access(k, Instant::now(), &mut |_| {}))
+                .is_some()
         })
     });
     let d = Directives {
@@ -119,7 +121,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % ids.len();
             store
-                .apply(Some(&ids[i]), &d, Instant::now(), &mut |_| {})
+                .apply(Key::from_base(&ids[i]), &d, Instant::now(), &mut |_| {})
                 .is_ok()
         })
     });

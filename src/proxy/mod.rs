@@ -168,7 +168,11 @@ impl Proxy {
             body: resp_body,
         } = self
             .upstream
-            .send(&parts, &mut body)
+            .send(
+                &parts,
+                session.as_ref().map_or(&[][..], |s| &s.to_backend),
+                &mut body,
+            )
             .await
             .map_err(|e| match e {
                 UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,

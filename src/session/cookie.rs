@@ -59,24 +59,37 @@ impl CookieConfig {
     /// The session id value of the first cookie named `name`, if any.
     ///
     /// Hand-scanned rather than `Cookie::split_parse`: this runs on every request and only
-    /// needs one pair, so it should not build a `Cookie` for each of the others.
+    /// needs one pair, so it jumps (memchr) to the places the name can start instead of
+    /// building a `Cookie` for each pair.
     pub fn from_cookies<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
         let name = self.name.as_bytes();
-        headers.get_all(COOKIE).iter().find_map(|v| {
-            v.as_bytes().split(|&b| b == b';').find_map(|pair| {
-                let pair = pair.trim_ascii_start();
-                let rest = pair.strip_prefix(name)?;
-                let value = rest.trim_ascii_start().strip_prefix(b"=")?;
-                let value = value.trim_ascii();
-                let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
-                let end = value
-                    .iter()
-                    .rposition(|&b| b != b'"')
-                    .map_or(start, |i| i + 1);
-                std::str::from_utf8(&value[start..end]).ok()
-            })
-        })
+        headers
+            .get_all(COOKIE)
+            .iter()
+            .find_map(|v| cookie_value(v.as_bytes(), name))
     }
+}
+
+/// The value of the first `name=value` pair of one `Cookie` header, unquoted and trimmed.
+fn cookie_value<'h>(v: &'h [u8], name: &[u8]) -> Option<&'h str> {
+    let first = *name.first()?;
+    memchr::memchr_iter(first, v).find_map(|at| {
+        // A pair starts the header or follows `;` (spaces allowed), else it is in a value.
+        let before = v[..at].trim_ascii_end();
+        if !(before.is_empty() || before.ends_with(b";")) {
+            return None;
+        }
+        let rest = v[at..].strip_prefix(name)?;
+        let value = rest.trim_ascii_start().strip_prefix(b"=")?;
+        let end = memchr::memchr(b';', value).unwrap_or(value.len());
+        let value = value[..end].trim_ascii();
+        let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+        let end = value
+            .iter()
+            .rposition(|&b| b != b'"')
+            .map_or(start, |i| i + 1);
+        std::str::from_utf8(&value[start..end]).ok()
+    })
 }
 
 /// Finds `;<param>=value` in a path (any segment, name case-insensitive) and returns the
@@ -182,6 +195,31 @@ mod tests {
         assert_eq!(c.from_cookies(&h), Some("XY.n2"));
         h.insert(COOKIE, HeaderValue::from_static("JSESSIONID=\"\""));
         assert_eq!(c.from_cookies(&h), Some(""));
+    }
+
+    /// The plain split-and-compare reading the scan replaced.
+    fn reference<'h>(v: &'h [u8], name: &[u8]) -> Option<&'h str> {
+        v.split(|&b| b == b';').find_map(|pair| {
+            let rest = pair.trim_ascii_start().strip_prefix(name)?;
+            let value = rest.trim_ascii_start().strip_prefix(b"=")?.trim_ascii();
+            let start = value.iter().position(|&b| b != b'"').unwrap_or(value.len());
+            let end = value
+                .iter()
+                .rposition(|&b| b != b'"')
+                .map_or(start, |i| i + 1);
+            std::str::from_utf8(&value[start..end]).ok()
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scan_agrees_with_split_and_compare(v in "([ ;=\"a]|JSESSIONID|JSESSION|ID|A\\.n1){0,12}") {
+            proptest::prop_assert_eq!(
+                cookie_value(v.as_bytes(), b"JSESSIONID"),
+                reference(v.as_bytes(), b"JSESSIONID"),
+                "{:?}", v
+            );
+        }
     }
 
     #[test]

@@ -34,20 +34,7 @@ pub struct Key(pub u128);
 impl Key {
     /// From a base id of the right shape (see [`parse`]); `None` otherwise.
     pub fn from_base(base: &str) -> Option<Key> {
-        if base.len() != BASE_LEN {
-            return None;
-        }
-        // One pass that checks and decodes (this runs on every request with a session).
-        let mut k = 0u128;
-        for b in base.bytes() {
-            let d = match b {
-                b'0'..=b'9' => b - b'0',
-                b'A'..=b'F' => b - b'A' + 10,
-                _ => return None,
-            };
-            k = (k << 4) | u128::from(d);
-        }
-        Some(Key(k))
+        decode(base.as_bytes()).map(Key)
     }
 
     /// The 32-character upper-case hex form.
@@ -59,10 +46,50 @@ impl Key {
     }
 }
 
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032X}", self.0)
+    }
+}
+
+/// Hex digit values of `0-9A-F`; 0xFF for every other byte (lower case is not an id).
+const HEX: [u8; 256] = {
+    let mut t = [0xFF; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Checks and decodes 32 upper-case hex characters in one branch-free pass (it runs on
+/// every request that carries a session).
+fn decode(base: &[u8]) -> Option<u128> {
+    let base: &[u8; BASE_LEN] = base.try_into().ok()?;
+    // Two u64 halves: a u128 shift per digit costs twice as much.
+    let half = |digits: &[u8]| {
+        digits.iter().fold((0u64, 0u8), |(v, bad), &b| {
+            let d = HEX[usize::from(b)];
+            ((v << 4) | u64::from(d & 0x0F), bad | d)
+        })
+    };
+    let (hi, bad_hi) = half(&base[..BASE_LEN / 2]);
+    let (lo, bad_lo) = half(&base[BASE_LEN / 2..]);
+    ((bad_hi | bad_lo) & 0xF0 == 0).then_some((u128::from(hi) << 64) | u128::from(lo))
+}
+
 /// A session id as a client presented it, checked for shape only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientId<'a> {
     pub base: &'a str,
+    /// The store key `base` decodes to.
+    pub key: Key,
     /// The route suffix; `None` when the client sent a bare base id.
     pub route: Option<&'a str>,
 }
@@ -73,19 +100,19 @@ pub fn parse(value: &str) -> Option<ClientId<'_>> {
     if value.len() > BASE_LEN + 1 + 64 {
         return None;
     }
-    let (base, route) = match value.split_once('.') {
-        Some((b, r)) => (b, Some(r)),
+    // The base has a fixed length: the `.` can only be right after it.
+    let (base, route) = match value.as_bytes().get(BASE_LEN) {
         None => (value, None),
+        Some(b'.') => (&value[..BASE_LEN], Some(&value[BASE_LEN + 1..])),
+        Some(_) => return None,
     };
-    if base.len() != BASE_LEN || !base.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')) {
-        return None;
-    }
+    let key = Key::from_base(base)?;
     if let Some(r) = route {
         if !crate::config::valid_route(r) {
             return None;
         }
     }
-    Some(ClientId { base, route })
+    Some(ClientId { base, key, route })
 }
 
 #[cfg(test)]
@@ -131,16 +158,42 @@ mod tests {
     }
 
     #[test]
+    fn decode_rejects_any_non_hex_byte_anywhere() {
+        let good = *b"0123456789ABCDEF0123456789ABCDEF";
+        for b in 0..=255u8 {
+            let hex = b.is_ascii_digit() || (b'A'..=b'F').contains(&b);
+            for i in 0..BASE_LEN {
+                let mut v = good;
+                v[i] = b;
+                assert_eq!(decode(&v).is_some(), hex, "byte {b:#x} at {i}");
+            }
+        }
+        for k in [0, 1, u128::MAX, 0x8000_0000_0000_0000_0000_0000_0000_0001] {
+            assert_eq!(Key::from_base(&Key(k).base()), Some(Key(k)));
+            assert_eq!(Key(k).to_string(), Key(k).base());
+        }
+    }
+
+    #[test]
     fn parse_accepts_only_the_exact_shape() {
         let base = "0123456789ABCDEF0123456789ABCDEF";
+        let key = Key(0x0123456789ABCDEF0123456789ABCDEF);
         assert_eq!(
             parse(&format!("{base}.node1")),
             Some(ClientId {
                 base,
+                key,
                 route: Some("node1")
             })
         );
-        assert_eq!(parse(base), Some(ClientId { base, route: None }));
+        assert_eq!(
+            parse(base),
+            Some(ClientId {
+                base,
+                key,
+                route: None
+            })
+        );
         for bad in [
             "",
             "0123456789abcdef0123456789abcdef.node1",

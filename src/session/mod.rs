@@ -24,12 +24,13 @@ use crate::cluster::messages::Change;
 use crate::cluster::replication::{Replicator, SendMode, Wait};
 use crate::cluster::routing;
 
-use http::header::{HeaderValue, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, SET_COOKIE};
 use http::{request, response, Uri};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::session::id::Key;
 
 pub use store::{Outcome, SessionError, SessionStore};
 
@@ -37,7 +38,7 @@ pub use store::{Outcome, SessionError, SessionStore};
 #[derive(Default)]
 pub struct RequestSession {
     /// The live session the request carried.
-    pub base: Option<String>,
+    pub key: Option<Key>,
     /// The client presented some session id (live or not).
     pub presented: bool,
     pub tls: bool,
@@ -46,6 +47,10 @@ pub struct RequestSession {
     pub rebind: Option<String>,
     /// Acks a takeover waits for (sync mode), settled with the response.
     waits: Vec<Wait>,
+    /// The session headers for the backend (SPEC 5). The upstream client writes them after
+    /// the request's own headers, so they never enter (and grow) the request's map; a
+    /// client's own session-prefixed headers were stripped by the header hygiene.
+    pub to_backend: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Where a request goes (SPEC 3, 4.4).
@@ -114,13 +119,15 @@ impl SessionLayer {
             tls,
             ..Default::default()
         };
-        // Cookie first, path parameter second.
-        let from_cookie = self.cookie.from_cookies(&parts.headers).map(str::to_string);
-        let path_param = cookie::take_path_param(parts.uri.path(), &self.cookie.path_param)
-            .map(|(v, stripped)| (v.to_string(), stripped));
-        let presented = from_cookie.or_else(|| path_param.as_ref().map(|(v, _)| v.clone()));
+        // Cookie first, path parameter second. Both borrow `parts` until the headers are
+        // written below (no copy of the id on the common path).
+        let path_param = cookie::take_path_param(parts.uri.path(), &self.cookie.path_param);
+        let presented = self
+            .cookie
+            .from_cookies(&parts.headers)
+            .or_else(|| path_param.as_ref().map(|(v, _)| *v));
         rs.presented = presented.is_some();
-        let client_id = presented.as_deref().and_then(id::parse);
+        let client_id = presented.and_then(id::parse);
 
         let me = self.store.route();
         let now = Instant::now();
@@ -132,7 +139,7 @@ impl SessionLayer {
                 // No cluster: only this node's store counts.
                 found = self
                     .store
-                    .access(c.base, now, &mut |ch| self.replicate_async(ch));
+                    .access(c.key, now, &mut |ch| self.replicate_async(ch));
                 if found.is_some() {
                     routing::Decision::Local
                 } else {
@@ -142,7 +149,7 @@ impl SessionLayer {
             (Some(c), Some(r)) => {
                 match self
                     .store
-                    .access_if_owner(c.base, now, &mut |ch| self.replicate_async(ch))
+                    .access_if_owner(c.key, now, &mut |ch| self.replicate_async(ch))
                 {
                     // The common case (sticky traffic at its owner): no member list needed.
                     Ok(f) => {
@@ -158,23 +165,20 @@ impl SessionLayer {
         if let routing::Decision::Forward(to) = decision {
             return Plan::Forward(to);
         }
-        // Served here: the parameter never reaches a backend.
-        if let Some((_, stripped)) = &path_param {
-            parts.uri = with_path(&parts.uri, stripped);
-        }
         let Some(c) = client_id else {
+            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
             return Plan::Local(rs);
         };
         let found = match decision {
             routing::Decision::Local => found.or_else(|| {
                 self.store
-                    .access(c.base, now, &mut |ch| self.replicate_async(ch))
+                    .access(c.key, now, &mut |ch| self.replicate_async(ch))
             }),
             routing::Decision::TakeOver => {
                 let rep = self.replicator.get();
                 let sync = rep.is_some_and(|r| r.mode == SendMode::Sync);
                 let waits = &mut rs.waits;
-                let f = self.store.take_over(c.base, now, &mut |ch| {
+                let f = self.store.take_over(c.key, now, &mut |ch| {
                     if let Some(r) = rep {
                         r.enqueue(ch, if sync { Some(&mut *waits) } else { None });
                     }
@@ -190,24 +194,30 @@ impl SessionLayer {
             }
             routing::Decision::NoSession | routing::Decision::Forward(_) => None,
         };
-        if let Some(found) = found {
-            let h = &mut parts.headers;
-            if let Ok(v) = HeaderValue::from_str(c.base) {
-                h.insert(self.names.id.clone(), v);
+        let Some(found) = found else {
+            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+            return Plan::Local(rs);
+        };
+        // Everything taken from the borrowed id before `parts` is written.
+        let id_value = HeaderValue::from_str(c.base).ok();
+        // JvmRouteBinderValve: the cookie names another node than the owner (this one).
+        let original = (self.binder && c.route != Some(me))
+            .then(|| presented.map(str::to_string))
+            .flatten();
+        rs.key = Some(c.key);
+        strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+        let h = &mut rs.to_backend;
+        h.reserve_exact(4);
+        if let Some(v) = id_value {
+            h.push((self.names.id.clone(), v));
+        }
+        h.push((self.names.session.clone(), found.rendered));
+        h.push((self.names.node.clone(), self.route.clone()));
+        if let Some(old) = original {
+            if let Ok(v) = HeaderValue::from_str(&old) {
+                h.push((self.names.original_id.clone(), v));
             }
-            h.insert(self.names.session.clone(), found.rendered);
-            h.insert(self.names.node.clone(), self.route.clone());
-            // JvmRouteBinderValve: the cookie names another node than the owner (this one).
-            if self.binder && c.route != Some(me) {
-                if let Some(old) = presented
-                    .as_deref()
-                    .and_then(|p| HeaderValue::from_str(p).ok())
-                {
-                    h.insert(self.names.original_id.clone(), old);
-                }
-                rs.rebind = presented.clone();
-            }
-            rs.base = Some(c.base.to_string());
+            rs.rebind = Some(old);
         }
         Plan::Local(rs)
     }
@@ -252,7 +262,7 @@ impl SessionLayer {
         };
         let outcome = self
             .store
-            .apply(rs.base.as_deref(), &d, Instant::now(), &mut emit)
+            .apply(rs.key, &d, Instant::now(), &mut emit)
             .inspect_err(|e| {
                 if let SessionError::Directive(de) = e {
                     self.directive_error(rs, de);
@@ -275,8 +285,11 @@ impl SessionLayer {
 
     /// `Set-Cookie: <base>.<this node>` after a failover (JvmRouteBinderValve).
     fn rebind_cookie(&self, rs: &RequestSession, parts: &mut response::Parts) {
-        if let (Some(_), Some(base)) = (&rs.rebind, &rs.base) {
-            if let Some(c) = self.cookie.set(&id::full(base, self.store.route()), rs.tls) {
+        if let (Some(_), Some(key)) = (&rs.rebind, rs.key) {
+            if let Some(c) = self
+                .cookie
+                .set(&id::full(&key.base(), self.store.route()), rs.tls)
+            {
                 parts.headers.append(SET_COOKIE, c);
             }
         }
@@ -292,7 +305,7 @@ impl SessionLayer {
     fn directive_error(&self, rs: &RequestSession, e: &protocol::DirectiveError) {
         self.directive_errors.inc();
         tracing::warn!(
-            session = rs.base.as_deref().unwrap_or("-"),
+            session = %rs.key.map_or_else(|| "-".to_string(), |k| k.base()),
             error = %e,
             "malformed session directive from backend: answered 502, session unchanged"
         );
@@ -331,6 +344,13 @@ impl SessionLayer {
                 }
             }
         }
+    }
+}
+
+/// Served here: the `;jsessionid=` parameter never reaches a backend.
+fn strip_path_param(parts: &mut request::Parts, stripped: Option<String>) {
+    if let Some(stripped) = stripped {
+        parts.uri = with_path(&parts.uri, &stripped);
     }
 }
 

@@ -146,9 +146,13 @@ pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 /// Receives the changes the owner makes, in order per session (called under its guard).
 pub type Emit<'a> = &'a mut dyn FnMut(Change);
 
+/// Keys are CSPRNG output made by a node, never chosen by a client (a client's id only looks
+/// one up), so a fast seeded hash is enough; SipHash was a tenth of a sticky request's cost.
+type KeyMap<V> = DashMap<Key, V, foldhash::fast::RandomState>;
+
 pub struct SessionStore {
-    map: DashMap<Key, Session>,
-    tombs: DashMap<Key, (Ver, Instant)>,
+    map: KeyMap<Session>,
+    tombs: KeyMap<(Ver, Instant)>,
     route: Arc<str>,
     limits: Limits,
     counters: Counters,
@@ -191,8 +195,8 @@ impl SessionStore {
             );
         });
         Self {
-            map: DashMap::new(),
-            tombs: DashMap::new(),
+            map: KeyMap::default(),
+            tombs: KeyMap::default(),
             route: Arc::from(route),
             limits,
             counters,
@@ -222,8 +226,8 @@ impl SessionStore {
     /// Looks a session up for a request and records the access (replicated as a touch at
     /// most every max_inactive/4 by the owner). An expired session is removed and reported
     /// absent.
-    pub fn access(&self, base: &str, now: Instant, emit: Emit) -> Option<Found> {
-        self.access_where(base, now, emit, false).ok()
+    pub fn access(&self, key: Key, now: Instant, emit: Emit) -> Option<Found> {
+        self.access_where(key, now, emit, false).ok()
     }
 
     /// [`SessionStore::access`] if this node owns the session (one map lookup for the
@@ -231,21 +235,20 @@ impl SessionStore {
     /// records (`None`: no live copy).
     pub fn access_if_owner(
         &self,
-        base: &str,
+        key: Key,
         now: Instant,
         emit: Emit,
     ) -> Result<Found, Option<Arc<str>>> {
-        self.access_where(base, now, emit, true)
+        self.access_where(key, now, emit, true)
     }
 
     fn access_where(
         &self,
-        base: &str,
+        key: Key,
         now: Instant,
         emit: Emit,
         only_owned: bool,
     ) -> Result<Found, Option<Arc<str>>> {
-        let key = Key::from_base(base).ok_or(None)?;
         let mut e = self.map.get_mut(&key).ok_or(None)?;
         if e.expired(now, &self.route) {
             drop(e);
@@ -274,8 +277,7 @@ impl SessionStore {
     /// Failover (SPEC 4.4.3): this node becomes the owner with a higher epoch; the new
     /// ownership goes to the cluster as a full copy. Atomic per session: concurrent
     /// takeovers on this node raise the epoch once. `None` if the session is gone.
-    pub fn take_over(&self, base: &str, now: Instant, emit: Emit) -> Option<Found> {
-        let key = Key::from_base(base)?;
+    pub fn take_over(&self, key: Key, now: Instant, emit: Emit) -> Option<Found> {
         let mut s = self.map.get_mut(&key)?;
         if s.expired(now, &self.route) {
             return None;
@@ -323,12 +325,11 @@ impl SessionStore {
     /// passed to `emit` while the session is still locked.
     pub fn apply(
         &self,
-        base: Option<&str>,
+        key: Option<Key>,
         d: &Directives,
         now: Instant,
         emit: Emit,
     ) -> Result<Outcome, SessionError> {
-        let key = base.and_then(Key::from_base);
         if d.invalidate {
             if let Some(k) = key {
                 if let Some((_, s)) = self.map.remove(&k) {
@@ -739,6 +740,10 @@ mod tests {
         }
     }
 
+    fn key(base: &str) -> Key {
+        Key::from_base(base).unwrap()
+    }
+
     #[test]
     fn create_change_renew_invalidate() {
         let s = store(65536, 0);
@@ -750,7 +755,7 @@ mod tests {
         assert!(matches!(&created, Outcome::Created(f) if f.ends_with(".n1")));
         assert_eq!(s.get(&b).unwrap().version, 1);
         assert_eq!(
-            s.apply(Some(&b), &set(json!({"b": 2})), t0, &mut |_| {})
+            s.apply(Key::from_base(&b), &set(json!({"b": 2})), t0, &mut |_| {})
                 .unwrap(),
             Outcome::Changed
         );
@@ -761,7 +766,9 @@ mod tests {
             renew: true,
             ..Default::default()
         };
-        let r = s.apply(Some(&b), &renew, t0, &mut |_| {}).unwrap();
+        let r = s
+            .apply(Key::from_base(&b), &renew, t0, &mut |_| {})
+            .unwrap();
         let nb = base_of(&r);
         assert_ne!(nb, b);
         assert!(s.get(&b).is_none());
@@ -775,7 +782,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            s.apply(Some(&nb), &inv, t0, &mut |_| {}).unwrap(),
+            s.apply(Key::from_base(&nb), &inv, t0, &mut |_| {}).unwrap(),
             Outcome::Invalidated
         );
         assert!(s.is_empty());
@@ -790,14 +797,14 @@ mod tests {
                 .unwrap(),
         );
         assert!(s
-            .access(&b, t0 + Duration::from_secs(1799), &mut |_| {})
+            .access(key(&b), t0 + Duration::from_secs(1799), &mut |_| {})
             .is_some());
         // Access renewed the idle clock.
         assert!(s
-            .access(&b, t0 + Duration::from_secs(1799 + 1800), &mut |_| {})
+            .access(key(&b), t0 + Duration::from_secs(1799 + 1800), &mut |_| {})
             .is_some());
         assert!(s
-            .access(&b, t0 + Duration::from_secs(1799 + 3601), &mut |_| {})
+            .access(key(&b), t0 + Duration::from_secs(1799 + 3601), &mut |_| {})
             .is_none());
         assert!(s.is_empty());
         let b = base_of(
@@ -808,7 +815,8 @@ mod tests {
             max_inactive: Some(Duration::from_secs(5)),
             ..Default::default()
         };
-        s.apply(Some(&b), &short, t0, &mut |_| {}).unwrap();
+        s.apply(Key::from_base(&b), &short, t0, &mut |_| {})
+            .unwrap();
         assert_eq!(s.sweep(t0 + Duration::from_secs(4), &mut |_| {}), 0);
         assert_eq!(s.sweep(t0 + Duration::from_secs(6), &mut |_| {}), 1);
     }
@@ -823,7 +831,7 @@ mod tests {
         );
         let err = s
             .apply(
-                Some(&b),
+                Key::from_base(&b),
                 &set(json!({"big": "xxxxxxxxxxxxxxxxxxxx"})),
                 t0,
                 &mut |_| {},

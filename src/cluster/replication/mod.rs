@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::membership::{MemberEvent, Membership};
 use super::mesh::codec;
 use super::messages::{Change, FullSession, MeshMessage, NodeInfo, PeerState};
+use crate::session::id::Key;
 use crate::session::store::{Remote, SessionStore};
 pub use metrics::ReplMetrics;
 
@@ -201,7 +202,7 @@ impl Replicator {
         let mut n = 0;
         for key in self.store.owned_keys() {
             if self.manager == Manager::Backup {
-                let base = crate::session::id::Key(key).base();
+                let base = Key(key).base();
                 let peers = self.peers_read();
                 let backup =
                     crate::cluster::routing::successor(&base, peers.values().map(|p| &*p.route));
@@ -281,7 +282,7 @@ impl Replicator {
         let mut waits = Vec::new();
         let now = Instant::now();
         for (key, owner, ver) in self.store.placements() {
-            let base = crate::session::id::Key(key).base();
+            let base = Key(key).base();
             if *owner == *me {
                 let ob = successor(&base, old.iter().map(String::as_str));
                 let nb = successor(&base, new.iter().map(String::as_str));
@@ -309,7 +310,7 @@ impl Replicator {
                 match successor(&base, with_me) {
                     Some(s) if s == me => {
                         let rep = self;
-                        let taken = self.store.take_over(&base, now, &mut |c| {
+                        let taken = self.store.take_over(Key(key), now, &mut |c| {
                             rep.enqueue(c, Some(&mut waits));
                         });
                         if taken.is_some() {

@@ -190,6 +190,7 @@ impl Conn {
     pub async fn send(
         &mut self,
         req: &request::Parts,
+        extra: &[(HeaderName, HeaderValue)],
         body: &mut UpBody,
     ) -> Result<Head, SendError> {
         let framing = if body.is_end_stream() {
@@ -210,7 +211,7 @@ impl Conn {
             done: framing == ReqFraming::None,
         };
         self.wbuf.clear();
-        encode_head(&mut self.wbuf, req, framing);
+        encode_head(&mut self.wbuf, req, extra, framing);
 
         // A body that is already here (a small POST) rides in the head's write.
         let mut started = false;
@@ -455,13 +456,20 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn encode_head(buf: &mut Vec<u8>, req: &request::Parts, framing: ReqFraming) {
+/// `extra`: headers added for the backend (the session's), written after the request's
+/// own without entering its map (no hashing, no map growth per request).
+fn encode_head(
+    buf: &mut Vec<u8>,
+    req: &request::Parts,
+    extra: &[(HeaderName, HeaderValue)],
+    framing: ReqFraming,
+) {
     buf.extend_from_slice(req.method.as_str().as_bytes());
     buf.push(b' ');
     let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     buf.extend_from_slice(target.as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &req.headers {
+    for (name, value) in req.headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
         put_header(buf, name, value);
     }
     if framing == ReqFraming::Chunked {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use http::{request, response, Method};
+use http::{request, response, HeaderName, HeaderValue, Method};
 
 use crate::config::BackendsConfig;
 use crate::metrics::{BackendCounters, Metrics};
@@ -204,7 +204,7 @@ impl Upstream {
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        match tokio::time::timeout(limit, conn.send(req, body)).await {
+        match tokio::time::timeout(limit, conn.send(req, &[], body)).await {
             Err(_) => Err((false, "no answer in time".into())),
             Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
             Ok(Err(e)) => Err((e.unsent, e.reason)),
@@ -216,6 +216,7 @@ impl Upstream {
     pub async fn send(
         &self,
         req: &request::Parts,
+        extra: &[(HeaderName, HeaderValue)],
         body: &mut UpBody,
     ) -> Result<Exchange, UpstreamError> {
         use http_body::Body;
@@ -240,7 +241,8 @@ impl Upstream {
                     continue;
                 }
             };
-            match tokio::time::timeout(self.cfg.response_timeout, conn.send(req, body)).await {
+            match tokio::time::timeout(self.cfg.response_timeout, conn.send(req, extra, body)).await
+            {
                 Err(_) => {
                     backend.counters.timeouts.inc();
                     return Err(UpstreamError::Timeout);
