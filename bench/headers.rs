@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue};
 
-use caracal::proxy::headers::{ClientInfo, Hygiene};
+use caracal::proxy::headers::{Added, ClientInfo, Hygiene};
 
 fn browser_request() -> HeaderMap {
     let mut m = HeaderMap::new();
@@ -39,8 +39,8 @@ fn bench(c: &mut Criterion) {
     let host = req.get("host").cloned();
     c.bench_function("hygiene/request (8 headers)", |b| {
         b.iter_batched_ref(
-            || req.clone(),
-            |m| h.request(m, &client, host.as_ref(), false),
+            || (req.clone(), Added::with_capacity(7)),
+            |(m, added)| h.request(m, added, &client, host.as_ref(), false),
             BatchSize::SmallInput,
         )
     });
@@ -49,8 +49,8 @@ fn bench(c: &mut Criterion) {
     forged.insert("x-session", HeaderValue::from_static("{}"));
     c.bench_function("hygiene/request with forged session headers", |b| {
         b.iter_batched_ref(
-            || forged.clone(),
-            |m| h.request(m, &client, host.as_ref(), false),
+            || (forged.clone(), Added::with_capacity(7)),
+            |(m, added)| h.request(m, added, &client, host.as_ref(), false),
             BatchSize::SmallInput,
         )
     });

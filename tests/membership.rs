@@ -109,7 +109,13 @@ async fn sigterm_is_dropped_within_a_second() {
     let took = wait_routes(&nodes[0], &["n2"], Duration::from_secs(1)).await;
     wait_routes(&nodes[1], &["n1"], Duration::from_secs(1)).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert!(nodes[0].log_text().contains("announced leaving"));
+    assert!(
+        nodes[0]
+            .wait_log("announced leaving", Duration::from_secs(2))
+            .await,
+        "{}",
+        nodes[0].log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

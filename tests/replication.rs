@@ -481,7 +481,7 @@ async fn a_member_back_from_a_pause_is_resynced() {
         assert!(Instant::now() < deadline, "not resynced: {s}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(nodes[0].log_text().contains("resynced"));
+    assert!(nodes[0].wait_log("resynced", Duration::from_secs(2)).await);
 }
 
 /// With `[cluster] key`, mesh frames carry an HMAC tag: the members replicate as usual,

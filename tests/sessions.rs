@@ -334,7 +334,7 @@ async fn malformed_directives_are_502_and_leave_the_session_unchanged() {
         "{m}"
     );
     assert!(
-        node.log_text().contains(base(&id)),
+        node.wait_log(base(&id), Duration::from_secs(2)).await,
         "directive error not logged with the base id"
     );
 }

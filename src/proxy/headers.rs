@@ -27,6 +27,14 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Headers a hop adds to a request, written by the upstream client after the request's own.
+pub type Added = Vec<(HeaderName, HeaderValue)>;
+
+// Bits of [`scan`]: which `X-Forwarded-*` the request carries.
+const XFF: u8 = 1;
+const XFP: u8 = 2;
+const XFH: u8 = 4;
+
 /// The client side of one connection.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
@@ -72,44 +80,57 @@ impl Hygiene {
     }
 
     /// Cleans a request before it goes to a backend. `host` is the request's authority (the
-    /// `Host` header or, under HTTP/2, `:authority`). Returns the `Upgrade` value when the
+    /// `Host` header or, under HTTP/2, `:authority`). The `X-Forwarded-*` values this hop
+    /// sets go to `added`, which the upstream client writes after the request's own
+    /// headers: they never enter (or grow) the map. Returns the `Upgrade` value when the
     /// request is a protocol upgrade, which is then kept as the one hop-by-hop exception.
     pub fn request(
         &self,
         headers: &mut HeaderMap,
+        added: &mut Added,
         client: &ClientInfo,
         host: Option<&HeaderValue>,
         from_member: bool,
     ) -> Option<HeaderValue> {
         let upgrade = upgrade_requested(headers);
         strip_hop_by_hop(headers);
-        strip_prefixed(headers, &self.prefix);
+        let (prefixed, forwarded) = scan(headers, &self.prefix);
+        if prefixed {
+            strip_prefixed(headers, &self.prefix);
+        }
 
-        let ip = client.peer.ip().to_canonical();
         // A cluster member forwarding a request is a proxy of ours.
-        let trusted = from_member || self.is_trusted(ip);
-        if trusted && headers.contains_key(X_FORWARDED_FOR) {
+        let trusted =
+            from_member || (forwarded != 0 && self.is_trusted(client.peer.ip().to_canonical()));
+        // Kept as sent: the client's values, from a trusted proxy. Else this hop's replace them.
+        let keep = |bit: u8| trusted && forwarded & bit != 0;
+        let replace = |headers: &mut HeaderMap, bit: u8, name: &HeaderName| {
+            if forwarded & bit != 0 {
+                headers.remove(name);
+            }
+        };
+        if keep(XFF) {
             let mut chain = join_values(headers, &X_FORWARDED_FOR);
             chain.push_str(", ");
-            chain.push_str(&ip.to_string());
-            if let Ok(v) = HeaderValue::from_str(&chain) {
-                headers.insert(X_FORWARDED_FOR, v);
-            }
+            chain.push_str(client.ip_value.to_str().unwrap_or("unknown"));
+            headers.remove(X_FORWARDED_FOR);
+            added.push((
+                X_FORWARDED_FOR,
+                HeaderValue::from_str(&chain).unwrap_or_else(|_| client.ip_value.clone()),
+            ));
         } else {
-            headers.insert(X_FORWARDED_FOR, client.ip_value.clone());
+            replace(headers, XFF, &X_FORWARDED_FOR);
+            added.push((X_FORWARDED_FOR, client.ip_value.clone()));
         }
-        if !(trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        if !keep(XFP) {
+            replace(headers, XFP, &X_FORWARDED_PROTO);
             let proto = if client.tls { "https" } else { "http" };
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+            added.push((X_FORWARDED_PROTO, HeaderValue::from_static(proto)));
         }
-        if !(trusted && headers.contains_key(X_FORWARDED_HOST)) {
-            match host {
-                Some(h) => {
-                    headers.insert(X_FORWARDED_HOST, h.clone());
-                }
-                None => {
-                    headers.remove(X_FORWARDED_HOST);
-                }
+        if !keep(XFH) {
+            replace(headers, XFH, &X_FORWARDED_HOST);
+            if let Some(h) = host {
+                added.push((X_FORWARDED_HOST, h.clone()));
             }
         }
         if let Some(u) = &upgrade {
@@ -203,6 +224,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// One pass over the names: does any start with `prefix`, which `X-Forwarded-*` are there.
+fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8) {
+    let mut prefixed = false;
+    let mut forwarded = 0;
+    for name in headers.keys() {
+        let n = name.as_str();
+        if let Some(rest) = n.strip_prefix("x-forwarded-") {
+            forwarded |= match rest {
+                "for" => XFF,
+                "proto" => XFP,
+                "host" => XFH,
+                _ => 0,
+            };
+        }
+        prefixed |= n.starts_with(prefix);
+    }
+    (prefixed, forwarded)
+}
+
 /// Removes every header whose (lower-case) name starts with `prefix`.
 pub fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
     // Scan first: the common case finds nothing and allocates nothing.
@@ -236,6 +276,26 @@ fn join_values(headers: &HeaderMap, name: &HeaderName) -> String {
 mod tests {
     use super::*;
 
+    /// `Hygiene::request`, then the added headers merged as the upstream client writes
+    /// them; none may end up twice.
+    fn request(
+        h: &Hygiene,
+        m: &mut HeaderMap,
+        client: &ClientInfo,
+        host: Option<&HeaderValue>,
+        from_member: bool,
+    ) -> Option<HeaderValue> {
+        let mut added = Added::new();
+        let up = h.request(m, &mut added, client, host, from_member);
+        for (n, v) in added {
+            m.append(n, v);
+        }
+        for n in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+            assert!(m.get_all(&n).iter().count() <= 1, "{n} twice");
+        }
+        up
+    }
+
     fn client(ip: &str) -> ClientInfo {
         ClientInfo::new(format!("{ip}:5555").parse().unwrap(), false)
     }
@@ -256,7 +316,7 @@ mod tests {
         m.insert("host", HeaderValue::from_static("example"));
         m.insert("accept", HeaderValue::from_static("*/*"));
         let host = m.get("host").cloned();
-        let up = h.request(&mut m, &client("10.1.2.3"), host.as_ref(), false);
+        let up = request(&h, &mut m, &client("10.1.2.3"), host.as_ref(), false);
         assert!(up.is_none());
         for gone in [
             "x-session-id",
@@ -281,16 +341,37 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.request(&mut m, &client("10.0.0.9"), None, false);
+        request(&h, &mut m, &client("10.0.0.9"), None, false);
         assert_eq!(m["x-forwarded-for"], "1.1.1.1, 10.0.0.9");
         assert_eq!(m["x-forwarded-proto"], "https");
 
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        h.request(&mut m, &client("192.168.1.1"), None, false);
+        m.insert("x-forwarded-host", HeaderValue::from_static("forged"));
+        request(&h, &mut m, &client("192.168.1.1"), None, false);
         assert_eq!(m["x-forwarded-for"], "192.168.1.1");
         assert_eq!(m["x-forwarded-proto"], "http");
+        assert!(
+            !m.contains_key("x-forwarded-host"),
+            "no authority: none sent"
+        );
+
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-host", HeaderValue::from_static("forged"));
+        let host = HeaderValue::from_static("real");
+        request(&h, &mut m, &client("192.168.1.1"), Some(&host), false);
+        assert_eq!(m["x-forwarded-host"], "real");
+
+        // A member forwarding: its values are kept, the chain grows.
+        let mut m = HeaderMap::new();
+        m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        m.insert("x-forwarded-host", HeaderValue::from_static("shop"));
+        request(&h, &mut m, &client("192.168.1.2"), Some(&host), true);
+        assert_eq!(m["x-forwarded-for"], "1.1.1.1, 192.168.1.2");
+        assert_eq!(m["x-forwarded-proto"], "https");
+        assert_eq!(m["x-forwarded-host"], "shop");
     }
 
     #[test]
@@ -299,7 +380,7 @@ mod tests {
         let mut m = HeaderMap::new();
         m.insert("connection", HeaderValue::from_static("Upgrade"));
         m.insert("upgrade", HeaderValue::from_static("websocket"));
-        let up = h.request(&mut m, &client("127.0.0.1"), None, false);
+        let up = request(&h, &mut m, &client("127.0.0.1"), None, false);
         assert_eq!(up.unwrap(), "websocket");
         assert_eq!(m["upgrade"], "websocket");
         assert_eq!(m["connection"], "upgrade");

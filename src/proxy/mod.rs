@@ -27,7 +27,7 @@ use crate::session::{Plan, SessionError, SessionLayer};
 
 use body::{ProxyBody, UpBody};
 use error::{Blame, ProxyError};
-use headers::{ClientInfo, Hygiene};
+use headers::{Added, ClientInfo, Hygiene};
 use upstream::{Upstream, UpstreamError};
 
 /// Everything a request needs, shared by all connections of a node.
@@ -87,9 +87,15 @@ impl Proxy {
         // A request forwarded by a member: its X-Forwarded-* are trusted, its hop count
         // stops forwarding loops. From anyone else the marker is dropped.
         let hops = self.hops_from_member(req.headers_mut().remove(HOP), client);
-        let upgrade =
-            self.hygiene
-                .request(req.headers_mut(), client, host.as_ref(), hops.is_some());
+        // X-Forwarded-* and the session headers: written after the request's own.
+        let mut added = Added::with_capacity(7);
+        let upgrade = self.hygiene.request(
+            req.headers_mut(),
+            &mut added,
+            client,
+            host.as_ref(),
+            hops.is_some(),
+        );
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, incoming) = req.into_parts();
@@ -113,7 +119,7 @@ impl Proxy {
         if upgrade.is_none() {
             let mut attempts = 0;
             loop {
-                match self.sessions.on_request(&mut parts, client.tls) {
+                match self.sessions.on_request(&mut parts, &mut added, client.tls) {
                     Plan::Static => break,
                     Plan::Local(rs) => {
                         session = Some(rs);
@@ -132,7 +138,8 @@ impl Proxy {
                             && http_body::Body::is_end_stream(&body);
                         // Boxed: the forward path's futures would otherwise make every
                         // request's future (moved into hyper's dispatcher) kilobytes larger.
-                        let outcome = Box::pin(self.forward(&mut parts, &mut body, &to, hop)).await;
+                        let outcome =
+                            Box::pin(self.forward(&mut parts, &added, &mut body, &to, hop)).await;
                         parts.headers.remove(HOP);
                         match outcome {
                             Ok(resp) => return Ok(resp),
@@ -168,11 +175,7 @@ impl Proxy {
             body: resp_body,
         } = self
             .upstream
-            .send(
-                &parts,
-                session.as_ref().map_or(&[][..], |s| &s.to_backend),
-                &mut body,
-            )
+            .send(&parts, &added, &mut body)
             .await
             .map_err(|e| match e {
                 UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
@@ -234,6 +237,7 @@ impl Proxy {
     async fn forward(
         &self,
         parts: &mut http::request::Parts,
+        added: &Added,
         body: &mut UpBody,
         to: &crate::cluster::messages::NodeInfo,
         hop: u8,
@@ -242,7 +246,7 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&marker) {
             parts.headers.insert(HOP, v);
         }
-        let send = self.upstream.send_to_peer(to.http_addr, parts, body);
+        let send = self.upstream.send_to_peer(to.http_addr, parts, added, body);
         let watch = async {
             let Some(r) = self.sessions.replicator() else {
                 return std::future::pending().await;

@@ -24,12 +24,13 @@ use crate::cluster::messages::Change;
 use crate::cluster::replication::{Replicator, SendMode, Wait};
 use crate::cluster::routing;
 
-use http::header::{HeaderName, HeaderValue, SET_COOKIE};
+use http::header::{HeaderValue, SET_COOKIE};
 use http::{request, response, Uri};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::proxy::headers::Added;
 use crate::session::id::Key;
 
 pub use store::{Outcome, SessionError, SessionStore};
@@ -47,10 +48,6 @@ pub struct RequestSession {
     pub rebind: Option<String>,
     /// Acks a takeover waits for (sync mode), settled with the response.
     waits: Vec<Wait>,
-    /// The session headers for the backend (SPEC 5). The upstream client writes them after
-    /// the request's own headers, so they never enter (and grow) the request's map; a
-    /// client's own session-prefixed headers were stripped by the header hygiene.
-    pub to_backend: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Where a request goes (SPEC 3, 4.4).
@@ -111,7 +108,10 @@ impl SessionLayer {
     /// Resolves the request's session: who serves it and, when this node does, adds the
     /// session headers for the backend and strips the `;jsessionid=` parameter. A forwarded
     /// request is left as it came (the owner resolves it again).
-    pub fn on_request(&self, parts: &mut request::Parts, tls: bool) -> Plan {
+    /// The session headers for the backend (SPEC 5) go to `added`, which the upstream
+    /// client writes after the request's own (a client's session-prefixed headers were
+    /// stripped by the header hygiene).
+    pub fn on_request(&self, parts: &mut request::Parts, added: &mut Added, tls: bool) -> Plan {
         if self.filter.matches(parts.uri.path()) {
             return Plan::Static;
         }
@@ -206,8 +206,7 @@ impl SessionLayer {
             .flatten();
         rs.key = Some(c.key);
         strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
-        let h = &mut rs.to_backend;
-        h.reserve_exact(4);
+        let h = added;
         if let Some(v) = id_value {
             h.push((self.names.id.clone(), v));
         }

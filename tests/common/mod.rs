@@ -249,6 +249,21 @@ impl Node {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
+
+    /// Whether `needle` shows up in the log within `within`. The log is read from the
+    /// child's stderr by a thread, so a line can trail the event the admin API shows.
+    pub async fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn addr_after(line: &str, marker: &str) -> Option<SocketAddr> {

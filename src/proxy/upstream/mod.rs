@@ -179,6 +179,7 @@ impl Upstream {
         &self,
         addr: std::net::SocketAddr,
         req: &request::Parts,
+        extra: &[(HeaderName, HeaderValue)],
         body: &mut UpBody,
     ) -> Result<Exchange, (bool, String)> {
         let peer = self
@@ -204,7 +205,7 @@ impl Upstream {
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        match tokio::time::timeout(limit, conn.send(req, &[], body)).await {
+        match tokio::time::timeout(limit, conn.send(req, extra, body)).await {
             Err(_) => Err((false, "no answer in time".into())),
             Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
             Ok(Err(e)) => Err((e.unsent, e.reason)),
