@@ -128,6 +128,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    crate::proxy::timer::start().map_err(anyhow::Error::msg)?;
     let metrics = Arc::new(Metrics::new());
     let proxy = Arc::new(Proxy::new(&cfg, metrics)?);
     let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {

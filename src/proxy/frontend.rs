@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -23,6 +23,7 @@ use crate::config::HttpConfig;
 
 use super::drain::{Drain, Signal};
 use super::headers::ClientInfo;
+use super::timer::CoarseTimer;
 use super::Proxy;
 
 /// Settings and shared state of all client listeners of a node. The protocol is known
@@ -45,27 +46,27 @@ impl Frontend {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer)
             .header_read_timeout(cfg.header_read_timeout)
             .max_buf_size(cfg.max_header_bytes)
             .max_headers(cfg.max_headers)
             .keep_alive(true);
         builder
             .http2()
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let mut http1 = http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer)
             .header_read_timeout(cfg.header_read_timeout)
             .max_buf_size(cfg.max_header_bytes)
             .max_headers(cfg.max_headers)
             .keep_alive(true);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
-            .timer(TokioTimer::new())
+            .timer(CoarseTimer)
             .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(256)
             .keep_alive_interval(Some(Duration::from_secs(30)));

@@ -6,12 +6,14 @@
 //! - [`upstream`]: backend pool, balancer, health, retries.
 //! - [`body`], [`error`]: the body types and the errors the proxy answers itself.
 //! - [`drain`]: telling open connections to finish on shutdown.
+//! - [`timer`]: the coarse timers of the per-request deadlines.
 
 pub mod body;
 pub mod drain;
 pub mod error;
 pub mod frontend;
 pub mod headers;
+pub mod timer;
 pub mod upstream;
 
 use std::sync::Arc;

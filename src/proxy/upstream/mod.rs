@@ -242,7 +242,8 @@ impl Upstream {
                     continue;
                 }
             };
-            match tokio::time::timeout(self.cfg.response_timeout, conn.send(req, extra, body)).await
+            match super::timer::timeout(self.cfg.response_timeout, conn.send(req, extra, body))
+                .await
             {
                 Err(_) => {
                     backend.counters.timeouts.inc();

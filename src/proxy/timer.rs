@@ -1,0 +1,318 @@
+//! Coarse timers for the per-request deadlines: hyper's `header_read_timeout` (as its
+//! [`hyper::rt::Timer`], [`CoarseTimer`]) and the backend `response_timeout` ([`timeout`]).
+//!
+//! Hand-written because tokio's timer costs two locked wheel updates and two clock reads
+//! per timer: with two timers per request that was 7% of a proxied request (callgrind, see
+//! bench/RESULTS.md). These deadlines are seconds long; [`TICK`] precision is plenty.
+//!
+//! A pending [`Sleep`] parks its waker in a slot of a sharded slab (the shard of the thread
+//! that first polled it). One ticker thread advances a shared millisecond clock every tick
+//! and wakes the sleeps that are due. Deadlines are taken from the real clock, so a sleep
+//! never fires early; it fires about a tick late at most (more if the ticker is starved).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How often the ticker thread runs.
+pub const TICK: Duration = Duration::from_millis(10);
+const SHARDS: usize = 16;
+
+struct Entry {
+    deadline: u64,
+    waker: Waker,
+    /// Already woken for this deadline (it stays until its sleep drops or re-registers).
+    woken: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    slab: slab::Slab<Entry>,
+    /// No entry is due before this. Removals leave it early, which only costs a scan.
+    next: u64,
+}
+
+struct Wheel {
+    base: Instant,
+    /// Milliseconds since `base`, as of the last tick.
+    now: AtomicU64,
+    shards: [Mutex<Shard>; SHARDS],
+}
+
+impl Wheel {
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::Acquire)
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        // A panic while holding a shard cannot leave it inconsistent for these uses.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tick(&self) {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.now.store(now, Ordering::Release);
+        for i in 0..SHARDS {
+            let mut s = self.shard(i);
+            if s.next > now {
+                continue;
+            }
+            let mut next = u64::MAX;
+            for (_, e) in s.slab.iter_mut() {
+                if e.woken {
+                    continue;
+                }
+                if e.deadline <= now {
+                    e.woken = true;
+                    // Only schedules the task (tokio never polls inside wake).
+                    e.waker.wake_by_ref();
+                } else {
+                    next = next.min(e.deadline);
+                }
+            }
+            s.next = next;
+        }
+    }
+}
+
+static WHEEL: OnceLock<Wheel> = OnceLock::new();
+static TICKER: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn wheel() -> &'static Wheel {
+    WHEEL.get_or_init(|| Wheel {
+        base: Instant::now(),
+        now: AtomicU64::new(0),
+        shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+    })
+}
+
+/// Starts the ticker thread (idempotent). The node calls it at startup so that a failure
+/// to start a thread is an error there, not a hang later.
+pub fn start() -> Result<(), String> {
+    TICKER
+        .get_or_init(|| {
+            let w = wheel();
+            std::thread::Builder::new()
+                .name("caracal-timer".into())
+                .spawn(move || loop {
+                    std::thread::sleep(TICK);
+                    w.tick();
+                })
+                .map(|_| ())
+                .map_err(|e| format!("cannot start the timer thread: {e}"))
+        })
+        .clone()
+}
+
+/// The shard of the calling thread.
+fn my_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// The wheel's millisecond of `deadline`, rounded up: a sleep is never woken early (the
+/// clock it is compared with is exact at each tick and only lags between ticks).
+fn deadline_ms(deadline: Instant) -> u64 {
+    let d = deadline.saturating_duration_since(wheel().base);
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if d.subsec_nanos() % 1_000_000 == 0 {
+        ms
+    } else {
+        ms.saturating_add(1)
+    }
+}
+
+/// A future that completes at its deadline (see the module docs for the precision).
+#[derive(Debug)]
+pub struct Sleep {
+    deadline: u64,
+    /// (shard, slab key) once registered.
+    slot: Option<(usize, usize)>,
+}
+
+impl Sleep {
+    pub fn new(d: Duration) -> Self {
+        match Instant::now().checked_add(d) {
+            Some(deadline) => Self::until(deadline),
+            None => Self::at(u64::MAX),
+        }
+    }
+
+    pub fn until(deadline: Instant) -> Self {
+        Self::at(deadline_ms(deadline))
+    }
+
+    fn at(deadline: u64) -> Self {
+        Self {
+            deadline,
+            slot: None,
+        }
+    }
+
+    fn set_deadline(&mut self, deadline: Instant) {
+        let ms = deadline_ms(deadline);
+        self.deadline = ms;
+        if let Some((i, key)) = self.slot {
+            let mut s = wheel().shard(i);
+            if let Some(e) = s.slab.get_mut(key) {
+                e.deadline = ms;
+                e.woken = false;
+            }
+            s.next = s.next.min(ms);
+        }
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let w = wheel();
+        if w.now() >= this.deadline {
+            return Poll::Ready(());
+        }
+        match this.slot {
+            // No ticker (it failed at startup, which stops the node): fire now, never hang.
+            None if start().is_err() => return Poll::Ready(()),
+            None => {
+                let i = my_shard();
+                let mut s = w.shard(i);
+                let key = s.slab.insert(Entry {
+                    deadline: this.deadline,
+                    waker: cx.waker().clone(),
+                    woken: false,
+                });
+                s.next = s.next.min(this.deadline);
+                this.slot = Some((i, key));
+            }
+            Some((i, key)) => {
+                let mut s = w.shard(i);
+                if let Some(e) = s.slab.get_mut(key) {
+                    if !e.waker.will_wake(cx.waker()) {
+                        e.waker = cx.waker().clone();
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if let Some((i, key)) = self.slot {
+            wheel().shard(i).slab.try_remove(key);
+        }
+    }
+}
+
+impl hyper::rt::Sleep for Sleep {}
+
+/// hyper's timer: its header-read deadline per request costs a slab slot, not a wheel entry.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoarseTimer;
+
+impl hyper::rt::Timer for CoarseTimer {
+    fn sleep(&self, d: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Sleep::new(d))
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(Sleep::until(deadline))
+    }
+
+    fn reset(&self, sleep: &mut Pin<Box<dyn hyper::rt::Sleep>>, new_deadline: Instant) {
+        match sleep.as_mut().downcast_mut_pin::<Sleep>() {
+            Some(mut s) => s.set_deadline(new_deadline),
+            None => *sleep = self.sleep_until(new_deadline),
+        }
+    }
+}
+
+/// `fut` bounded by `d`: `Err(Elapsed)` when the deadline passes first.
+pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
+    let sleep = Sleep::new(d);
+    tokio::select! {
+        biased;
+        v = fut => Ok(v),
+        () = sleep => Err(Elapsed),
+    }
+}
+
+/// The deadline of [`timeout`] passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Elapsed;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fires_no_earlier_than_asked_and_soon_after() {
+        start().unwrap();
+        for ms in [0u64, 5, 30, 120] {
+            let t = Instant::now();
+            Sleep::new(Duration::from_millis(ms)).await;
+            let took = t.elapsed();
+            assert!(
+                took >= Duration::from_millis(ms),
+                "{ms} ms fired after {took:?}"
+            );
+            assert!(
+                took < Duration::from_millis(ms) + Duration::from_secs(1),
+                "{ms} ms took {took:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn timeout_passes_the_value_or_elapses() {
+        start().unwrap();
+        assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Ok(7));
+        let t = Instant::now();
+        let r = timeout(Duration::from_millis(50), std::future::pending::<()>()).await;
+        assert_eq!(r, Err(Elapsed));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sleep_frees_its_slot() {
+        start().unwrap();
+        let w = wheel();
+        // A deadline no parallel test uses: a reused key would carry another.
+        let mut s = Box::pin(Sleep::new(Duration::from_millis(3_612_345)));
+        let deadline = s.deadline;
+        assert!(s
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
+        let (i, key) = s.slot.unwrap();
+        let held = |w: &Wheel| w.shard(i).slab.get(key).map(|e| e.deadline) == Some(deadline);
+        assert!(held(w));
+        drop(s);
+        assert!(!held(w));
+    }
+
+    #[tokio::test]
+    async fn reset_moves_a_registered_deadline() {
+        start().unwrap();
+        use hyper::rt::Timer;
+        let t = Instant::now();
+        let mut s = CoarseTimer.sleep_until(Instant::now() + Duration::from_secs(60));
+        assert!(s
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending());
+        CoarseTimer.reset(&mut s, Instant::now() + Duration::from_millis(40));
+        s.await;
+        assert!(t.elapsed() >= Duration::from_millis(40));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}
