@@ -523,6 +523,26 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
+/// The names most responses carry, matched without `HeaderName::from_bytes` (which copies
+/// and lower-cases the name first: about 130 instructions a header).
+fn common_name(name: &[u8]) -> Option<HeaderName> {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    Some(match name.len() {
+        4 if is(b"date") => header::DATE,
+        4 if is(b"etag") => header::ETAG,
+        4 if is(b"vary") => header::VARY,
+        6 if is(b"server") => header::SERVER,
+        8 if is(b"location") => header::LOCATION,
+        10 if is(b"set-cookie") => header::SET_COOKIE,
+        12 if is(b"content-type") => header::CONTENT_TYPE,
+        13 if is(b"cache-control") => header::CACHE_CONTROL,
+        13 if is(b"last-modified") => header::LAST_MODIFIED,
+        14 if is(b"content-length") => header::CONTENT_LENGTH,
+        16 if is(b"content-encoding") => header::CONTENT_ENCODING,
+        _ => return None,
+    })
+}
+
 /// Parses one response head off the front of `rbuf`, if it is complete. Header values are
 /// slices of the received bytes, not copies.
 fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendError> {
@@ -588,7 +608,10 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
         } else if name.eq_ignore_ascii_case(b"content-length") {
             length = length.and_then(|found| add_length(found, value));
         }
-        let name = HeaderName::from_bytes(name).map_err(|e| bad(e.to_string()))?;
+        let name = match common_name(name) {
+            Some(n) => n,
+            None => HeaderName::from_bytes(name).map_err(|e| bad(e.to_string()))?,
+        };
         let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
             .map_err(|e| bad(e.to_string()))?;
         headers.append(name, value);
@@ -980,6 +1003,29 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(parse(b"garbage\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn common_names_match_the_general_parse() {
+        for n in [
+            "Date",
+            "ETAG",
+            "vary",
+            "Server",
+            "location",
+            "Set-Cookie",
+            "content-type",
+            "Cache-Control",
+            "last-modified",
+            "Content-Length",
+            "content-encoding",
+        ] {
+            let general = HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert_eq!(common_name(n.as_bytes()), Some(general), "{n}");
+        }
+        for n in ["dat", "x-date", "content-typo", "", "set-cookie2"] {
+            assert_eq!(common_name(n.as_bytes()), None, "{n}");
+        }
     }
 
     #[test]
