@@ -302,7 +302,10 @@ async fn an_early_answer_during_an_upload_reaches_the_client() {
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 67108864\r\n\r\n")
         .await
         .unwrap();
-    s.write_all(&vec![b'x'; 1 << 20]).await.unwrap();
+    // The answer and the close can come before the whole megabyte is out: the upload may
+    // then fail with a broken pipe. What counts is that the answer arrives (data queued
+    // before a reset is still read).
+    let _ = s.write_all(&vec![b'x'; 1 << 20]).await;
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
     let text = tokio::time::timeout(Duration::from_secs(10), async {
