@@ -44,7 +44,11 @@ impl Proxy {
     pub fn new(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         Ok(Self {
             hygiene: Hygiene::new(&cfg.session.header_prefix, cfg.http.trusted_proxies.clone()),
-            upstream: Arc::new(Upstream::new(&cfg.backends, &metrics)),
+            upstream: Arc::new(Upstream::new(
+                &cfg.backends,
+                &cfg.session.header_prefix,
+                &metrics,
+            )),
             sessions: Arc::new(SessionLayer::new(cfg, &metrics)?),
             metrics,
         })
@@ -174,6 +178,7 @@ impl Proxy {
 
         let upstream::Exchange {
             head: mut resp,
+            session: directives,
             body: resp_body,
         } = self
             .upstream
@@ -200,10 +205,9 @@ impl Proxy {
         // The client's connection decides the version, not the backend's.
         resp.version = Version::HTTP_11;
         if let Some(rs) = &mut session {
-            // Before hygiene: the directives are session-prefixed headers.
             let waits = self
                 .sessions
-                .on_response(rs, &mut resp)
+                .on_response(rs, &mut resp, &directives)
                 .map_err(|e| match e {
                     SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
                     SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
@@ -269,7 +273,8 @@ impl Proxy {
             }
         };
         match sent {
-            Ok(upstream::Exchange { mut head, body }) => {
+            // The owner stripped its backend's directives; any here are dropped.
+            Ok(upstream::Exchange { mut head, body, .. }) => {
                 head.version = Version::HTTP_11;
                 self.hygiene.response(&mut head.headers, false);
                 Ok(Response::from_parts(head, ProxyBody::Upstream(body)))

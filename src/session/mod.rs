@@ -4,12 +4,14 @@
 //! - [`cookie`]: the `JSESSIONID` cookie and the `;jsessionid=` path parameter.
 //! - [`protocol`]: the backend header protocol (`X-Session*`).
 //! - [`store`]: the session map, atomic per-session changes, expiry, limits.
+//! - [`attrs`]: the stored attributes (canonical JSON text) and the merge of a change.
 //! - [`json`]: ASCII-only JSON for header values.
 //! - [`filter`]: the ReplicationValve-style static filter.
 //!
 //! [`SessionLayer`] is what the proxy calls: [`SessionLayer::on_request`] before the
 //! backend, [`SessionLayer::on_response`] after it.
 
+pub mod attrs;
 pub mod cookie;
 pub mod filter;
 pub mod id;
@@ -239,13 +241,16 @@ impl SessionLayer {
     /// Applies the backend's directives and sets or clears the cookie; returns what the
     /// response must wait for in sync mode ([`SessionLayer::settle`]). On a malformed
     /// directive the session is unchanged and the caller answers 502.
+    /// `directives` are the backend's session-prefixed response headers, which the
+    /// upstream client set aside.
     pub fn on_response(
         &self,
         rs: &mut RequestSession,
         parts: &mut response::Parts,
+        directives: &[(bytes::Bytes, HeaderValue)],
     ) -> Result<Vec<Wait>, SessionError> {
         let mut waits = std::mem::take(&mut rs.waits);
-        let d = protocol::parse(&parts.headers, &self.names).inspect_err(|e| {
+        let d = protocol::parse(directives, &self.names).inspect_err(|e| {
             self.directive_error(rs, e);
         })?;
         if d.is_empty() {

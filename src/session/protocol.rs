@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderName};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
+
+use super::attrs;
 
 /// Header names built once from the prefix.
 #[derive(Debug, Clone)]
@@ -48,10 +51,9 @@ impl Names {
 /// What a backend asked for in one response.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Directives {
-    /// Merged `-Set` objects; `None` when no `-Set` header came.
-    pub set: Option<Map<String, Value>>,
-    /// The `-Set` header when exactly one came: replicated as sent, not rendered again.
-    pub set_source: Option<http::HeaderValue>,
+    /// The `-Set` objects merged in order, as canonical text ([`attrs::canonical`]): what
+    /// the store merges and what a delta replicates. `None` when no `-Set` header came.
+    pub set: Option<String>,
     pub remove: Vec<String>,
     pub renew: bool,
     pub invalidate: bool,
@@ -67,13 +69,9 @@ impl Directives {
             && self.max_inactive.is_none()
     }
 
-    /// The merged `-Set` object as JSON text, for replication.
+    /// The merged `-Set` object as canonical JSON text, for replication.
     pub fn set_json(&self) -> Option<String> {
-        let set = self.set.as_ref()?;
-        Some(match &self.set_source {
-            Some(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            None => Value::Object(set.clone()).to_string(),
-        })
+        self.set.clone()
     }
 
     /// Changes the attributes or the timeout (create-worthy when there is no session yet
@@ -100,45 +98,62 @@ pub enum DirectiveError {
     TooLarge { bytes: usize, limit: usize },
 }
 
-/// Reads the directives from a backend's response headers.
-pub fn parse(headers: &HeaderMap, names: &Names) -> Result<Directives, DirectiveError> {
+/// Reads the directives from a backend's session-prefixed response headers (as received:
+/// the name in any case, the value), which the upstream client set aside. Repeated `-Set`
+/// and `-Remove` headers all count, in order; of the others the first counts.
+pub fn parse(
+    headers: &[(Bytes, HeaderValue)],
+    names: &Names,
+) -> Result<Directives, DirectiveError> {
     let mut d = Directives::default();
-    // Most responses carry no directive: one scan of the names instead of five lookups.
-    if !headers
-        .keys()
-        .any(|k| k.as_str().starts_with(&names.prefix))
-    {
+    if headers.is_empty() {
         return Ok(d);
     }
-    let mut sets = 0;
-    for v in headers.get_all(&names.set) {
-        sets += 1;
-        d.set_source = (sets == 1).then(|| v.clone());
-        let header = names.set.to_string();
-        let value: Value =
-            serde_json::from_slice(v.as_bytes()).map_err(|e| DirectiveError::BadJson {
-                header: header.clone(),
-                reason: e.to_string(),
+    let is = |name: &[u8], n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+    let mut set: Option<Map<String, Value>> = None;
+    let (mut renew, mut invalidate, mut max_inactive) = (None, None, None);
+    for (name, v) in headers {
+        if is(name, &names.set) {
+            let value: Value =
+                serde_json::from_slice(v.as_bytes()).map_err(|e| DirectiveError::BadJson {
+                    header: names.set.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let Value::Object(obj) = value else {
+                return Err(DirectiveError::NotObject {
+                    header: names.set.to_string(),
+                });
+            };
+            set.get_or_insert_with(Map::new).extend(obj);
+        } else if is(name, &names.remove) {
+            let s = v.to_str().map_err(|_| DirectiveError::NotText {
+                header: names.remove.to_string(),
             })?;
-        let Value::Object(obj) = value else {
-            return Err(DirectiveError::NotObject { header });
-        };
-        d.set.get_or_insert_with(Map::new).extend(obj);
+            d.remove.extend(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_string),
+            );
+        } else if is(name, &names.renew) {
+            renew = renew.or(Some(v));
+        } else if is(name, &names.invalidate) {
+            invalidate = invalidate.or(Some(v));
+        } else if is(name, &names.max_inactive) {
+            max_inactive = max_inactive.or(Some(v));
+        }
     }
-    for v in headers.get_all(&names.remove) {
-        let s = v.to_str().map_err(|_| DirectiveError::NotText {
-            header: names.remove.to_string(),
-        })?;
-        d.remove.extend(
-            s.split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(str::to_string),
-        );
+    if let Some(set) = set {
+        // The canonical text is ASCII: never an error in practice.
+        d.set = Some(String::from_utf8(attrs::canonical(&set)).map_err(|_| {
+            DirectiveError::NotText {
+                header: names.set.to_string(),
+            }
+        })?);
     }
-    d.renew = flag(headers, &names.renew)?;
-    d.invalidate = flag(headers, &names.invalidate)?;
-    if let Some(v) = headers.get(&names.max_inactive) {
+    d.renew = flag(renew, &names.renew)?;
+    d.invalidate = flag(invalidate, &names.invalidate)?;
+    if let Some(v) = max_inactive {
         let s = v.to_str().unwrap_or("").trim();
         let secs: u64 = s
             .parse()
@@ -153,8 +168,8 @@ pub fn parse(headers: &HeaderMap, names: &Names) -> Result<Directives, Directive
     Ok(d)
 }
 
-fn flag(headers: &HeaderMap, name: &HeaderName) -> Result<bool, DirectiveError> {
-    let Some(v) = headers.get(name) else {
+fn flag(v: Option<&HeaderValue>, name: &HeaderName) -> Result<bool, DirectiveError> {
+    let Some(v) = v else {
         return Ok(false);
     };
     let s = v.to_str().unwrap_or("").trim();
@@ -173,45 +188,45 @@ fn flag(headers: &HeaderMap, name: &HeaderName) -> Result<bool, DirectiveError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+
+    fn heads(h: &[(&'static str, &'static str)]) -> Vec<(Bytes, HeaderValue)> {
+        h.iter()
+            .map(|(k, v)| {
+                (
+                    Bytes::from_static(k.as_bytes()),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn parses_and_merges() {
         let n = Names::new("x-session").unwrap();
-        let mut h = HeaderMap::new();
-        h.append(
-            "x-session-set",
-            HeaderValue::from_static(r#"{"a":1,"b":2}"#),
-        );
-        h.append("x-session-set", HeaderValue::from_static(r#"{"b":3}"#));
-        h.append("x-session-remove", HeaderValue::from_static("c, d,,"));
-        h.append("x-session-renew", HeaderValue::from_static("TRUE"));
-        h.append("x-session-max-inactive", HeaderValue::from_static("60"));
+        let h = heads(&[
+            ("X-Session-Set", r#"{"a":1,"b":2}"#),
+            ("x-session-renew", "TRUE"),
+            ("x-session-set", r#"{"b":3}"#),
+            ("x-session-remove", "c, d,,"),
+            ("x-session-max-inactive", "60"),
+            ("x-session-REMOVE", "e"),
+            ("x-session-renew", "not looked at: the first counts"),
+        ]);
         let d = parse(&h, &n).unwrap();
-        assert_eq!(
-            d.set.clone().unwrap(),
-            serde_json::json!({"a":1,"b":3})
-                .as_object()
-                .unwrap()
-                .clone()
-        );
-        assert_eq!(d.remove, vec!["c", "d"]);
+        assert_eq!(d.set.as_deref(), Some(r#"{"a":1,"b":3}"#));
+        assert_eq!(d.remove, vec!["c", "d", "e"]);
         assert!(d.renew && !d.invalidate);
         assert_eq!(d.max_inactive, Some(Duration::from_secs(60)));
-        // Two -Set headers replicate as their merge, one as sent.
-        assert_eq!(d.set_json().as_deref(), Some(r#"{"a":1,"b":3}"#));
-        let mut one = HeaderMap::new();
-        one.append(
-            "x-session-set",
-            HeaderValue::from_static(r#"{ "z": [1, 2] }"#),
-        );
+        // Two -Set headers replicate as their merge; any -Set in canonical form.
+        let one = heads(&[("x-session-set", r#"{ "z": [1, 2.50], "a": "\u00e9" }"#)]);
         let d = parse(&one, &n).unwrap();
-        assert_eq!(d.set_json().as_deref(), Some(r#"{ "z": [1, 2] }"#));
-        assert!(parse(&HeaderMap::new(), &n).unwrap().is_empty());
-        // Headers that only look alike are not directives.
-        let mut other = HeaderMap::new();
-        other.append("x-sessions", HeaderValue::from_static("1"));
-        other.append("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(
+            d.set_json().as_deref(),
+            Some(r#"{"a":"\u00e9","z":[1,2.5]}"#)
+        );
+        assert!(parse(&[], &n).unwrap().is_empty());
+        // Prefixed headers that are no directive change nothing.
+        let other = heads(&[("x-sessions", "1"), ("x-session-id", "FORGED")]);
         assert!(parse(&other, &n).unwrap().is_empty());
     }
 
@@ -225,9 +240,7 @@ mod tests {
             ("x-session-max-inactive", "-5"),
             ("x-session-max-inactive", "0"),
         ] {
-            let mut h = HeaderMap::new();
-            h.insert(k, HeaderValue::from_static(v));
-            assert!(parse(&h, &n).is_err(), "{k}: {v}");
+            assert!(parse(&heads(&[(k, v)]), &n).is_err(), "{k}: {v}");
         }
     }
 }

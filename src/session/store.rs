@@ -9,21 +9,20 @@
 //! `version` grows by one per change; `epoch` by one per change of owner.
 //!
 //! Memory: the key is the id's 16 random bytes and the attributes are kept only as their
-//! rendered ASCII JSON (what every request sends to the backend); they are parsed into a
-//! map only when a write merges into them.
+//! canonical ASCII JSON (what every request sends to the backend); a write merges its
+//! change into that text ([`super::attrs`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
+use super::attrs;
 use super::id::{self, Key};
-use super::json::to_ascii_json;
 use super::protocol::{DirectiveError, Directives};
 use crate::cluster::messages::{Change, FullSession};
 use crate::cluster::replication::apply::{decide, Decision, Kind, Ver};
@@ -59,7 +58,7 @@ impl Session {
 
     /// The attributes, parsed.
     pub fn attributes(&self) -> Map<String, Value> {
-        parse_attrs(&self.rendered)
+        attrs::parse(self.rendered.as_bytes())
     }
 
     pub fn ver(&self) -> Ver {
@@ -356,7 +355,7 @@ impl SessionStore {
         };
         let mut changed = false;
         if d.changes_data() {
-            s.rendered = self.merged(&s.rendered, d.set.as_ref(), &d.remove)?;
+            s.rendered = self.merged(&s.rendered, d.set.as_deref(), &d.remove)?;
             if let Some(mi) = d.max_inactive {
                 s.max_inactive = mi;
             }
@@ -412,7 +411,7 @@ impl SessionStore {
         if max > 0 && self.map.len() >= max {
             return Err(SessionError::Limit(max));
         }
-        let rendered = self.merged(&HeaderValue::from_static("{}"), d.set.as_ref(), &d.remove)?;
+        let rendered = self.merged(&HeaderValue::from_static("{}"), d.set.as_deref(), &d.remove)?;
         let key = id::new_key().map_err(SessionError::Random)?;
         let s = Session {
             owner: self.route.clone(),
@@ -436,10 +435,15 @@ impl SessionStore {
     fn merged(
         &self,
         current: &HeaderValue,
-        set: Option<&Map<String, Value>>,
+        set: Option<&str>,
         remove: &[String],
     ) -> Result<HeaderValue, DirectiveError> {
-        merge(current, set, remove, self.limits.max_session_bytes)
+        attrs::merge(
+            current.as_bytes(),
+            set.map(str::as_bytes),
+            remove,
+            self.limits.max_session_bytes,
+        )
     }
 
     /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
@@ -524,16 +528,19 @@ impl SessionStore {
                 let dashmap::Entry::Occupied(mut o) = entry else {
                     return Remote::Gap;
                 };
-                let set: Option<Map<String, Value>> = match set {
-                    Some(text) => match serde_json::from_str(text.as_str()) {
-                        Ok(Value::Object(m)) => Some(m),
-                        _ => return Remote::Gap,
-                    },
-                    None => None,
-                };
+                // A peer's text is checked to be JSON before the text merge copies it.
+                if let Some(text) = set {
+                    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+                        return Remote::Gap;
+                    }
+                }
                 // The owner checked the size; a replica never refuses what its owner holds.
-                let Ok(rendered) = merge(&o.get().rendered, set.as_ref(), remove, usize::MAX)
-                else {
+                let Ok(rendered) = attrs::merge(
+                    o.get().rendered.as_bytes(),
+                    set.as_deref().map(str::as_bytes),
+                    remove,
+                    usize::MAX,
+                ) else {
                     return Remote::Gap;
                 };
                 let s = o.get_mut();
@@ -669,47 +676,6 @@ impl SessionStore {
     }
 }
 
-/// `current` with `set` merged, then `remove` applied, rendered; over `max` bytes is an
-/// error. Owner and replicas run this same merge, so they render the same bytes.
-fn merge(
-    current: &HeaderValue,
-    set: Option<&Map<String, Value>>,
-    remove: &[String],
-    max: usize,
-) -> Result<HeaderValue, DirectiveError> {
-    let mut attrs = parse_attrs(current);
-    if let Some(set) = set {
-        for (k, v) in set {
-            attrs.insert(k.clone(), v.clone());
-        }
-    }
-    for k in remove {
-        attrs.remove(k);
-    }
-    render(&attrs, max)
-}
-
-/// The attributes of a rendered session; the store only renders JSON objects.
-fn parse_attrs(rendered: &HeaderValue) -> Map<String, Value> {
-    serde_json::from_slice(rendered.as_bytes()).unwrap_or_default()
-}
-
-fn render(attrs: &Map<String, Value>, max: usize) -> Result<HeaderValue, DirectiveError> {
-    let bytes = to_ascii_json(attrs);
-    if bytes.len() > max {
-        return Err(DirectiveError::TooLarge {
-            bytes: bytes.len(),
-            limit: max,
-        });
-    }
-    // An exact-size buffer: a Vec with spare capacity would cost a second allocation.
-    HeaderValue::from_maybe_shared(Bytes::from(bytes.into_boxed_slice())).map_err(|_| {
-        DirectiveError::NotText {
-            header: "attributes".into(),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,7 +694,7 @@ mod tests {
 
     fn set(v: Value) -> Directives {
         Directives {
-            set: Some(v.as_object().unwrap().clone()),
+            set: Some(String::from_utf8(attrs::canonical(v.as_object().unwrap())).unwrap()),
             ..Default::default()
         }
     }
@@ -778,7 +744,7 @@ mod tests {
         );
         let inv = Directives {
             invalidate: true,
-            set: Some(Map::new()),
+            set: Some("{}".into()),
             ..Default::default()
         };
         assert_eq!(
@@ -850,5 +816,61 @@ mod tests {
             .apply(None, &set(json!({"a": 2})), t0, &mut |_| {})
             .unwrap_err();
         assert!(matches!(err, SessionError::Limit(1)));
+    }
+
+    #[test]
+    fn a_replica_holds_the_owners_bytes_and_refuses_a_malformed_delta() {
+        let owner = store(65536, 0);
+        let replica = SessionStore::new(
+            "n2",
+            Limits {
+                default_max_inactive: Duration::from_secs(1800),
+                max_session_bytes: 65536,
+                max_active_sessions: 0,
+            },
+            &Metrics::new(),
+        );
+        let t0 = Instant::now();
+        let mut changes = Vec::new();
+        let b = base_of(
+            &owner
+                .apply(None, &set(json!({"z": 1, "a": [1.5]})), t0, &mut |c| {
+                    changes.push(c)
+                })
+                .unwrap(),
+        );
+        for d in [
+            set(json!({"m": {"x": "é"}, "z": 2})),
+            Directives {
+                remove: vec!["a".into()],
+                ..set(json!({"b": null}))
+            },
+        ] {
+            owner
+                .apply(Key::from_base(&b), &d, t0, &mut |c| changes.push(c))
+                .unwrap();
+        }
+        for c in &changes {
+            assert_eq!(replica.apply_remote(c, t0), Remote::Applied, "{c:?}");
+        }
+        let (o, r) = (owner.get(&b).unwrap(), replica.get(&b).unwrap());
+        assert_eq!(o.rendered, r.rendered);
+        assert_eq!(
+            o.rendered.to_str().unwrap(),
+            r#"{"b":null,"m":{"x":"\u00e9"},"z":2}"#
+        );
+        // A delta whose text is not a JSON object: a gap, the copy unchanged.
+        for bad in ["{bad", r#"{"a":tru}"#, "[1]", r#"{"a":1"#] {
+            let c = Change::Delta {
+                key: key(&b).0,
+                epoch: 1,
+                version: r.version + 1,
+                set: Some(bad.into()),
+                remove: vec![],
+                max_inactive_ms: None,
+            };
+            assert_eq!(replica.apply_remote(&c, t0), Remote::Gap, "{bad}");
+            assert_eq!(replica.get(&b).unwrap().rendered, o.rendered);
+        }
     }
 }

@@ -114,12 +114,18 @@ impl SendError {
 #[derive(Debug)]
 pub struct Head {
     pub parts: response::Parts,
+    /// The headers whose names start with the divert prefix (the session prefix): they
+    /// never enter `parts`.
+    pub diverted: Diverted,
     plan: Plan,
 }
 
+/// Response headers taken out of a head: the name as received, and the value.
+pub type Diverted = Vec<(Bytes, HeaderValue)>;
+
 impl Head {
-    pub fn into_parts(self) -> (response::Parts, Plan) {
-        (self.parts, self.plan)
+    pub fn into_parts(self) -> (response::Parts, Diverted, Plan) {
+        (self.parts, self.diverted, self.plan)
     }
 }
 
@@ -186,11 +192,14 @@ impl Conn {
     }
 
     /// Sends a request and reads the response head. The request's parts are only borrowed,
-    /// so the caller can send them again; the body is consumed as it is sent.
+    /// so the caller can send them again; the body is consumed as it is sent. Response
+    /// headers whose lower-case names start with `divert` (when not empty) go to
+    /// [`Head::diverted`] instead of the header map.
     pub async fn send(
         &mut self,
         req: &request::Parts,
         extra: &[(HeaderName, HeaderValue)],
+        divert: &[u8],
         body: &mut UpBody,
     ) -> Result<Head, SendError> {
         let framing = if body.is_end_stream() {
@@ -258,7 +267,7 @@ impl Conn {
 
         let no_body = req.method == Method::HEAD;
         let mut head = if out.done {
-            read_head(io, &mut self.rbuf, no_body).await?
+            read_head(io, &mut self.rbuf, no_body, divert).await?
         } else {
             let stream = match std::mem::replace(&mut self.io, Io::Gone) {
                 Io::Whole(s) => s,
@@ -278,7 +287,7 @@ impl Conn {
             let Io::Split(rd, _) = &mut self.io else {
                 return Err(SendError::sent("connection busy"));
             };
-            read_head(rd, &mut self.rbuf, no_body).await?
+            read_head(rd, &mut self.rbuf, no_body, divert).await?
         };
         if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
             head.plan.keep_alive = false;
@@ -490,10 +499,11 @@ async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
     no_body: bool,
+    divert: &[u8],
 ) -> Result<Head, SendError> {
     loop {
         if !rbuf.is_empty() {
-            if let Some(head) = parse_head(rbuf, no_body)? {
+            if let Some(head) = parse_head(rbuf, no_body, divert)? {
                 let s = head.parts.status;
                 if s.is_informational() && s != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
@@ -557,8 +567,13 @@ fn common_name(name: &[u8]) -> Option<HeaderName> {
 }
 
 /// Parses one response head off the front of `rbuf`, if it is complete. Header values are
-/// slices of the received bytes, not copies.
-fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendError> {
+/// slices of the received bytes, not copies. Headers named with the `divert` prefix are set
+/// aside (see [`Conn::send`]).
+fn parse_head(
+    rbuf: &mut BytesMut,
+    no_body: bool,
+    divert: &[u8],
+) -> Result<Option<Head>, SendError> {
     let bad = |why: String| SendError::sent(format!("bad response head: {why}"));
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     // (name start, name end, value start, value end) of each header within the head; on
@@ -603,9 +618,20 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
     let mut chunked_last: Option<bool> = None;
     let mut length: Result<Option<u64>, ()> = Ok(None);
     let mut headers = HeaderMap::with_capacity(count);
+    let mut diverted = Diverted::new();
     for &(ns, ne, vs, ve) in spans.iter() {
         let name = &raw[ns as usize..ne as usize];
         let value = &raw[vs as usize..ve as usize];
+        if !divert.is_empty()
+            && name.len() >= divert.len()
+            && name[..divert.len()].eq_ignore_ascii_case(divert)
+        {
+            // httparse checked the name is a token.
+            let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
+                .map_err(|e| bad(e.to_string()))?;
+            diverted.push((raw.slice(ns as usize..ne as usize), value));
+            continue;
+        }
         if is_name(name, b"connection") {
             conn.read(value);
             if !conn.names_headers {
@@ -671,6 +697,7 @@ fn parse_head(rbuf: &mut BytesMut, no_body: bool) -> Result<Option<Head>, SendEr
     *resp.headers_mut() = headers;
     Ok(Some(Head {
         parts: resp.into_parts().0,
+        diverted,
         plan: Plan {
             framing,
             keep_alive,
@@ -971,7 +998,7 @@ mod tests {
 
     fn parse(raw: &[u8], no_body: bool) -> Result<Option<Head>, SendError> {
         let mut b = BytesMut::from(raw);
-        parse_head(&mut b, no_body)
+        parse_head(&mut b, no_body, b"x-session")
     }
 
     #[test]
@@ -1051,9 +1078,27 @@ mod tests {
     }
 
     #[test]
+    fn session_prefixed_headers_are_set_aside() {
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nX-Session-Set: {\"a\":1}\r\nx-kept: 1\r\nx-session: {}\r\nx-sessio: 2\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let h = parse_head(&mut b, false, b"x-session").unwrap().unwrap();
+        let names: Vec<_> = h.diverted.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"X-Session-Set"[..], b"x-session"]);
+        assert_eq!(h.diverted[0].1, r#"{"a":1}"#);
+        let kept: Vec<_> = h.parts.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(kept, ["x-kept", "x-sessio", "content-length"]);
+        // Without a prefix nothing is set aside.
+        let mut b = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nx-session-set: {}\r\n\r\n"[..]);
+        let h = parse_head(&mut b, false, b"").unwrap().unwrap();
+        assert!(h.diverted.is_empty());
+        assert!(h.parts.headers.contains_key("x-session-set"));
+    }
+
+    #[test]
     fn header_values_are_slices_of_the_head() {
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-A: one\r\nx-a: two\r\n\r\nBODY"[..]);
-        let h = parse_head(&mut b, false).unwrap().unwrap();
+        let h = parse_head(&mut b, false, b"").unwrap().unwrap();
         let v: Vec<_> = h.parts.headers.get_all("x-a").iter().collect();
         assert_eq!(v, ["one", "two"]);
         assert_eq!(&b[..], b"BODY", "the body stays in the buffer");

@@ -82,7 +82,7 @@ async fn probe(
         .body(())
         .map_err(|e| e.to_string())?;
     let head = conn
-        .send(&req.into_parts().0, &[], &mut UpBody::Empty)
+        .send(&req.into_parts().0, &[], b"", &mut UpBody::Empty)
         .await
         .map_err(|e| e.reason)?;
     let s = head.parts.status;

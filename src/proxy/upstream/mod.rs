@@ -121,10 +121,13 @@ pub struct Upstream {
     balancer: Balancer,
     cfg: BackendsConfig,
     epoch: Instant,
+    /// The lower-case session header prefix: response headers named with it are the
+    /// backend's session directives, set aside in [`Exchange::session`].
+    divert: Box<[u8]>,
 }
 
 impl Upstream {
-    pub fn new(cfg: &BackendsConfig, metrics: &Metrics) -> Self {
+    pub fn new(cfg: &BackendsConfig, session_prefix: &str, metrics: &Metrics) -> Self {
         let backends: Vec<Arc<Backend>> = cfg
             .servers
             .iter()
@@ -149,6 +152,7 @@ impl Upstream {
             peers: dashmap::DashMap::new(),
             cfg: cfg.clone(),
             epoch: Instant::now(),
+            divert: session_prefix.to_ascii_lowercase().into_bytes().into(),
         }
     }
 
@@ -205,7 +209,7 @@ impl Upstream {
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        match tokio::time::timeout(limit, conn.send(req, extra, body)).await {
+        match tokio::time::timeout(limit, conn.send(req, extra, &self.divert, body)).await {
             Err(_) => Err((false, "no answer in time".into())),
             Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
             Ok(Err(e)) => Err((e.unsent, e.reason)),
@@ -242,8 +246,11 @@ impl Upstream {
                     continue;
                 }
             };
-            match super::timer::timeout(self.cfg.response_timeout, conn.send(req, extra, body))
-                .await
+            match super::timer::timeout(
+                self.cfg.response_timeout,
+                conn.send(req, extra, &self.divert, body),
+            )
+            .await
             {
                 Err(_) => {
                     backend.counters.timeouts.inc();
@@ -271,17 +278,20 @@ impl Upstream {
     }
 }
 
-/// A backend's answer: the response head and its body.
+/// A backend's answer: the response head, its session-prefixed headers (the backend's
+/// session directives, never in `head`), and its body.
 pub struct Exchange {
     pub head: response::Parts,
+    pub session: client::Diverted,
     pub body: ResponseBody,
 }
 
 impl Exchange {
     fn new(conn: Conn, head: client::Head, lease: Lease) -> Self {
-        let (head, plan) = head.into_parts();
+        let (head, session, plan) = head.into_parts();
         Self {
             head,
+            session,
             body: ResponseBody::new(conn, plan, lease),
         }
     }
