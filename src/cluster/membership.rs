@@ -23,7 +23,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::messages::{
-    open_mesh, seal_mesh, FrameError, Heartbeat, Key, MeshMessage, NodeInfo, PeerState, Reject,
+    open_mesh, seal_mesh, seal_replicate, FrameError, Heartbeat, Key, MeshMessage, NodeInfo,
+    PeerState, Reject,
 };
 use super::metrics::ClusterMetrics;
 use crate::config::MembershipConfig;
@@ -106,6 +107,15 @@ impl Membership {
     /// A mesh frame of this cluster (tagged when it has a key).
     pub fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
         bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
+    }
+
+    /// A `Replicate` frame of changes already encoded ([`super::messages::encode_change`]).
+    pub fn seal_replicate<'a>(
+        &self,
+        seq: u64,
+        changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    ) -> bytes::Bytes {
+        bytes::Bytes::from(seal_replicate(seq, changes, self.key.as_ref()))
     }
 
     /// Opens a mesh frame: version, tag, decoding.

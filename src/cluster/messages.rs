@@ -290,15 +290,59 @@ pub enum MeshMessage {
 
 /// Encodes a mesh frame body (the length prefix is the codec's), tagged when `key` is set.
 pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
-    let mut out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
-    if let Ok(body) = postcard::to_stdvec(msg) {
-        out.extend_from_slice(&body);
-    }
+    let out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
+    // Encoding into a Vec cannot fail.
+    let out = postcard::to_extend(msg, out)
+        .unwrap_or_else(|_| vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }]);
+    tag(out, key)
+}
+
+fn tag(mut out: Vec<u8>, key: Option<&Key>) -> Vec<u8> {
     if let Some(k) = key {
         let tag = hmac::sign(&k.0, &out);
         out.extend_from_slice(tag.as_ref());
     }
     out
+}
+
+/// One change as it goes inside a `Replicate` frame: encoded once, however many peers it
+/// goes to ([`seal_replicate`]).
+pub fn encode_change(c: &Change) -> bytes::Bytes {
+    postcard::to_stdvec(c).map(Into::into).unwrap_or_default()
+}
+
+/// Postcard's index of [`MeshMessage::Replicate`]: its position in the enum.
+const REPLICATE_VARIANT: u64 = 3;
+
+/// The frame of `MeshMessage::Replicate { seq, changes }` from changes encoded by
+/// [`encode_change`]. Postcard's wire format is specified and stable: a variant is its
+/// index and a sequence its length, each as a varint, followed by the elements; a test
+/// checks this frame equals [`seal_mesh`] of the message.
+pub fn seal_replicate<'a>(
+    seq: u64,
+    changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    key: Option<&Key>,
+) -> Vec<u8> {
+    let len = changes.clone().map(<[u8]>::len).sum::<usize>();
+    let mut out = Vec::with_capacity(2 + 3 * 10 + len + TAG_LEN);
+    out.extend_from_slice(&[MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }]);
+    push_varint(&mut out, REPLICATE_VARIANT);
+    push_varint(&mut out, seq);
+    push_varint(&mut out, changes.len() as u64);
+    for c in changes {
+        out.extend_from_slice(c);
+    }
+    tag(out, key)
+}
+
+/// Postcard's varint: seven bits per byte, lowest first, the high bit set on all but the
+/// last byte.
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
 }
 
 /// An untagged frame (a cluster without a key).
@@ -371,6 +415,37 @@ pub fn decode_mesh(frame: &[u8]) -> Result<MeshMessage, FrameError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replicate_frame_of_encoded_changes_is_the_sealed_message() {
+        let changes = vec![
+            std::sync::Arc::new(Change::Delta {
+                key: u128::MAX - 5,
+                epoch: 3,
+                version: 300,
+                set: Some(r#"{"a":1}"#.into()),
+                remove: vec!["b".into()],
+                max_inactive_ms: Some(60_000),
+            }),
+            std::sync::Arc::new(Change::Touch {
+                key: 1,
+                epoch: 1,
+                version: 2,
+            }),
+        ];
+        let encoded: Vec<bytes::Bytes> = changes.iter().map(|c| encode_change(c)).collect();
+        for key in [None, Some(Key::new(b"secret"))] {
+            for seq in [0, 127, 128, u64::MAX] {
+                let msg = MeshMessage::Replicate {
+                    seq,
+                    changes: changes.clone(),
+                };
+                let frame = seal_replicate(seq, encoded.iter().map(|b| &b[..]), key.as_ref());
+                assert_eq!(frame, seal_mesh(&msg, key.as_ref()), "seq {seq}");
+                assert_eq!(open_mesh(&frame, key.as_ref()).unwrap(), msg);
+            }
+        }
+    }
 
     fn hb() -> Heartbeat {
         Heartbeat {

@@ -170,7 +170,8 @@ pub struct PeerMetrics {
 }
 
 impl PeerMetrics {
-    pub fn sent(&self, c: &Change) -> &Counter {
-        &self.sent[c.kind_index()]
+    /// By [`Change::kind_index`].
+    pub fn sent(&self, kind: usize) -> &Counter {
+        &self.sent[kind]
     }
 }

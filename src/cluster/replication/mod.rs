@@ -52,7 +52,10 @@ pub enum SendMode {
 
 /// A change on its way to one peer.
 pub struct Outgoing {
-    pub change: Arc<Change>,
+    /// The change as encoded for the mesh (once, shared by every peer it goes to).
+    pub change: bytes::Bytes,
+    /// [`Change::kind_index`], for the metrics.
+    pub kind: usize,
     pub ack: Option<oneshot::Sender<()>>,
     pub enqueued: Instant,
 }
@@ -364,7 +367,8 @@ impl Replicator {
         only: Option<&str>,
         mut waits: Option<&mut Vec<Wait>>,
     ) {
-        let change = Arc::new(change);
+        let kind = change.kind_index();
+        let change = crate::cluster::messages::encode_change(&change);
         let enqueued = Instant::now();
         let peers = self.peers_read();
         for (id, p) in peers.iter() {
@@ -385,6 +389,7 @@ impl Replicator {
             };
             let out = Outgoing {
                 change: change.clone(),
+                kind,
                 ack,
                 enqueued,
             };

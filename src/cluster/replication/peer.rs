@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::PeerMetrics;
 use super::{Outgoing, Replicator};
 use crate::cluster::mesh::codec;
-use crate::cluster::messages::{Change, MeshMessage, NodeInfo};
+use crate::cluster::messages::{encode_change, Change, MeshMessage, NodeInfo};
 
 const MAX_BATCH: usize = 512;
 
@@ -100,12 +100,11 @@ pub async fn run(
                 }
             };
             seq += 1;
-            let changes: Vec<Arc<Change>> = batch.iter().map(|o| o.change.clone()).collect();
             let frame = rep
                 .membership
-                .seal(&MeshMessage::Replicate { seq, changes });
+                .seal_replicate(seq, batch.iter().map(|o| &o.change[..]));
             for o in &batch {
-                metrics.sent(&o.change).inc();
+                metrics.sent(o.kind).inc();
             }
             metrics.bytes_sent.inc_by(frame.len() as u64);
             inflight.insert(seq, batch);
@@ -155,8 +154,10 @@ fn on_ack(
     for key in need_full {
         if let Some(full) = rep.store.full_copy(key, now) {
             depth.fetch_add(1, Ordering::Relaxed);
+            let full = Change::Full(full);
             retry.push_back(Outgoing {
-                change: Arc::new(Change::Full(full)),
+                change: encode_change(&full),
+                kind: full.kind_index(),
                 ack: None,
                 enqueued: now,
             });
