@@ -9,7 +9,8 @@
 #   2. sticky traffic: a session cookie on every request (nginx: hash $cookie_JSESSIONID
 #      consistent; HAProxy: cookie persistence; caracal: reads the session and sends it)
 #   3. session writes (caracal only): one attribute written per request on a 3-node
-#      cluster, sync and async, against a single node
+#      cluster, sync and async, against a single node and against plain proxying measured
+#      in the same minutes (alternating with the cluster runs)
 #   4. HTTP/2 over TLS with h2load
 #
 # Usage: bench/compare.sh            (DURATION=10 RUNS=3 CONNS=64 by default)
@@ -158,10 +159,13 @@ CONF
   for i in 1 2 3; do until curl -sf -o /dev/null "http://127.0.0.1:1884$i/ready"; do sleep 0.1; done; done
   until [ "$(curl -s http://127.0.0.1:18841/status | grep -c '"jvm_route"')" -ge 3 ]; do sleep 0.1; done
   S=$(curl -s -D - -o /dev/null "http://127.0.0.1:18831/login" | tr -d '\r' | sed -n 's/^set-cookie: JSESSIONID=\([^;]*\).*/\1/Ip')
+  # The plain reference is measured again next to each cluster run: this machine's speed
+  # drifts over minutes, and the ratio should compare like with like.
   for _ in $(seq "$RUNS"); do
+    once "near.$mode" wrk "http://127.0.0.1:$CAR/" "" "$PID_CAR"
     once "write.$mode" wrk "http://127.0.0.1:18831/write" "Cookie: JSESSIONID=$S" "${pids[@]}"
   done
-  finish "write.$mode"
+  finish "write.$mode" "near.$mode"
   unrep=$(curl -s http://127.0.0.1:18841/metrics | awk '/^caracal_replication_unreplicated_writes_total/ {print $2}')
   echo "$mode: unreplicated writes $unrep" >&2
   kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
@@ -187,12 +191,14 @@ for p in caracal nginx haproxy; do row "2. sticky cookie, $p" sticky.$p; done
 for p in caracal nginx haproxy; do row "4. h2 over TLS, $p" h2.$p; done
 row "3. session write, 1 node" write.single
 row "3. session write, 3 nodes sync" write.sync
+row "   plain GET, next to the sync runs" near.sync
 row "3. session write, 3 nodes async" write.async
+row "   plain GET, next to the async runs" near.async
 echo
 echo "ratios (req/s): plain caracal/nginx $(ratio plain.caracal plain.nginx), caracal/haproxy $(ratio plain.caracal plain.haproxy);"
 echo "  sticky caracal/nginx $(ratio sticky.caracal sticky.nginx), caracal/haproxy $(ratio sticky.caracal sticky.haproxy);"
 echo "  h2 caracal/nginx $(ratio h2.caracal h2.nginx), caracal/haproxy $(ratio h2.caracal h2.haproxy);"
-echo "  writes 3-node sync / plain $(ratio write.sync plain.caracal), async / plain $(ratio write.async plain.caracal), 1-node / plain $(ratio write.single plain.caracal)"
+echo "  writes 3-node sync / plain $(ratio write.sync near.sync), async / plain $(ratio write.async near.async) (plain measured next to them), 1-node / plain $(ratio write.single plain.caracal)"
 echo "CPU per request: plain caracal/nginx $(cpuratio plain.caracal plain.nginx), caracal/haproxy $(cpuratio plain.caracal plain.haproxy);"
 echo "  sticky caracal/nginx $(cpuratio sticky.caracal sticky.nginx), caracal/haproxy $(cpuratio sticky.caracal sticky.haproxy);"
 echo "  h2 caracal/nginx $(cpuratio h2.caracal h2.nginx), caracal/haproxy $(cpuratio h2.caracal h2.haproxy)"
