@@ -54,7 +54,8 @@ fn with_cookie(
         .unwrap()
 }
 
-async fn wait_ready(admin: SocketAddr) {
+/// `log`: the demo's stderr, shown when the node never becomes ready.
+async fn wait_ready(admin: SocketAddr, log: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(r) = try_http(admin, get("/ready")).await {
@@ -64,7 +65,8 @@ async fn wait_ready(admin: SocketAddr) {
         }
         assert!(
             Instant::now() < deadline,
-            "demo node {admin} never became ready"
+            "demo node {admin} never became ready; the demo's log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -73,6 +75,7 @@ async fn wait_ready(admin: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_walkthrough_survives_killing_the_owner() {
     let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
+    let log = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(BIN)
         .args([
             "demo",
@@ -84,7 +87,7 @@ async fn demo_walkthrough_survives_killing_the_owner() {
             &backend_port.to_string(),
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
         .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
@@ -103,7 +106,7 @@ async fn demo_walkthrough_survives_killing_the_owner() {
     let node = |i: u16| -> SocketAddr { ([127, 0, 0, 1], http_port + i).into() };
     let admin = |i: u16| -> SocketAddr { ([127, 0, 0, 1], admin_port + i).into() };
     for i in 0..3 {
-        wait_ready(admin(i)).await;
+        wait_ready(admin(i), log.path()).await;
     }
     for i in 0..3 {
         let deadline = Instant::now() + Duration::from_secs(5);
