@@ -290,10 +290,10 @@ pub enum MeshMessage {
 
 /// Encodes a mesh frame body (the length prefix is the codec's), tagged when `key` is set.
 pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
-    let out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
-    // Encoding into a Vec cannot fail.
-    let out = postcard::to_extend(msg, out)
-        .unwrap_or_else(|_| vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }]);
+    let mut out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
+    if let Ok(body) = postcard::to_stdvec(msg) {
+        out.extend_from_slice(&body);
+    }
     tag(out, key)
 }
 
