@@ -195,26 +195,36 @@ impl Frontend {
         let client = std::sync::Arc::new(client);
         let peer = client.peer;
         let shutdown = self.drain.register();
-        let svc = service_fn(move |req| {
+        let handle = move |req| {
             let proxy = proxy.clone();
             let client = client.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
-        });
+        };
         let result = match protocol {
             Protocol::Http1 => {
-                let conn = self.http1.serve_connection(io, svc).with_upgrades();
+                let conn = self
+                    .http1
+                    .serve_connection(io, service_fn(handle))
+                    .with_upgrades();
                 drive(conn, shutdown, |c| c.graceful_shutdown())
                     .await
                     .map_err(|e| e.to_string())
             }
             Protocol::Http2 => {
+                // Each stream's future is spawned as a task, moved a few times on the way:
+                // boxed, a move copies a pointer, not the kilobytes of the request's state
+                // (4-5% fewer instructions per HTTP/2 request; for HTTP/1, where the future
+                // stays in its connection, the allocation costs more than it saves).
+                let svc = service_fn(move |req| Box::pin(handle(req)));
                 let conn = self.http2.serve_connection(io, svc);
                 drive(conn, shutdown, |c| c.graceful_shutdown())
                     .await
                     .map_err(|e| e.to_string())
             }
             Protocol::Sniff => {
-                let conn = self.auto.serve_connection_with_upgrades(io, svc);
+                let conn = self
+                    .auto
+                    .serve_connection_with_upgrades(io, service_fn(handle));
                 drive(conn, shutdown, |c| c.graceful_shutdown())
                     .await
                     .map_err(|e| e.to_string())
