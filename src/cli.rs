@@ -4,7 +4,7 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure (e.g. a port in use), 2 bad config.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,7 +78,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => match config::load(&args.config, &args.set) {
             Ok(cfg) => {
-                println!(
+                // A closed stdout is no reason to panic: the exit code says it all.
+                let _ = writeln!(
+                    std::io::stdout(),
                     "{}: ok (jvm_route {}, {} backend(s))",
                     args.config.display(),
                     cfg.node.jvm_route,

@@ -7,6 +7,7 @@
 //! (matched by the static filter), `/health`.
 
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -221,7 +222,10 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
             p = pid(c)
         ));
     }
-    println!(
+    // Ignoring a write error: a closed stdout (`caracal demo | head`) must not stop the demo
+    // (println! would panic on it).
+    let _ = writeln!(
+        std::io::stdout(),
         "\ncaracal demo: a three-node cluster and two stateless demo backends, all on loopback.\n\n\
          {lines}backends http://127.0.0.1:{b0}  http://127.0.0.1:{b1}\n\
          logs and confs in {dir}\n\n\

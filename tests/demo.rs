@@ -93,16 +93,20 @@ async fn demo_walkthrough_survives_killing_the_owner() {
     let out = BufReader::new(child.stdout.take().unwrap());
     let guard = Killed(child);
     // The node1 line carries its PID: "node1  http://...   pid 1234".
-    let node1_pid = tokio::task::spawn_blocking(move || {
+    // The rest of its output is read too, in the background: the demo must not meet a
+    // closed pipe (a test of its own below).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
         for line in out.lines().map_while(Result::ok) {
             if line.starts_with("node1 ") {
-                return line.rsplit(' ').next().unwrap().trim().to_string();
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(line.rsplit(' ').next().unwrap().trim().to_string());
+                }
             }
         }
-        panic!("demo printed no node1 line");
-    })
-    .await
-    .unwrap();
+    });
+    let node1_pid = rx.await.expect("demo printed no node1 line");
     let node = |i: u16| -> SocketAddr { ([127, 0, 0, 1], http_port + i).into() };
     let admin = |i: u16| -> SocketAddr { ([127, 0, 0, 1], admin_port + i).into() };
     for i in 0..3 {
@@ -169,4 +173,35 @@ async fn demo_walkthrough_survives_killing_the_owner() {
         "{rewritten}"
     );
     drop(guard);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_does_not_stop_the_demo() {
+    let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--port",
+            &http_port.to_string(),
+            "--admin-port",
+            &admin_port.to_string(),
+            "--backend-port",
+            &backend_port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log.reopen().unwrap()))
+        .spawn()
+        .unwrap();
+    // As `caracal demo | true` does: nobody reads what it prints.
+    drop(child.stdout.take());
+    let mut guard = Killed(child);
+    for i in 0..3 {
+        wait_ready(([127, 0, 0, 1], admin_port + i).into(), log.path()).await;
+    }
+    assert!(
+        guard.0.try_wait().unwrap().is_none(),
+        "the demo exited; its log:\n{}",
+        std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
 }
