@@ -42,7 +42,13 @@ async fn copies(nodes: &[&Node], bases: &[String]) -> Vec<(usize, Vec<String>)> 
     out
 }
 
-async fn wait_two_copies(nodes: &[&Node], bases: &[String], within: Duration) -> Vec<Vec<String>> {
+/// `phase` names the step in the failure message.
+async fn wait_two_copies(
+    phase: &str,
+    nodes: &[&Node],
+    bases: &[String],
+    within: Duration,
+) -> Vec<Vec<String>> {
     let deadline = Instant::now() + within;
     loop {
         let c = copies(nodes, bases).await;
@@ -50,7 +56,11 @@ async fn wait_two_copies(nodes: &[&Node], bases: &[String], within: Duration) ->
             return c.into_iter().map(|(_, h)| h).collect();
         }
         let bad: Vec<_> = c.iter().filter(|(n, _)| *n != 2).take(3).collect();
-        assert!(Instant::now() < deadline, "not exactly two copies: {bad:?}");
+        let total = c.iter().filter(|(n, _)| *n != 2).count();
+        assert!(
+            Instant::now() < deadline,
+            "{phase}: {total} sessions not on exactly two nodes, e.g. {bad:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -85,7 +95,7 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
         .map(|i| i.split('.').next().unwrap().to_string())
         .collect();
     let all: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&all, &bases, Duration::from_secs(10)).await;
+    wait_two_copies("created", &all, &bases, Duration::from_secs(10)).await;
     let total: u64 = {
         let mut t = 0;
         for n in &nodes {
@@ -105,12 +115,18 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     }
     // ...and are on exactly two live nodes again.
     let live: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
+    wait_two_copies(
+        "after the owner's death",
+        &live,
+        &bases,
+        Duration::from_secs(10),
+    )
+    .await;
 
     // A fifth node joins: still two copies each, some of them now on it.
     nodes.push(Node::start(&conf("n5", &b.url())).await);
     let live: Vec<&Node> = nodes.iter().collect();
-    let holders = wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
+    let holders = wait_two_copies("after a join", &live, &bases, Duration::from_secs(10)).await;
     let on_n5 = holders
         .iter()
         .filter(|h| h.iter().any(|r| r == "n5"))
@@ -121,7 +137,13 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     let mut n2 = nodes.remove(0);
     kill(&mut n2);
     let live: Vec<&Node> = nodes.iter().collect();
-    wait_two_copies(&live, &bases, Duration::from_secs(10)).await;
+    wait_two_copies(
+        "after a backup's death",
+        &live,
+        &bases,
+        Duration::from_secs(10),
+    )
+    .await;
     for (i, id) in ids.iter().enumerate().take(50) {
         let r = http(nodes[i % 3].http, count(id)).await;
         assert_eq!(r.status, StatusCode::OK);
