@@ -237,8 +237,9 @@ impl Replicator {
     /// for the sessions this node holds (SPEC 4.5 backup):
     /// - owned sessions whose backup moved: a full copy to the new backup, acked, then the
     ///   old backup (if alive) drops its copy;
-    /// - copies of a dead owner's sessions: the successor takes over (higher epoch) and
-    ///   sends its own backup a copy; a holder that is not the successor hands its copy on.
+    /// - copies of a dead owner's sessions (an owner this node saw leave): the successor
+    ///   takes over (higher epoch) and sends its own backup a copy; a holder that is not
+    ///   the successor hands its copy on.
     pub async fn rebalance(self: Arc<Self>, shutdown: CancellationToken) {
         if self.manager != Manager::Backup {
             return;
@@ -304,8 +305,11 @@ impl Replicator {
                     };
                     drops.push((ob.to_string(), drop));
                 }
-            } else if !new.iter().any(|r| **r == *owner) {
-                // A copy of a dead owner's session.
+            } else if old.iter().any(|r| **r == *owner) && !new.iter().any(|r| **r == *owner) {
+                // A copy of a dead owner's session: one this node saw leave. An owner it
+                // has not seen yet (a joiner gets copies from owners before it hears all
+                // their heartbeats) is not dead: taking those over split a live owner's
+                // sessions (tests/backup.rs caught it, a few runs in a hundred).
                 let with_me = new
                     .iter()
                     .map(String::as_str)
