@@ -622,16 +622,6 @@ fn parse_head(
     for &(ns, ne, vs, ve) in spans.iter() {
         let name = &raw[ns as usize..ne as usize];
         let value = &raw[vs as usize..ve as usize];
-        if !divert.is_empty()
-            && name.len() >= divert.len()
-            && name[..divert.len()].eq_ignore_ascii_case(divert)
-        {
-            // httparse checked the name is a token.
-            let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
-                .map_err(|e| bad(e.to_string()))?;
-            diverted.push((raw.slice(ns as usize..ne as usize), value));
-            continue;
-        }
         if is_name(name, b"connection") {
             conn.read(value);
             if !conn.names_headers {
@@ -647,12 +637,22 @@ fn parse_head(
         } else if is_name(name, b"content-length") {
             length = length.and_then(|found| add_length(found, value));
         }
+        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
+            .map_err(|e| bad(e.to_string()))?;
+        // After the framing reads: a prefix that also starts a framing header (a valid if
+        // odd `header_prefix`) must not take the body's framing with it.
+        if !divert.is_empty()
+            && name.len() >= divert.len()
+            && name[..divert.len()].eq_ignore_ascii_case(divert)
+        {
+            // httparse checked the name is a token.
+            diverted.push((raw.slice(ns as usize..ne as usize), value));
+            continue;
+        }
         let name = match common_name(name) {
             Some(n) => n,
             None => HeaderName::from_bytes(name).map_err(|e| bad(e.to_string()))?,
         };
-        let value = HeaderValue::from_maybe_shared(raw.slice(vs as usize..ve as usize))
-            .map_err(|e| bad(e.to_string()))?;
         headers.append(name, value);
     }
     let mut keep_alive = if version == Version::HTTP_10 {
@@ -1088,6 +1088,19 @@ mod tests {
         assert_eq!(h.diverted[0].1, r#"{"a":1}"#);
         let kept: Vec<_> = h.parts.headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(kept, ["x-kept", "x-sessio", "content-length"]);
+        // A prefix that also starts the framing headers leaves the framing intact.
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x\r\n\r\n3\r\nabc\r\n"[..],
+        );
+        let h = parse_head(&mut b, false, b"tr").unwrap().unwrap();
+        assert!(matches!(h.plan.framing, Framing::Chunked(_)));
+        assert!(h.plan.keep_alive);
+        let names: Vec<_> = h.diverted.iter().map(|(n, _)| &n[..]).collect();
+        assert_eq!(names, [&b"Trailer"[..]]);
+        let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"[..]);
+        let h = parse_head(&mut b, false, b"content").unwrap().unwrap();
+        assert!(matches!(h.plan.framing, Framing::Length(3)));
+        assert_eq!(h.diverted.len(), 1);
         // Without a prefix nothing is set aside.
         let mut b = BytesMut::from(&b"HTTP/1.1 204 No Content\r\nx-session-set: {}\r\n\r\n"[..]);
         let h = parse_head(&mut b, false, b"").unwrap().unwrap();
