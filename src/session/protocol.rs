@@ -16,8 +16,6 @@ use super::attrs;
 /// Header names built once from the prefix.
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// Lower-case prefix: a response with no header starting with it has no directives.
-    pub prefix: String,
     pub id: HeaderName,
     pub session: HeaderName,
     pub node: HeaderName,
@@ -34,7 +32,6 @@ impl Names {
     pub fn new(prefix: &str) -> Result<Self, http::header::InvalidHeaderName> {
         let n = |suffix: &str| HeaderName::from_bytes(format!("{prefix}{suffix}").as_bytes());
         Ok(Self {
-            prefix: prefix.to_ascii_lowercase(),
             id: n("-id")?,
             session: n("")?,
             node: n("-node")?,
@@ -67,11 +64,6 @@ impl Directives {
             && !self.renew
             && !self.invalidate
             && self.max_inactive.is_none()
-    }
-
-    /// The merged `-Set` object as canonical JSON text, for replication.
-    pub fn set_json(&self) -> Option<String> {
-        self.set.clone()
     }
 
     /// Changes the attributes or the timeout (create-worthy when there is no session yet
@@ -220,10 +212,7 @@ mod tests {
         // Two -Set headers replicate as their merge; any -Set in canonical form.
         let one = heads(&[("x-session-set", r#"{ "z": [1, 2.50], "a": "\u00e9" }"#)]);
         let d = parse(&one, &n).unwrap();
-        assert_eq!(
-            d.set_json().as_deref(),
-            Some(r#"{"a":"\u00e9","z":[1,2.5]}"#)
-        );
+        assert_eq!(d.set.as_deref(), Some(r#"{"a":"\u00e9","z":[1,2.5]}"#));
         assert!(parse(&[], &n).unwrap().is_empty());
         // Prefixed headers that are no directive change nothing.
         let other = heads(&[("x-sessions", "1"), ("x-session-id", "FORGED")]);

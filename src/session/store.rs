@@ -368,7 +368,7 @@ impl SessionStore {
                     key: k.0,
                     epoch: s.epoch,
                     version: s.version,
-                    set: d.set_json(),
+                    set: d.set.clone(),
                     remove: d.remove.clone(),
                     max_inactive_ms: d.max_inactive.map(|m| m.as_millis() as u64),
                 });
