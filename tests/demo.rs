@@ -72,11 +72,10 @@ async fn wait_ready(admin: SocketAddr, log: &std::path::Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_walkthrough_survives_killing_the_owner() {
+/// `caracal demo` on free ports, stdout piped, stderr to `log`: (child, http port, admin port).
+fn spawn_demo(log: &tempfile::NamedTempFile) -> (std::process::Child, u16, u16) {
     let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args([
             "demo",
             "--port",
@@ -90,6 +89,13 @@ async fn demo_walkthrough_survives_killing_the_owner() {
         .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
         .unwrap();
+    (child, http_port, admin_port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_walkthrough_survives_killing_the_owner() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (mut child, http_port, admin_port) = spawn_demo(&log);
     let out = BufReader::new(child.stdout.take().unwrap());
     let guard = Killed(child);
     // The node1 line carries its PID: "node1  http://...   pid 1234".
@@ -177,22 +183,8 @@ async fn demo_walkthrough_survives_killing_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_does_not_stop_the_demo() {
-    let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
     let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--port",
-            &http_port.to_string(),
-            "--admin-port",
-            &admin_port.to_string(),
-            "--backend-port",
-            &backend_port.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log.reopen().unwrap()))
-        .spawn()
-        .unwrap();
+    let (mut child, _, admin_port) = spawn_demo(&log);
     // As `caracal demo | true` does: nobody reads what it prints.
     drop(child.stdout.take());
     let mut guard = Killed(child);
