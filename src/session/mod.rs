@@ -131,13 +131,17 @@ impl SessionLayer {
         rs.presented = presented.is_some();
         let client_id = presented.and_then(id::parse);
 
+        let Some(c) = client_id else {
+            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+            return Plan::Local(rs);
+        };
         let me = self.store.route();
+        // Read only for a request that names a session.
         let now = Instant::now();
         // The session found while deciding (one store lookup on the common path).
         let mut found = None;
-        let decision = match (&client_id, self.replicator.get()) {
-            (None, _) => routing::Decision::NoSession,
-            (Some(c), None) => {
+        let decision = match self.replicator.get() {
+            None => {
                 // No cluster: only this node's store counts.
                 found = self
                     .store
@@ -148,7 +152,7 @@ impl SessionLayer {
                     routing::Decision::NoSession
                 }
             }
-            (Some(c), Some(r)) => {
+            Some(r) => {
                 match self
                     .store
                     .access_if_owner(c.key, now, &mut |ch| self.replicate_async(ch))
@@ -167,10 +171,6 @@ impl SessionLayer {
         if let routing::Decision::Forward(to) = decision {
             return Plan::Forward(to);
         }
-        let Some(c) = client_id else {
-            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
-            return Plan::Local(rs);
-        };
         let found = match decision {
             routing::Decision::Local => found.or_else(|| {
                 self.store

@@ -1,10 +1,11 @@
 //! Keep-alive connections to one backend. HTTP/1.1 only upstream, as nginx and HAProxy do by
 //! default: one request per connection at a time, connections reused LIFO (the warmest
-//! first), dropped after `idle_timeout` so a backend's own keep-alive timeout never races us.
+//! first), dropped after `idle_timeout` (to a timer tick, [`coarse_now`]) so a backend's own keep-alive timeout never races us.
 
 use std::time::{Duration, Instant};
 
 use crate::config::BackendsConfig;
+use crate::proxy::timer::coarse_now;
 
 use super::client::Conn;
 use super::Backend;
@@ -44,7 +45,9 @@ impl Backend {
                 list.pop()
             };
             let Some(mut idle) = idle else { break };
-            if idle.since.elapsed() < cfg.idle_timeout && idle.conn.is_usable() {
+            if coarse_now().saturating_duration_since(idle.since) < cfg.idle_timeout
+                && idle.conn.is_usable()
+            {
                 return Ok((idle.conn, false));
             }
         }
@@ -57,7 +60,7 @@ impl Backend {
         if list.len() < max_idle {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: coarse_now(),
             });
         }
     }
@@ -66,7 +69,10 @@ impl Backend {
     /// (called by the health loop).
     pub fn reap_idle(&self, idle_timeout: Duration) {
         let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        list.retain_mut(|i| i.since.elapsed() < idle_timeout && i.conn.is_usable());
+        let now = coarse_now();
+        list.retain_mut(|i| {
+            now.saturating_duration_since(i.since) < idle_timeout && i.conn.is_usable()
+        });
     }
 
     pub fn idle_count(&self) -> usize {
