@@ -18,7 +18,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How often the ticker thread runs.
-pub const TICK: Duration = Duration::from_millis(10);
+pub const TICK: Duration = Duration::from_millis(TICK_MS);
+const TICK_MS: u64 = 10;
 const SHARDS: usize = 16;
 
 struct Entry {
@@ -116,22 +117,25 @@ fn my_shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// The ticker's clock: the time of the last tick, so at most about a [`TICK`] behind the
-/// real clock (more only if the ticker thread is starved), and free to read. For the
-/// bookkeeping of idle connections and the timers' deadlines, which are seconds long: a
-/// real clock read costs ~16 ns on this VM and was 1.3% of a proxied request at ~9 reads
-/// per request (perf, bench/RESULTS.md).
-pub fn coarse_now() -> Instant {
-    // Without a ticker the clock would stand still (the node starts it; this covers tests).
-    let _ = start();
-    let w = wheel();
-    w.base + Duration::from_millis(w.now())
+/// The ticker's clock in milliseconds since the wheel's base: the time of the last tick,
+/// so at most about a [`TICK`] behind the real clock (more only if the ticker thread is
+/// starved), and free to read. For the deadlines of the timers and the age of idle
+/// connections, which are seconds long: a real clock read costs ~16 ns on this VM and was
+/// 1.3% of a proxied request at ~9 reads per request (perf, bench/RESULTS.md). The node
+/// starts the ticker ([`start`]); without it this clock stands still.
+pub fn coarse_ms() -> u64 {
+    wheel().now()
 }
 
-/// An upper bound of the real time (the ticker's clock plus a tick), for deadlines that
-/// must not come early.
+/// [`coarse_ms`] plus a tick: an upper bound of the real time while the ticker keeps time,
+/// for deadlines that must not come early.
+fn coarse_upper_ms() -> u64 {
+    coarse_ms().saturating_add(TICK_MS)
+}
+
+/// [`coarse_upper_ms`] as an `Instant` (hyper's timer wants one).
 fn coarse_upper() -> Instant {
-    coarse_now() + TICK
+    wheel().base + Duration::from_millis(coarse_upper_ms())
 }
 
 /// The wheel's millisecond of `deadline`, rounded up: a sleep is never woken early (the
@@ -155,13 +159,11 @@ pub struct Sleep {
 }
 
 impl Sleep {
-    /// A sleep of at least `d` (measured from the ticker's clock plus a tick, so it is
-    /// never short while the ticker keeps time; it can be up to two ticks long).
+    /// A sleep of at least `d`, measured on the ticker's clock from [`coarse_upper_ms`]: never
+    /// short while the ticker keeps time, up to two ticks long.
     pub fn new(d: Duration) -> Self {
-        match coarse_upper().checked_add(d) {
-            Some(deadline) => Self::until(deadline),
-            None => Self::at(u64::MAX),
-        }
+        let d_ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
+        Self::at(coarse_upper_ms().saturating_add(d_ms))
     }
 
     pub fn until(deadline: Instant) -> Self {
@@ -303,21 +305,19 @@ mod tests {
     #[test]
     fn the_coarse_clock_trails_the_real_one_by_about_a_tick() {
         start().unwrap();
+        let w = wheel();
+        let real_ms = || u64::try_from(w.base.elapsed().as_millis()).unwrap();
         // Wait for a tick after this point, so the bound below holds on a loaded machine.
-        let t = Instant::now();
-        while coarse_now() < t {
+        let t = real_ms();
+        while coarse_ms() < t {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let c = coarse_now();
-        let real = Instant::now();
-        assert!(c <= real, "the coarse clock is ahead: {c:?} > {real:?}");
+        let c = coarse_ms();
+        let real = real_ms();
+        assert!(c <= real, "the coarse clock is ahead: {c} > {real} ms");
         // A tick is 10 ms; a second covers a starved ticker on a loaded CI machine.
-        assert!(
-            real - c < Duration::from_secs(1),
-            "trails by {:?}",
-            real - c
-        );
-        assert!(coarse_upper() > c);
+        assert!(real - c < 1000, "trails by {} ms", real - c);
+        assert_eq!(coarse_upper_ms(), c + TICK_MS);
     }
 
     #[tokio::test]

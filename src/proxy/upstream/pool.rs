@@ -1,11 +1,11 @@
 //! Keep-alive connections to one backend. HTTP/1.1 only upstream, as nginx and HAProxy do by
 //! default: one request per connection at a time, connections reused LIFO (the warmest
-//! first), dropped after `idle_timeout` (to a timer tick, [`coarse_now`]) so a backend's own keep-alive timeout never races us.
+//! first), dropped after `idle_timeout` (to a timer tick, [`coarse_ms`]) so a backend's own keep-alive timeout never races us.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::config::BackendsConfig;
-use crate::proxy::timer::coarse_now;
+use crate::proxy::timer::coarse_ms;
 
 use super::client::Conn;
 use super::Backend;
@@ -13,7 +13,12 @@ use super::Backend;
 #[derive(Debug)]
 pub struct Idle {
     conn: Conn,
-    since: Instant,
+    /// Checked in at this [`coarse_ms`].
+    since: u64,
+}
+
+fn idle_for(since: u64, now: u64) -> Duration {
+    Duration::from_millis(now.saturating_sub(since))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +50,7 @@ impl Backend {
                 list.pop()
             };
             let Some(mut idle) = idle else { break };
-            if coarse_now().saturating_duration_since(idle.since) < cfg.idle_timeout
-                && idle.conn.is_usable()
-            {
+            if idle_for(idle.since, coarse_ms()) < cfg.idle_timeout && idle.conn.is_usable() {
                 return Ok((idle.conn, false));
             }
         }
@@ -60,7 +63,7 @@ impl Backend {
         if list.len() < max_idle {
             list.push(Idle {
                 conn,
-                since: coarse_now(),
+                since: coarse_ms(),
             });
         }
     }
@@ -69,10 +72,8 @@ impl Backend {
     /// (called by the health loop).
     pub fn reap_idle(&self, idle_timeout: Duration) {
         let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let now = coarse_now();
-        list.retain_mut(|i| {
-            now.saturating_duration_since(i.since) < idle_timeout && i.conn.is_usable()
-        });
+        let now = coarse_ms();
+        list.retain_mut(|i| idle_for(i.since, now) < idle_timeout && i.conn.is_usable());
     }
 
     pub fn idle_count(&self) -> usize {
