@@ -101,7 +101,7 @@ impl SessionLayer {
             cookie: s.cookie.clone(),
             names: protocol::Names::new(&s.header_prefix)?,
             filter: cfg.replication.filter.clone(),
-            route: HeaderValue::from_str(&cfg.node.jvm_route)?,
+            route: protocol::static_value(&cfg.node.jvm_route)?,
             binder: cfg.jvm_route_binder,
             directive_errors,
         })
