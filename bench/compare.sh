@@ -180,7 +180,7 @@ ratio() { awk -v a="$(cut -d' ' -f1 "$W/$1")" -v b="$(cut -d' ' -f1 "$W/$2")" 'B
 cpuratio() { awk -v a="$(cut -d' ' -f5 "$W/$1")" -v b="$(cut -d' ' -f5 "$W/$2")" 'BEGIN { printf "%.2f", a/b }'; }
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
-echo "versions: $("$BIN" --version), $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1)"
+echo "versions: $("$BIN" --version), nginx $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1)"
 echo "runs: $RUNS interleaved rounds x ${DURATION}s, medians; wrk -t1 -c$CONNS; h2load -c16 -m16 (no percentiles: mean / max)"
 echo "CPU us/req: the proxy process's CPU time per request (all three nodes for the cluster rows)"
 echo

@@ -278,7 +278,10 @@ async fn same_receiver_port_on_one_host_auto_binds_and_announces_real_ports() {
     let m1 = s1["node"]["mesh_addr"].as_str().unwrap().to_string();
     let m2 = s2["node"]["mesh_addr"].as_str().unwrap().to_string();
     assert_ne!(m1, m2, "both announced the same mesh port");
+    // Each side waits for its own view: one node hearing the other says nothing of the
+    // reverse direction (this test flaked when it asserted a2's view unawaited).
     wait_routes(&nodes[0], &["a2"], Duration::from_secs(2)).await;
+    wait_routes(&nodes[1], &["a1"], Duration::from_secs(2)).await;
     let s1 = nodes[0].status().await;
     assert_eq!(s1["members"][0]["mesh_addr"], m2.as_str());
     let s2 = nodes[1].status().await;
