@@ -7,8 +7,11 @@
 //!
 //! A pending [`Sleep`] parks its waker in a slot of a sharded slab (the shard of the thread
 //! that first polled it). One ticker thread advances a shared millisecond clock every tick
-//! and wakes the sleeps that are due. Deadlines are taken from the real clock, so a sleep
-//! never fires early; it fires about a tick late at most (more if the ticker is starved).
+//! and wakes the sleeps that are due. That clock ([`coarse_ms`]) is also what deadlines are
+//! measured from, so setting one reads no clock: a deadline counts from the last tick plus
+//! a tick, an upper bound of the real time, so a sleep does not fire early while the
+//! ticker keeps time; it fires up to about two ticks late (more if the ticker is starved).
+//! The idle connection pool reads the same clock for its connections' ages.
 
 use std::future::Future;
 use std::pin::Pin;
