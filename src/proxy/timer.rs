@@ -162,8 +162,8 @@ pub struct Sleep {
 }
 
 impl Sleep {
-    /// A sleep of at least `d`, measured on the ticker's clock from [`coarse_upper_ms`]: never
-    /// short while the ticker keeps time, up to two ticks long.
+    /// A sleep of at least `d`, measured on the ticker's clock from its last tick plus a
+    /// tick: never short while the ticker keeps time, up to two ticks long.
     pub fn new(d: Duration) -> Self {
         let d_ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         Self::at(coarse_upper_ms().saturating_add(d_ms))

@@ -58,8 +58,8 @@ fn static_name(name: &str) -> Result<HeaderName, http::header::InvalidHeaderName
     Ok(HeaderName::from_static(Box::leak(lower.into_boxed_str())))
 }
 
-/// The value of a header added to every request, leaked to `'static` like [`static_name`]
-/// (it must be visible ASCII, which `from_static` asserts).
+/// The value of a header added to every request, leaked to `'static` like the session
+/// header names (only visible ASCII and spaces, which `from_static` accepts).
 pub fn static_value(value: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let checked = HeaderValue::from_str(value)?;
     if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
