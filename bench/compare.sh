@@ -199,6 +199,17 @@ echo "ratios (req/s): plain caracal/nginx $(ratio plain.caracal plain.nginx), ca
 echo "  sticky caracal/nginx $(ratio sticky.caracal sticky.nginx), caracal/haproxy $(ratio sticky.caracal sticky.haproxy);"
 echo "  h2 caracal/nginx $(ratio h2.caracal h2.nginx), caracal/haproxy $(ratio h2.caracal h2.haproxy);"
 echo "  writes 3-node sync / plain $(ratio write.sync near.sync), async / plain $(ratio write.async near.async) (plain measured next to them), 1-node / plain $(ratio write.single plain.caracal)"
+# The goal's measure round by round: caracal against the faster peer of the same round
+# (rounds are minutes apart and this machine drifts; the spread shows how far to trust a
+# median).
+vsbest() { # case -> "median (min-max), N of RUNS rounds >= 1.0"
+  paste -d' ' <(cut -d' ' -f1 "$W/$1.caracal.runs") <(cut -d' ' -f1 "$W/$1.nginx.runs") \
+    <(cut -d' ' -f1 "$W/$1.haproxy.runs") | awk '
+    { b = ($2 > $3) ? $2 : $3; r[NR] = $1 / b; if (r[NR] >= 1) ok++ }
+    END { for (i = 2; i <= NR; i++) { t = r[i]; for (j = i - 1; j >= 1 && r[j] > t; j--) r[j+1] = r[j]; r[j+1] = t }
+      printf "%.2f (%.2f-%.2f), %d of %d rounds >= 1.0", r[int((NR+1)/2)], r[1], r[NR], ok, NR }'
+}
+echo "caracal / the faster peer of each round (req/s): plain $(vsbest plain); sticky $(vsbest sticky)"
 echo "CPU per request: plain caracal/nginx $(cpuratio plain.caracal plain.nginx), caracal/haproxy $(cpuratio plain.caracal plain.haproxy);"
 echo "  sticky caracal/nginx $(cpuratio sticky.caracal sticky.nginx), caracal/haproxy $(cpuratio sticky.caracal sticky.haproxy);"
 echo "  h2 caracal/nginx $(cpuratio h2.caracal h2.nginx), caracal/haproxy $(cpuratio h2.caracal h2.haproxy)"
