@@ -192,13 +192,13 @@ impl Frontend {
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let proxy = self.proxy.clone();
-        let client = std::sync::Arc::new(client);
         let peer = client.peer;
         let shutdown = self.drain.register();
+        // `begin` runs in the call, before hyper goes on reading the connection (see there).
         let handle = move |req| {
             let proxy = proxy.clone();
-            let client = client.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+            let begun = proxy.begin(req, &client);
+            async move { Ok::<_, Infallible>(proxy.finish(begun).await) }
         };
         let result = match protocol {
             Protocol::Http1 => {

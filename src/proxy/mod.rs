@@ -56,9 +56,35 @@ impl Proxy {
 
     /// Serves one client request; never fails: errors become responses.
     pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
+        let begun = self.begin(req, client);
+        self.finish(begun).await
+    }
+
+    /// The part of a request before its first wait, run when hyper hands the request over
+    /// (the frontend calls it in the service call, not in the future it returns). For the
+    /// common request, served by this node's backends, it ends with the backend request
+    /// encoded and the client's request dropped: hyper's read buffer, whose bytes the
+    /// request's header values share, is then the connection's own again when hyper reads
+    /// on (it checks for a closed client right after the call), instead of a new buffer
+    /// allocated per request.
+    pub fn begin(&self, req: Request<Incoming>, client: &ClientInfo) -> Begun {
         let start = Instant::now();
         let http1 = req.version() < Version::HTTP_2;
-        let resp = match self.proxy(req, client).await {
+        Begun {
+            start,
+            http1,
+            step: self.prepare(req, client),
+        }
+    }
+
+    /// Runs a request from [`Proxy::begin`] to its response.
+    pub async fn finish(&self, begun: Begun) -> Response<ProxyBody> {
+        let Begun { start, http1, step } = begun;
+        let resp = match step {
+            Step::Backend(b) => self.to_backend(b).await,
+            Step::Forward(f) => Box::pin(self.to_owner(*f)).await,
+        };
+        let resp = match resp {
             Ok(r) => r,
             Err(e) => {
                 match e.blame() {
@@ -80,11 +106,9 @@ impl Proxy {
         resp
     }
 
-    async fn proxy(
-        &self,
-        mut req: Request<Incoming>,
-        client: &ClientInfo,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    /// Sanitizes the request and plans it: to this node's backends (encoded) or to the
+    /// member that owns its session.
+    fn prepare(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Step {
         let host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -105,7 +129,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, incoming) = req.into_parts();
-        let mut body = UpBody::Client(incoming);
+        let body = UpBody::Client(incoming);
         // Backends speak HTTP/1.1 in origin form; an HTTP/2 request names its authority
         // in the URI and may split cookies over several headers.
         if parts.version == Version::HTTP_2 {
@@ -119,70 +143,118 @@ impl Proxy {
             parts.uri = origin_form(&parts.uri);
         }
 
-        // Who serves the session (SPEC 4.4). A refused forward verifies the member at once
-        // and plans again, so a client retrying after a crash does not wait for drop_time.
-        let mut session = None;
-        if upgrade.is_none() {
-            let mut attempts = 0;
-            loop {
-                match self.sessions.on_request(&mut parts, &mut added, client.tls) {
-                    Plan::Static => break,
-                    Plan::Local(rs) => {
-                        session = Some(rs);
-                        break;
+        // Who serves the session (SPEC 4.4). Upgrades carry no session work.
+        let session = if upgrade.is_some() {
+            None
+        } else {
+            match self.sessions.on_request(&mut parts, &mut added, client.tls) {
+                Plan::Static => None,
+                Plan::Local(rs) => Some(rs),
+                Plan::Forward(to) => {
+                    return Step::Forward(Box::new(ToOwner {
+                        parts,
+                        added,
+                        body,
+                        hops,
+                        tls: client.tls,
+                        to,
+                    }))
+                }
+            }
+        };
+        Step::Backend(ToBackend {
+            out: upstream::client::Encoded::new(&parts, &added, &body),
+            body,
+            session,
+            client_upgrade,
+        })
+    }
+
+    /// A request whose session another member owns: forwarded there. A refused forward
+    /// verifies the member at once and plans again, so a client retrying after a crash
+    /// does not wait for drop_time; a plan that ends here goes to this node's backends.
+    async fn to_owner(&self, f: ToOwner) -> Result<Response<ProxyBody>, ProxyError> {
+        let ToOwner {
+            mut parts,
+            mut added,
+            mut body,
+            hops,
+            tls,
+            to,
+        } = f;
+        let mut plan = Plan::Forward(to);
+        let mut attempts = 0;
+        let session = loop {
+            match plan {
+                Plan::Static => break None,
+                Plan::Local(rs) => break Some(rs),
+                Plan::Forward(to) => {
+                    let hop = hops.unwrap_or(0) + 1;
+                    if hop > MAX_HOPS {
+                        return Err(ProxyError::Unroutable(format!(
+                            "session forwarded {MAX_HOPS} times without reaching its owner"
+                        )));
                     }
-                    Plan::Forward(to) => {
-                        let hop = hops.unwrap_or(0) + 1;
-                        if hop > MAX_HOPS {
-                            return Err(ProxyError::Unroutable(format!(
-                                "session forwarded {MAX_HOPS} times without reaching its owner"
-                            )));
-                        }
-                        // A bodyless idempotent request can be planned again if its owner
-                        // turns out dead after the request reached it.
-                        let replayable = upstream::is_idempotent(&parts.method)
-                            && http_body::Body::is_end_stream(&body);
-                        // Boxed: the forward path's futures would otherwise make every
-                        // request's future (moved into hyper's dispatcher) kilobytes larger.
-                        let outcome =
-                            Box::pin(self.forward(&mut parts, &added, &mut body, &to, hop)).await;
-                        parts.headers.remove(HOP);
-                        match outcome {
-                            Ok(resp) => return Ok(resp),
-                            Err(Forward::Failed(e)) => return Err(e),
-                            Err(Forward::OwnerDied(e)) => {
-                                attempts += 1;
-                                if !replayable || attempts > MAX_HOPS {
-                                    return Err(e);
-                                }
+                    // A bodyless idempotent request can be planned again if its owner
+                    // turns out dead after the request reached it.
+                    let replayable = upstream::is_idempotent(&parts.method)
+                        && http_body::Body::is_end_stream(&body);
+                    let outcome = self.forward(&mut parts, &added, &mut body, &to, hop).await;
+                    parts.headers.remove(HOP);
+                    match outcome {
+                        Ok(resp) => return Ok(resp),
+                        Err(Forward::Failed(e)) => return Err(e),
+                        Err(Forward::OwnerDied(e)) => {
+                            attempts += 1;
+                            if !replayable || attempts > MAX_HOPS {
+                                return Err(e);
                             }
-                            Err(Forward::Unsent(why)) => {
-                                attempts += 1;
-                                if attempts > MAX_HOPS {
-                                    return Err(ProxyError::Unroutable(format!(
-                                        "the session's owner {} cannot be reached: {why}",
-                                        to.jvm_route
-                                    )));
-                                }
-                                // Dead: removed now, and the next plan fails over. Alive
-                                // (e.g. a stale keep-alive connection): try again.
-                                if let Some(r) = self.sessions.replicator() {
-                                    Box::pin(r.membership.check_now(to.node_id)).await;
-                                }
+                        }
+                        Err(Forward::Unsent(why)) => {
+                            attempts += 1;
+                            if attempts > MAX_HOPS {
+                                return Err(ProxyError::Unroutable(format!(
+                                    "the session's owner {} cannot be reached: {why}",
+                                    to.jvm_route
+                                )));
+                            }
+                            // Dead: removed now, and the next plan fails over. Alive
+                            // (e.g. a stale keep-alive connection): try again.
+                            if let Some(r) = self.sessions.replicator() {
+                                r.membership.check_now(to.node_id).await;
                             }
                         }
                     }
                 }
             }
-        }
+            plan = self.sessions.on_request(&mut parts, &mut added, tls);
+        };
+        let out = upstream::client::Encoded::new(&parts, &added, &body);
+        self.to_backend(ToBackend {
+            out,
+            body,
+            session,
+            client_upgrade: None,
+        })
+        .await
+    }
 
+    /// Sends a request to this node's backends and prepares the response: session
+    /// directives applied (and, in sync mode, replicated) before it leaves.
+    async fn to_backend(&self, b: ToBackend) -> Result<Response<ProxyBody>, ProxyError> {
+        let ToBackend {
+            out,
+            mut body,
+            mut session,
+            client_upgrade,
+        } = b;
         let upstream::Exchange {
             head: mut resp,
             session: directives,
             body: resp_body,
         } = self
             .upstream
-            .send(&parts, &added, &mut body)
+            .send(&out, &mut body)
             .await
             .map_err(|e| match e {
                 UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
@@ -297,6 +369,40 @@ impl Proxy {
             }
         }
     }
+}
+
+/// A request after [`Proxy::begin`].
+pub struct Begun {
+    start: Instant,
+    http1: bool,
+    step: Step,
+}
+
+// The common variant stays inline: boxing it would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Backend(ToBackend),
+    /// Boxed, with the future of its path: the rare forward would otherwise make every
+    /// request's future (moved into hyper's dispatcher) kilobytes larger.
+    Forward(Box<ToOwner>),
+}
+
+/// A request for this node's backends, encoded: nothing of the client's request is kept.
+struct ToBackend {
+    out: upstream::client::Encoded,
+    body: UpBody,
+    session: Option<crate::session::RequestSession>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+}
+
+/// A request for the member that owns its session, kept whole: it may be planned again.
+struct ToOwner {
+    parts: http::request::Parts,
+    added: Added,
+    body: UpBody,
+    hops: Option<u8>,
+    tls: bool,
+    to: crate::cluster::messages::NodeInfo,
 }
 
 /// Forwarding markers (SPEC 4.4): `<hops> <route of the forwarding member>`.

@@ -202,15 +202,35 @@ impl Conn {
         divert: &[u8],
         body: &mut UpBody,
     ) -> Result<Head, SendError> {
-        let framing = if body.is_end_stream() {
-            ReqFraming::None
-        } else {
-            match content_length(&req.headers) {
-                Ok(Some(n)) => ReqFraming::Length(n),
-                Ok(None) => ReqFraming::Chunked,
-                Err(()) => return Err(SendError::sent("the request's Content-Length is invalid")),
-            }
-        };
+        let framing = request_framing(&req.headers, body).map_err(SendError::sent)?;
+        self.wbuf.clear();
+        encode_head(&mut self.wbuf, req, extra, framing);
+        self.send_buffered(framing, req.method == Method::HEAD, divert, body)
+            .await
+    }
+
+    /// [`Conn::send`] of a request encoded beforehand.
+    pub async fn send_encoded(
+        &mut self,
+        req: &Encoded,
+        divert: &[u8],
+        body: &mut UpBody,
+    ) -> Result<Head, SendError> {
+        let framing = req.framing.map_err(SendError::sent)?;
+        self.wbuf.clear();
+        self.wbuf.extend_from_slice(&req.head);
+        self.send_buffered(framing, req.method == Method::HEAD, divert, body)
+            .await
+    }
+
+    /// Sends the head in `wbuf` and the body, and reads the response head.
+    async fn send_buffered(
+        &mut self,
+        framing: ReqFraming,
+        head_request: bool,
+        divert: &[u8],
+        body: &mut UpBody,
+    ) -> Result<Head, SendError> {
         let mut out = BodyOut {
             framing,
             remaining: match framing {
@@ -219,8 +239,6 @@ impl Conn {
             },
             done: framing == ReqFraming::None,
         };
-        self.wbuf.clear();
-        encode_head(&mut self.wbuf, req, extra, framing);
 
         // A body that is already here (a small POST) rides in the head's write.
         let mut started = false;
@@ -265,7 +283,7 @@ impl Conn {
             });
         }
 
-        let no_body = req.method == Method::HEAD;
+        let no_body = head_request;
         let mut head = if out.done {
             read_head(io, &mut self.rbuf, no_body, divert).await?
         } else {
@@ -329,6 +347,47 @@ impl Conn {
             Io::Split(r, _) => tokio_util::io::poll_read_buf(Pin::new(r), cx, &mut self.rbuf),
             Io::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
+    }
+}
+
+/// A request head encoded for a backend, with what sending it needs. Owned: it keeps
+/// nothing of the client's request, whose header values share hyper's read buffer (hyper
+/// allocates a new buffer for the connection's next read while any of them lives), and a
+/// retry sends it again as it is.
+#[derive(Debug)]
+pub struct Encoded {
+    head: Vec<u8>,
+    /// An invalid request `Content-Length` is reported when sending, as by [`Conn::send`].
+    framing: Result<ReqFraming, &'static str>,
+    method: Method,
+}
+
+impl Encoded {
+    pub fn new(req: &request::Parts, extra: &[(HeaderName, HeaderValue)], body: &UpBody) -> Self {
+        let framing = request_framing(&req.headers, body);
+        let mut head = Vec::with_capacity(512);
+        encode_head(&mut head, req, extra, framing.unwrap_or(ReqFraming::None));
+        Self {
+            head,
+            framing,
+            method: req.method.clone(),
+        }
+    }
+
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+}
+
+/// The request body's framing from its headers; none for a body already at its end.
+fn request_framing(h: &HeaderMap, body: &UpBody) -> Result<ReqFraming, &'static str> {
+    if body.is_end_stream() {
+        return Ok(ReqFraming::None);
+    }
+    match content_length(h) {
+        Ok(Some(n)) => Ok(ReqFraming::Length(n)),
+        Ok(None) => Ok(ReqFraming::Chunked),
+        Err(()) => Err("the request's Content-Length is invalid"),
     }
 }
 

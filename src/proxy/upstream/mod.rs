@@ -220,13 +220,12 @@ impl Upstream {
     /// its body, which holds the connection until it ends.
     pub async fn send(
         &self,
-        req: &request::Parts,
-        extra: &[(HeaderName, HeaderValue)],
+        req: &client::Encoded,
         body: &mut UpBody,
     ) -> Result<Exchange, UpstreamError> {
         use http_body::Body;
         // Sent and failed, it can be sent again as it is: nothing of it was consumed.
-        let replayable = is_idempotent(&req.method) && body.is_end_stream();
+        let replayable = is_idempotent(req.method()) && body.is_end_stream();
         let attempts = 1 + self.cfg.retries;
         let mut tried: Vec<usize> = Vec::new();
         let mut last_err = UpstreamError::NoHealthy;
@@ -248,7 +247,7 @@ impl Upstream {
             };
             match super::timer::timeout(
                 self.cfg.response_timeout,
-                conn.send(req, extra, &self.divert, body),
+                conn.send_encoded(req, &self.divert, body),
             )
             .await
             {
