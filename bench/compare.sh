@@ -91,13 +91,16 @@ h2_once() { # url -> "rps mean_ms max_ms"
     /requests:/ && /succeeded/ { ok=$8 }
     END { printf "%.0f %.3f %.3f 0\n", rps, mean, max }'
 }
-median() { # reads lines "rps a b bad cpu", prints the line with the median rps, cpu median
-  sort -n | awk '{ l[NR]=$0; c[NR]=$5 } END {
-    n = asort_c(c); split(l[int((NR+1)/2)], m, " ");
-    printf "%s %s %s %s %s\n", m[1], m[2], m[3], m[4], c[int((NR+1)/2)] }
-    function asort_c(a,   i, j, t, k) { k = 0; for (i in a) k++
-      for (i = 2; i <= k; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; j--) a[j+1] = a[j]; a[j+1] = t }
-      return k }'
+median() { # reads lines "rps p50 p99 bad cpu", prints the median of each column (bad: the sum)
+  awk '{ for (i = 1; i <= 5; i++) v[i, NR] = $i } END {
+    m = int((NR + 1) / 2)
+    for (i = 1; i <= 5; i++) {
+      if (i == 4) { t = 0; for (j = 1; j <= NR; j++) t += v[4, j]; out[4] = t; continue }
+      for (j = 1; j <= NR; j++) a[j] = v[i, j]
+      for (j = 2; j <= NR; j++) { t = a[j]; for (k = j - 1; k >= 1 && a[k] + 0 > t + 0; k--) a[k+1] = a[k]; a[k+1] = t }
+      out[i] = a[m]
+    }
+    printf "%s %s %s %s %s\n", out[1], out[2], out[3], out[4], out[5] }'
 }
 once() { # name kind url header pids... : one run, appended to $W/name.runs with CPU us/request
   local name=$1 kind=$2 url=$3 hdr=$4; shift 4
@@ -181,7 +184,7 @@ cpuratio() { awk -v a="$(cut -d' ' -f5 "$W/$1")" -v b="$(cut -d' ' -f5 "$W/$2")"
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
 echo "versions: $("$BIN" --version), nginx $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | head -1 | awk '{print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), $(h2load --version | head -1)"
-echo "runs: $RUNS interleaved rounds x ${DURATION}s, medians; wrk -t1 -c$CONNS; h2load -c16 -m16 (no percentiles: mean / max)"
+echo "runs: $RUNS interleaved rounds x ${DURATION}s, the median of each column (non-2xx: the total); wrk -t1 -c$CONNS; h2load -c16 -m16 (no percentiles: mean / max)"
 echo "CPU us/req: the proxy process's CPU time per request (all three nodes for the cluster rows)"
 echo
 echo "| case | req/s | p50 ms (h2: mean) | p99 ms (h2: max) | CPU us/req | non-2xx |"
