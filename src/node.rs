@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -121,6 +121,9 @@ impl Listeners {
         })
     }
 }
+
+/// How long the mesh stays open after this node announced `leaving` (see `run`).
+const LEAVE_LINGER: Duration = Duration::from_millis(100);
 
 /// Serves until `shutdown`, then drains within `node.shutdown_grace`.
 pub async fn run(
@@ -252,6 +255,7 @@ pub async fn run(
     if let Some(c) = &cluster {
         c.announce().await;
     }
+    let announced = tokio::time::Instant::now();
     tracing::info!(grace = ?cfg.node.shutdown_grace, "shutting down: draining in-flight requests");
     tracker.close();
     if tokio::time::timeout(cfg.node.shutdown_grace, tracker.wait())
@@ -266,6 +270,13 @@ pub async fn run(
             sessions = n,
             "expire_sessions_on_shutdown: owned sessions ended"
         );
+    }
+    if cluster.is_some() {
+        // The mesh closes with `background`. A peer that sees the connection close before
+        // it has read the `leaving` heartbeat verifies this node, finds it gone and logs a
+        // failure; datagrams have no acknowledgement to wait for, so the mesh stays up a
+        // little after the announcement when the drain was quicker than that.
+        tokio::time::sleep_until(announced + LEAVE_LINGER).await;
     }
     background.cancel();
     let _ = health.await;

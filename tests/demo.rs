@@ -74,7 +74,10 @@ async fn wait_ready(admin: SocketAddr, log: &std::path::Path) {
 
 /// `caracal demo` on free ports, stdout piped, stderr to `log`: (child, http port, admin port).
 fn spawn_demo(log: &tempfile::NamedTempFile) -> (std::process::Child, u16, u16) {
-    let (http_port, admin_port, backend_port) = (free_run(3), free_run(3), free_run(2));
+    // One run for all eight ports: three runs picked one after the other could overlap
+    // (none is held while the next is picked), and a node would fail to bind.
+    let base = free_run(8);
+    let (http_port, admin_port, backend_port) = (base, base + 3, base + 6);
     let child = Command::new(BIN)
         .args([
             "demo",
