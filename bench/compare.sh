@@ -91,16 +91,11 @@ h2_once() { # url -> "rps mean_ms max_ms"
     /requests:/ && /succeeded/ { ok=$8 }
     END { printf "%.0f %.3f %.3f 0\n", rps, mean, max }'
 }
-median() { # reads lines "rps p50 p99 bad cpu", prints the median of each column (bad: the sum)
-  awk '{ for (i = 1; i <= 5; i++) v[i, NR] = $i } END {
-    m = int((NR + 1) / 2)
-    for (i = 1; i <= 5; i++) {
-      if (i == 4) { t = 0; for (j = 1; j <= NR; j++) t += v[4, j]; out[4] = t; continue }
-      for (j = 1; j <= NR; j++) a[j] = v[i, j]
-      for (j = 2; j <= NR; j++) { t = a[j]; for (k = j - 1; k >= 1 && a[k] + 0 > t + 0; k--) a[k+1] = a[k]; a[k+1] = t }
-      out[i] = a[m]
-    }
-    printf "%s %s %s %s %s\n", out[1], out[2], out[3], out[4], out[5] }'
+# The middle value of the numbers on stdin, one per line.
+mid() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+median() { # file of lines "rps p50 p99 bad cpu" -> the median of each column (bad: the sum)
+  echo "$(cut -d' ' -f1 "$1" | mid) $(cut -d' ' -f2 "$1" | mid) $(cut -d' ' -f3 "$1" | mid)" \
+    "$(awk '{ t += $4 } END { print t + 0 }' "$1") $(cut -d' ' -f5 "$1" | mid)"
 }
 once() { # name kind url header pids... : one run, appended to $W/name.runs with CPU us/request
   local name=$1 kind=$2 url=$3 hdr=$4; shift 4
@@ -111,7 +106,7 @@ once() { # name kind url header pids... : one run, appended to $W/name.runs with
   echo "$line" | awk -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v d="$DURATION" \
     '{ cpu = ($1 > 0) ? t * 1e6 / hz / ($1 * d) : 0; printf "%s %s %s %s %.2f\n", $1, $2, $3, $4, cpu }' >> "$W/$name.runs"
 }
-finish() { for n in "$@"; do median < "$W/$n.runs" > "$W/$n"; done; }
+finish() { for n in "$@"; do median "$W/$n.runs" > "$W/$n"; done; }
 
 SESSION=$(curl -s -D - -o /dev/null "http://127.0.0.1:$CAR/login" | tr -d '\r' | sed -n 's/^set-cookie: JSESSIONID=\([^;]*\).*/\1/Ip')
 [ -n "$SESSION" ] || { echo "caracal gave no session cookie" >&2; exit 1; }
@@ -206,11 +201,12 @@ echo "  writes 3-node sync / plain $(ratio write.sync near.sync), async / plain 
 # (rounds are minutes apart and this machine drifts; the spread shows how far to trust a
 # median).
 vsbest() { # case -> "median (min-max), N of RUNS rounds >= 1.0"
-  paste -d' ' <(cut -d' ' -f1 "$W/$1.caracal.runs") <(cut -d' ' -f1 "$W/$1.nginx.runs") \
-    <(cut -d' ' -f1 "$W/$1.haproxy.runs") | awk '
-    { b = ($2 > $3) ? $2 : $3; r[NR] = $1 / b; if (r[NR] >= 1) ok++ }
-    END { for (i = 2; i <= NR; i++) { t = r[i]; for (j = i - 1; j >= 1 && r[j] > t; j--) r[j+1] = r[j]; r[j+1] = t }
-      printf "%.2f (%.2f-%.2f), %d of %d rounds >= 1.0", r[int((NR+1)/2)], r[1], r[NR], ok, NR }'
+  local r
+  r=$(paste -d' ' <(cut -d' ' -f1 "$W/$1.caracal.runs") <(cut -d' ' -f1 "$W/$1.nginx.runs") \
+    <(cut -d' ' -f1 "$W/$1.haproxy.runs") | awk '{ b = ($2 > $3) ? $2 : $3; printf "%.4f\n", $1 / b }')
+  printf "%.2f (%.2f-%.2f), %d of %d rounds >= 1.0" "$(echo "$r" | mid)" \
+    "$(echo "$r" | sort -g | head -1)" "$(echo "$r" | sort -g | tail -1)" \
+    "$(echo "$r" | awk '$1 >= 1' | wc -l)" "$(echo "$r" | wc -l)"
 }
 echo "caracal / the faster peer of each round (req/s): plain $(vsbest plain); sticky $(vsbest sticky)"
 echo "CPU per request: plain caracal/nginx $(cpuratio plain.caracal plain.nginx), caracal/haproxy $(cpuratio plain.caracal plain.haproxy);"
