@@ -54,12 +54,6 @@ impl Proxy {
         })
     }
 
-    /// Serves one client request; never fails: errors become responses.
-    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ProxyBody> {
-        let begun = self.begin(req, client);
-        self.finish(begun).await
-    }
-
     /// The part of a request before its first wait, run when hyper hands the request over
     /// (the frontend calls it in the service call, not in the future it returns). For the
     /// common request, served by this node's backends, it ends with the backend request
@@ -77,7 +71,8 @@ impl Proxy {
         }
     }
 
-    /// Runs a request from [`Proxy::begin`] to its response.
+    /// Runs a request from [`Proxy::begin`] to its response; never fails: errors become
+    /// responses.
     pub async fn finish(&self, begun: Begun) -> Response<ProxyBody> {
         let Begun { start, http1, step } = begun;
         let resp = match step {

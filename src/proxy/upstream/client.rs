@@ -223,11 +223,12 @@ impl Conn {
             .await
     }
 
-    /// Sends the head in `wbuf` and the body, and reads the response head.
+    /// Sends the head in `wbuf` and the body, and reads the response head (`no_body`: the
+    /// request was a HEAD).
     async fn send_buffered(
         &mut self,
         framing: ReqFraming,
-        head_request: bool,
+        no_body: bool,
         divert: &[u8],
         body: &mut UpBody,
     ) -> Result<Head, SendError> {
@@ -283,7 +284,6 @@ impl Conn {
             });
         }
 
-        let no_body = head_request;
         let mut head = if out.done {
             read_head(io, &mut self.rbuf, no_body, divert).await?
         } else {

@@ -1,6 +1,7 @@
 //! Keep-alive connections to one backend. HTTP/1.1 only upstream, as nginx and HAProxy do by
 //! default: one request per connection at a time, connections reused LIFO (the warmest
-//! first), dropped after `idle_timeout` (to a timer tick, [`coarse_ms`]) so a backend's own keep-alive timeout never races us.
+//! first), dropped after `idle_timeout` (to a timer tick, [`coarse_ms`]) so a backend's own
+//! keep-alive timeout never races us.
 
 use std::time::Duration;
 
