@@ -1,5 +1,6 @@
 //! The admin listener (SPEC 6): `/live`, `/ready`, `/status` (JSON that scripts read) and
 //! `/metrics` (Prometheus text). Plain HTTP/1.1, meant for localhost or a private network.
+//! Floor 6: it reads the node's parts and changes nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,35 +13,26 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::node::NodeState;
+use crate::cluster::{Cluster, Manager};
+use crate::lifecycle::{NodeState, State};
 use crate::proxy::Proxy;
+use crate::tasks::Tasks;
 
 /// What the admin endpoints read.
 pub struct Admin {
     pub state: Arc<NodeState>,
     pub proxy: Arc<Proxy>,
-    pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl Admin {
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
-        loop {
-            let stream = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok((s, _)) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+    /// Serves `listener` until `tasks` stop; each connection is one of their tasks.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, tasks: Tasks) {
+        while let Some((stream, _)) = crate::net::accept(&listener, tasks.token(), "admin").await {
             let this = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
+            let shutdown = tasks.token().clone();
+            tasks.spawn(async move {
                 let svc = service_fn(move |req| {
                     let this = this.clone();
                     async move { Ok::<_, Infallible>(this.route(req)) }
@@ -70,11 +62,7 @@ impl Admin {
         }
         let path = req.uri().path();
         if let Some(base) = path.strip_prefix("/sessions/") {
-            return match self
-                .proxy
-                .sessions
-                .store
-                .info(base, std::time::Instant::now())
+            return match self.proxy.store().info(base, std::time::Instant::now())
             {
                 Some(v) => json_response(&v),
                 None => text(StatusCode::NOT_FOUND, "404 no such session on this node\n"),
@@ -84,7 +72,7 @@ impl Admin {
             "/live" => text(StatusCode::OK, "live\n"),
             "/ready" => {
                 let s = self.state.state();
-                if s == crate::node::State::Ready {
+                if s == State::Ready {
                     text(StatusCode::OK, "ready\n")
                 } else {
                     text(
@@ -132,7 +120,7 @@ impl Admin {
         let members: Vec<_> = self
             .cluster
             .iter()
-            .flat_map(|c| c.membership.members())
+            .flat_map(|c| c.member_table())
             .map(|m| {
                 json!({
                     "jvm_route": m.info.jvm_route,
@@ -145,9 +133,9 @@ impl Admin {
                 })
             })
             .collect();
-        let mesh_addr = self.cluster.as_ref().map(|c| c.membership.me.mesh_addr);
+        let mesh_addr = self.cluster.as_ref().map(|c| c.mesh_addr());
         let m = &self.proxy.metrics;
-        let sessions = &self.proxy.sessions.store;
+        let sessions = self.proxy.store();
         let owned = sessions.owned();
         let by_class = m.requests_by_class();
         json!({
@@ -159,9 +147,9 @@ impl Admin {
                 "http_listen": self.state.http_addrs,
                 "https_listen": self.state.https_addrs,
                 "mesh_addr": mesh_addr,
-                "manager": self.cluster.as_ref().map(|c| match c.replicator.manager {
-                    crate::cluster::replication::Manager::Delta => "delta",
-                    crate::cluster::replication::Manager::Backup => "backup",
+                "manager": self.cluster.as_ref().map(|c| match c.manager() {
+                    Manager::Delta => "delta",
+                    Manager::Backup => "backup",
                 }),
             },
             "members": members,

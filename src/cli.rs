@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config};
+use crate::config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,11 +104,11 @@ pub fn main() -> ExitCode {
                 admin: admin_port,
                 backend: backend_port,
             };
-            block_on_with_signals(|shutdown| crate::demo::run(ports, shutdown))
+            block_on_with_signals(0, |shutdown| crate::demo::run(ports, shutdown))
         }
         Some(Command::DemoBackend { listen, name }) => {
             init_logging(LogFormat::Text);
-            block_on_with_signals(|shutdown| async move {
+            block_on_with_signals(0, |shutdown| async move {
                 let l = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(kind = "demo-backend", addr = %l.local_addr()?, "listening");
                 crate::demo::serve_backend(l, name, shutdown).await;
@@ -119,16 +119,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `f` on a multi-threaded runtime with SIGTERM/SIGINT wired to its shutdown token.
-fn block_on_with_signals<F, Fut>(f: F) -> ExitCode
+/// Runs `f` on a runtime of `workers` threads (see [`runtime`]) with SIGTERM/SIGINT wired
+/// to its shutdown token.
+fn block_on_with_signals<F, Fut>(workers: usize, f: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(workers) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("caracal: cannot start the runtime: {e}");
@@ -137,13 +135,20 @@ where
     };
     let res = rt.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        f(shutdown).await
+        let signals = tokio::spawn(on_signal(shutdown.clone()));
+        let res = f(shutdown).await;
+        signals.abort();
+        res
     });
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!("{e:#}");
             eprintln!("caracal: {e:#}");
+            // A duplicate route is a configuration error, like a bad file.
+            if let Some(crate::cluster::ClusterError::DuplicateRoute { .. }) = e.downcast_ref() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
@@ -170,30 +175,16 @@ fn run_node(args: NodeArgs) -> ExitCode {
         }
     };
     init_logging(args.log_format);
-    let rt = match runtime(&cfg) {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("caracal: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(serve(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("caracal: {e:#}");
-            // A duplicate route is a configuration error, like a bad file.
-            if let Some(crate::cluster::ClusterError::DuplicateRoute { .. }) = e.downcast_ref() {
-                return ExitCode::from(2);
-            }
-            ExitCode::FAILURE
-        }
-    }
+    block_on_with_signals(cfg.node.workers, |shutdown| async move {
+        let listeners = crate::node::Listeners::bind(&cfg).await?;
+        crate::node::run(cfg, listeners, shutdown).await
+    })
 }
 
-/// `workers = 1` gets a current-thread runtime: one core, no work-stealing overhead.
-fn runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
-    match cfg.node.workers {
+/// `workers = 1` gets a current-thread runtime: one core, no work-stealing overhead;
+/// 0 = one worker per core.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
@@ -205,13 +196,6 @@ fn runtime(cfg: &Config) -> std::io::Result<tokio::runtime::Runtime> {
             .enable_all()
             .build(),
     }
-}
-
-async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let listeners = crate::node::Listeners::bind(&cfg).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(on_signal(shutdown.clone()));
-    crate::node::run(cfg, listeners, shutdown).await
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.

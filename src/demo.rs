@@ -27,25 +27,25 @@ code{background:#eee;padding:0 .3em}.n{font-size:3em;font-weight:bold}\n";
 /// Serves the demo app on `listener` as backend `name` until `shutdown`.
 pub async fn serve_backend(listener: TcpListener, name: String, shutdown: CancellationToken) {
     let name = Arc::new(name);
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(_) => continue,
-            },
-        };
+    let conns = tokio_util::task::TaskTracker::new();
+    while let Some((stream, _)) = crate::net::accept(&listener, &shutdown, "demo-backend").await {
         let name = name.clone();
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let name = name.clone();
                 async move { Ok::<_, Infallible>(route(req, &name)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::select! {
+                _ = conn => {}
+                _ = shutdown.cancelled() => {}
+            }
         });
     }
+    conns.close();
+    conns.wait().await;
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -167,12 +167,13 @@ const NODES: u16 = 3;
 pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Result<()> {
     let b = [ports.backend, ports.backend.wrapping_add(1)];
     let mut backend_urls = Vec::new();
+    let backends = tokio_util::task::TaskTracker::new();
     for (i, port) in b.iter().enumerate() {
         let addr: SocketAddr = ([127, 0, 0, 1], *port).into();
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for demo backend: {e}"))?;
-        tokio::spawn(serve_backend(
+        backends.spawn(serve_backend(
             l,
             format!("backend{}", i + 1),
             shutdown.clone(),
@@ -265,5 +266,7 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
         let _ = c.kill().await;
     }
     let _ = std::fs::remove_dir_all(&dir);
+    backends.close();
+    backends.wait().await;
     Ok(())
 }

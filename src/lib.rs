@@ -1,25 +1,36 @@
 //! caracal: a reverse-proxy load balancer whose nodes own a replicated session store.
 //!
-//! Layout (see `docs/ARCHITECTURE.md`):
-//! - [`config`]: the conf file, two-stage (raw serde -> validated [`config::Config`]).
-//! - [`proxy`]: the request path: [`proxy::frontend`] (listeners, TLS, limits),
-//!   [`proxy::headers`] (hygiene), [`proxy::upstream`] (pool, balancer, health).
-//! - [`session`]: ids, cookies, the store, the backend header protocol, the static filter.
-//! - [`admin`]: `/live`, `/ready`, `/status`, `/metrics`.
-//! - [`metrics`]: the Prometheus registry shared by all parts.
-//! - [`node`]: wires the parts together and runs them until shutdown.
-//! - [`demo`]: the demo app (`caracal demo-backend`) and `caracal demo`.
-//! - [`cli`]: the `caracal` command line.
+//! Floors, bottom up (docs/ARCHITECTURE.md keeps the table; `tests/floors.rs` checks that a
+//! module imports only from floors below its own):
+//! 1. leaves: `lifecycle` (node and member state), `metrics`, `tls`, `wire` (frame and tag
+//!    codecs), `tasks` (task ownership), `net` (accepting);
+//! 2. [`session`]: the domain: ids, cookies, attributes, the store, changes and the apply rule;
+//! 3. [`cluster`]: membership, the mesh, replication of session changes;
+//! 4. [`proxy`]: the request path, with the sticky layer over session and cluster;
+//! 5. [`config`]: the conf file, building the types the layers below define;
+//! 6. `admin`: the admin endpoints;
+//! 7. [`node`] (wires one node together), `demo`;
+//! 8. `cli`: the command line.
+//!
+//! Modules are private inside; what the binary, the tests and the benches use is re-exported.
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod admin;
-pub mod cli;
+mod admin;
+mod cli;
 pub mod cluster;
 pub mod config;
-pub mod demo;
+mod demo;
+mod lifecycle;
 pub mod metrics;
+mod net;
 pub mod node;
 pub mod proxy;
 pub mod session;
-pub mod tls;
+mod tasks;
+mod tls;
+mod wire;
+
+pub use cli::main;
+pub use lifecycle::State;
+pub use wire::{codec as mesh_codec, Key as ClusterKey};

@@ -1,4 +1,4 @@
-//! The `caracal` binary: everything lives in the library (`caracal::cli`).
+//! The `caracal` binary: everything lives in the library (`caracal::main`).
 #![forbid(unsafe_code)]
 
 /// mimalloc: the request path allocates small, short-lived buffers; glibc's malloc showed
@@ -7,5 +7,5 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    caracal::cli::main()
+    caracal::main()
 }

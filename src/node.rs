@@ -5,9 +5,8 @@
 //! addresses before serving, as mini-redis's `run(listener, shutdown)`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -18,57 +17,10 @@ use tokio_util::task::TaskTracker;
 use crate::admin::Admin;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::lifecycle::{NodeState, State};
 use crate::metrics::Metrics;
-use crate::proxy::frontend::Frontend;
-use crate::proxy::{upstream, Proxy};
-
-/// Node lifecycle, as announced to the cluster and shown by `/ready` and `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    Starting = 0,
-    Ready = 1,
-    Draining = 2,
-    Leaving = 3,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Ready => "ready",
-            State::Draining => "draining",
-            State::Leaving => "leaving",
-        }
-    }
-}
-
-pub struct NodeState {
-    pub jvm_route: String,
-    pub http_addrs: Vec<SocketAddr>,
-    pub https_addrs: Vec<SocketAddr>,
-    started: Instant,
-    state: AtomicU8,
-}
-
-impl NodeState {
-    pub fn state(&self) -> State {
-        match self.state.load(Ordering::Acquire) {
-            0 => State::Starting,
-            1 => State::Ready,
-            2 => State::Draining,
-            _ => State::Leaving,
-        }
-    }
-
-    pub fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Release);
-    }
-
-    pub fn uptime_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-}
+use crate::proxy::{self, Frontend, Proxy};
+use crate::tasks::Tasks;
 
 /// The sockets of a node, bound before anything is served.
 pub struct Listeners {
@@ -102,7 +54,7 @@ impl Listeners {
         };
         let mesh = if cfg.cluster.enabled {
             let r = &cfg.cluster.receiver;
-            Some(crate::cluster::mesh::bind(r).await.with_context(|| {
+            Some(crate::cluster::bind_receiver(r).await.with_context(|| {
                 format!(
                     "cannot bind the cluster receiver on {}:{}..{} (cluster.receiver)",
                     r.address,
@@ -124,44 +76,61 @@ impl Listeners {
 
 /// How long the mesh stays open after this node announced `leaving` (see `run`).
 const LEAVE_LINGER: Duration = Duration::from_millis(100);
+/// How long the background tasks (mesh, health, admin, tunnels) may take to end once
+/// told to; each ends at its next await.
+const BACKGROUND_STOP: Duration = Duration::from_secs(2);
 
-/// Serves until `shutdown`, then drains within `node.shutdown_grace`.
+/// Serves until `shutdown`, then drains within `node.shutdown_grace`. When it returns,
+/// every task the node started has ended and its timer thread has stopped.
 pub async fn run(
     cfg: Config,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::proxy::timer::start().map_err(anyhow::Error::msg)?;
+    let ticker = proxy::timer::start().map_err(anyhow::Error::msg)?;
+    // Background parts stop after the drain, so health and admin stay true while draining.
+    let background = Tasks::new();
+    let res = serve(cfg, listeners, shutdown, &background).await;
+    if !background.stop(BACKGROUND_STOP).await {
+        tracing::warn!(left = background.len(), "background tasks still running at exit");
+    }
+    drop(ticker);
+    if res.is_ok() {
+        tracing::info!("stopped");
+    }
+    res
+}
+
+async fn serve(
+    cfg: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    background: &Tasks,
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let proxy = Arc::new(Proxy::new(&cfg, metrics)?);
+    let settings = proxy::Settings {
+        jvm_route: &cfg.node.jvm_route,
+        http: &cfg.http,
+        backends: &cfg.backends,
+        session: &cfg.session,
+        replication: &cfg.replication,
+        jvm_route_binder: cfg.jvm_route_binder,
+    };
+    let proxy = Arc::new(Proxy::new(&settings, metrics, background.clone())?);
     let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {
         ls.iter().filter_map(|l| l.local_addr().ok()).collect()
     };
-    let state = Arc::new(NodeState {
-        jvm_route: cfg.node.jvm_route.clone(),
-        http_addrs: addrs(&listeners.http),
-        https_addrs: addrs(&listeners.https),
-        started: Instant::now(),
-        state: AtomicU8::new(State::Starting as u8),
-    });
-
-    // Background parts stop after the drain, so health and admin stay true while draining.
-    let background = CancellationToken::new();
-    let health = tokio::spawn(upstream::health::run(
-        proxy.upstream.clone(),
-        background.clone(),
+    let state = Arc::new(NodeState::new(
+        cfg.node.jvm_route.clone(),
+        addrs(&listeners.http),
+        addrs(&listeners.https),
     ));
+
+    proxy.upstream.start_health();
     // Expiry is also checked on every access; the sweep only frees memory.
-    let sweep_every = (cfg.session.max_inactive / 4).clamp(
-        std::time::Duration::from_millis(100),
-        std::time::Duration::from_secs(30),
-    );
-    tokio::spawn(
-        proxy
-            .sessions
-            .clone()
-            .sweep(sweep_every, background.clone()),
-    );
+    let sweep_every =
+        (cfg.session.max_inactive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    proxy.start_sweep(sweep_every, background);
 
     let cluster = match listeners.mesh {
         Some(mesh) if cfg.cluster.enabled => {
@@ -173,12 +142,12 @@ pub async fn run(
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
             Some(Cluster::start(
                 &cfg.cluster,
-                proxy.sessions.store.clone(),
+                proxy.store().clone(),
                 state.clone(),
                 mesh,
                 http_addr,
                 &proxy.metrics,
-                background.clone(),
+                background,
             )?)
         }
         _ => None,
@@ -191,19 +160,16 @@ pub async fn run(
             cluster: cluster.clone(),
         });
         tracing::info!(kind = "admin", addr = %l.local_addr()?, "listening");
-        tokio::spawn(admin.serve(l, background.clone()));
+        background.spawn(admin.serve(l, background.clone()));
     }
 
     // A starting node hears the cluster before it serves (SPEC 4.7); a duplicate route
     // stops it here, before any client connection is accepted.
     if let Some(c) = &cluster {
-        proxy.sessions.set_replicator(c.replicator.clone());
-        if let Err(e) = c.join().await {
-            background.cancel();
-            return Err(e.into());
-        }
+        proxy.set_cluster(c.clone());
+        c.join().await?;
         let limit = cfg.cluster.state_transfer_timeout;
-        let failure = match tokio::time::timeout(limit, c.replicator.state_transfer()).await {
+        let failure = match tokio::time::timeout(limit, c.state_transfer()).await {
             Ok(Ok(None)) => {
                 tracing::info!("no ready member: starting with no sessions");
                 None
@@ -214,7 +180,6 @@ pub async fn run(
         };
         if let Some(why) = failure {
             if cfg.cluster.require_state_transfer {
-                background.cancel();
                 anyhow::bail!("{why} (cluster.require_state_transfer = true)");
             }
             tracing::warn!("{why}: starting anyway");
@@ -222,24 +187,25 @@ pub async fn run(
     }
 
     let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
-    let tracker = TaskTracker::new();
+    // The client connections: drained first on shutdown, within the grace period.
+    let clients = TaskTracker::new();
     for l in listeners.http {
         tracing::info!(kind = "http", addr = %l.local_addr()?, "listening");
-        tracker.spawn(
+        clients.spawn(
             frontend
                 .clone()
-                .serve(l, None, shutdown.clone(), tracker.clone()),
+                .serve(l, None, shutdown.clone(), clients.clone()),
         );
     }
     if let Some(h) = &cfg.https {
         let acceptor = TlsAcceptor::from(h.tls.clone());
         for l in listeners.https {
             tracing::info!(kind = "https", addr = %l.local_addr()?, "listening");
-            tracker.spawn(frontend.clone().serve(
+            clients.spawn(frontend.clone().serve(
                 l,
                 Some(acceptor.clone()),
                 shutdown.clone(),
-                tracker.clone(),
+                clients.clone(),
             ));
         }
     }
@@ -257,29 +223,26 @@ pub async fn run(
     }
     let announced = tokio::time::Instant::now();
     tracing::info!(grace = ?cfg.node.shutdown_grace, "shutting down: draining in-flight requests");
-    tracker.close();
-    if tokio::time::timeout(cfg.node.shutdown_grace, tracker.wait())
+    clients.close();
+    if tokio::time::timeout(cfg.node.shutdown_grace, clients.wait())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace period over: closing remaining connections");
     }
     if cluster.is_some() && cfg.cluster.expire_sessions_on_shutdown {
-        let n = proxy.sessions.end_owned_sessions().await;
+        let n = proxy.end_owned_sessions().await;
         tracing::info!(
             sessions = n,
             "expire_sessions_on_shutdown: owned sessions ended"
         );
     }
     if cluster.is_some() {
-        // The mesh closes with `background`. A peer that sees the connection close before
-        // it has read the `leaving` heartbeat verifies this node, finds it gone and logs a
-        // failure; datagrams have no acknowledgement to wait for, so the mesh stays up a
-        // little after the announcement when the drain was quicker than that.
+        // The mesh closes with the background tasks. A peer that sees the connection close
+        // before it has read the `leaving` heartbeat verifies this node, finds it gone and
+        // logs a failure; datagrams have no acknowledgement to wait for, so the mesh stays
+        // up a little after the announcement when the drain was quicker than that.
         tokio::time::sleep_until(announced + LEAVE_LINGER).await;
     }
-    background.cancel();
-    let _ = health.await;
-    tracing::info!("stopped");
     Ok(())
 }

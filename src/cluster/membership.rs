@@ -15,20 +15,18 @@
 //! The table is a `std::sync::Mutex<HashMap>`: never held across an `.await`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
-use super::messages::{
-    open_mesh, seal_mesh, seal_replicate, FrameError, Heartbeat, Key, MeshMessage, NodeInfo,
-    PeerState, Reject,
-};
+use super::config::MembershipConfig;
+use super::error::MeshError;
+use super::link::Link;
+use super::messages::{Heartbeat, NodeInfo, Reject};
 use super::metrics::ClusterMetrics;
-use crate::config::MembershipConfig;
-use crate::node::{NodeState, State};
+use crate::lifecycle::State;
+use crate::tasks::Tasks;
 
 /// A tagged heartbeat older or newer than this (sender's wall clock) is a replay.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -49,37 +47,9 @@ pub enum MemberEvent {
     Removed { info: NodeInfo, reason: String },
 }
 
-/// This node, as it announces itself.
-pub struct Me {
-    pub node_id: u64,
-    pub mesh_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub state: Arc<NodeState>,
-}
-
-impl Me {
-    pub fn info(&self) -> NodeInfo {
-        NodeInfo {
-            node_id: self.node_id,
-            jvm_route: self.state.jvm_route.clone(),
-            mesh_addr: self.mesh_addr,
-            http_addr: self.http_addr,
-            state: match self.state.state() {
-                State::Starting => PeerState::Starting,
-                State::Ready => PeerState::Ready,
-                State::Draining => PeerState::Draining,
-                State::Leaving => PeerState::Leaving,
-            },
-            alive_ms: self.state.uptime_ms(),
-        }
-    }
-}
-
 pub struct Membership {
-    pub me: Me,
+    pub link: Arc<Link>,
     pub cfg: MembershipConfig,
-    /// `[cluster] key`: tags every mesh frame.
-    key: Option<Key>,
     members: Mutex<HashMap<u64, Member>>,
     /// Highest heartbeat sequence per node id, kept after removal so a replayed packet of
     /// a removed member cannot bring it back.
@@ -88,39 +58,27 @@ pub struct Membership {
     conflict: Mutex<Option<NodeInfo>>,
     events: broadcast::Sender<MemberEvent>,
     pub metrics: ClusterMetrics,
+    /// Owns the verification tasks.
+    tasks: Tasks,
 }
 
 impl Membership {
-    pub fn new(me: Me, cfg: MembershipConfig, key: Option<Key>, metrics: ClusterMetrics) -> Self {
+    pub fn new(
+        link: Arc<Link>,
+        cfg: MembershipConfig,
+        metrics: ClusterMetrics,
+        tasks: Tasks,
+    ) -> Self {
         Self {
-            me,
+            link,
             cfg,
-            key,
             members: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             conflict: Mutex::new(None),
             events: broadcast::channel(1024).0,
             metrics,
+            tasks,
         }
-    }
-
-    /// A mesh frame of this cluster (tagged when it has a key).
-    pub fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
-        bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
-    }
-
-    /// A `Replicate` frame of changes already encoded ([`super::messages::encode_change`]).
-    pub fn seal_replicate<'a>(
-        &self,
-        seq: u64,
-        changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
-    ) -> bytes::Bytes {
-        bytes::Bytes::from(seal_replicate(seq, changes, self.key.as_ref()))
-    }
-
-    /// Opens a mesh frame: version, tag, decoding.
-    pub fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
-        open_mesh(frame, self.key.as_ref())
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<u64, Member>> {
@@ -154,7 +112,7 @@ impl Membership {
         if hb.domain != self.cfg.domain {
             return Err(Reject::Domain);
         }
-        if hb.info.node_id == self.me.node_id {
+        if hb.info.node_id == self.link.node_id() {
             return Ok(()); // our own, looped back
         }
         if tagged {
@@ -179,14 +137,14 @@ impl Membership {
 
     /// What a member says about itself (heartbeat, ping or pong).
     pub fn observe(&self, info: NodeInfo) {
-        if info.node_id == self.me.node_id {
+        if info.node_id == self.link.node_id() {
             return;
         }
-        if info.jvm_route == self.me.state.jvm_route {
+        if info.jvm_route == self.link.route() {
             *self.conflict.lock().unwrap_or_else(|p| p.into_inner()) = Some(info);
             return;
         }
-        if info.state == PeerState::Leaving {
+        if info.state == State::Leaving {
             self.remove(info.node_id, "announced leaving");
             return;
         }
@@ -280,26 +238,18 @@ impl Membership {
         for m in t.values() {
             n[m.info.state as usize] += 1;
         }
-        for (i, s) in [
-            PeerState::Starting,
-            PeerState::Ready,
-            PeerState::Draining,
-            PeerState::Leaving,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (i, s) in State::ALL.into_iter().enumerate() {
             self.metrics.members(s).set(n[i]);
         }
     }
 
     /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
     /// the same process, else why not. Counted either way.
-    async fn probe(&self, info: &NodeInfo) -> Result<PeerState, String> {
-        let res = super::mesh::ping(self, info.mesh_addr).await;
+    async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
+        let res = super::mesh::ping(&self.link, info.mesh_addr).await;
         let out = match res {
             Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),
-            Ok(_) => Err("another process answers on its mesh address".to_string()),
+            Ok(_) => Err(MeshError::OtherProcess),
             Err(e) => Err(e),
         };
         self.metrics
@@ -345,7 +295,7 @@ impl Membership {
             })
         };
         if let Some(info) = target {
-            tokio::spawn(self.clone().verify(info));
+            self.tasks.spawn_until_stopped(self.clone().verify(info));
         }
     }
 
@@ -371,7 +321,8 @@ impl Membership {
     }
 
     /// The failure detector: verifies members silent for `drop_time`.
-    pub async fn detect(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn detect(self: Arc<Self>) {
+        let shutdown = self.tasks.token().clone();
         let every = (self.cfg.frequency / 2).max(Duration::from_millis(20));
         let mut tick = tokio::time::interval(every);
         loop {
@@ -397,7 +348,7 @@ impl Membership {
             };
             for info in due {
                 tracing::info!(route = %info.jvm_route, "member silent: verifying over the mesh");
-                tokio::spawn(self.clone().verify(info));
+                self.tasks.spawn_until_stopped(self.clone().verify(info));
             }
         }
     }

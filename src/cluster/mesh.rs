@@ -5,27 +5,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
+use tokio_util::codec::Framed;
 
+use super::config::ReceiverConfig;
+use super::error::MeshError;
+use super::link::Link;
 use super::membership::Membership;
 use super::messages::{MeshMessage, NodeInfo};
 use super::replication::Replicator;
-use crate::config::ReceiverConfig;
+use crate::tasks::Tasks;
+use crate::wire::codec;
 
 /// Frames of pings and pongs are small; this caps what a verifier reads.
 const PING_MAX_FRAME: usize = 64 * 1024;
-
-pub fn codec(max_frame: usize) -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(4)
-        .max_frame_length(max_frame)
-        .new_codec()
-}
 
 /// Binds the receiver on the first free port of `port .. port + auto_bind`.
 pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
@@ -45,35 +40,17 @@ pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no port to try")))
 }
 
-/// Accepts mesh connections until `shutdown`.
+/// Accepts mesh connections until the tasks stop; each connection is a task of `tasks`.
 pub async fn serve(
     listener: TcpListener,
     membership: Arc<Membership>,
     replicator: Arc<Replicator>,
-    max_frame: usize,
-    shutdown: CancellationToken,
+    tasks: Tasks,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "mesh accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let m = membership.clone();
-        let r = replicator.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = connection(stream, peer, m, r, max_frame) => {}
-            }
-        });
+    let max_frame = membership.link.max_frame;
+    while let Some((stream, peer)) = crate::net::accept(&listener, tasks.token(), "mesh").await {
+        let (m, r) = (membership.clone(), replicator.clone());
+        tasks.spawn_until_stopped(connection(stream, peer, m, r, max_frame));
     }
 }
 
@@ -101,7 +78,7 @@ async fn connection(
                 return;
             }
         };
-        let msg = match m.open(&frame) {
+        let msg = match m.link.open(&frame) {
             Ok(msg) => msg,
             Err(e) => {
                 m.metrics.mesh_rejected(e.label()).inc();
@@ -111,15 +88,15 @@ async fn connection(
         };
         let reply = match msg {
             MeshMessage::Ping { domain, from } => {
-                if domain != m.cfg.domain {
+                if domain != m.link.domain {
                     m.metrics.mesh_rejected("domain").inc();
                     return;
                 }
                 m.observe(from);
-                Some(MeshMessage::Pong { from: m.me.info() })
+                Some(MeshMessage::Pong { from: m.link.me() })
             }
             MeshMessage::Hello { domain, from } => {
-                if domain != m.cfg.domain {
+                if domain != m.link.domain {
                     m.metrics.mesh_rejected("domain").inc();
                     return;
                 }
@@ -132,7 +109,7 @@ async fn connection(
                 Some(MeshMessage::Ack { seq, need_full })
             }
             MeshMessage::StateRequest { domain, from } => {
-                if domain != m.cfg.domain {
+                if domain != m.link.domain {
                     m.metrics.mesh_rejected("domain").inc();
                     return;
                 }
@@ -158,7 +135,7 @@ async fn connection(
             }
         };
         if let Some(r) = reply {
-            if framed.send(m.seal(&r)).await.is_err() {
+            if framed.send(m.link.seal(&r)).await.is_err() {
                 return;
             }
         }
@@ -166,33 +143,36 @@ async fn connection(
 }
 
 /// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
-pub async fn ping(m: &Membership, addr: SocketAddr) -> Result<NodeInfo, String> {
-    let timeout = m.cfg.verify_timeout;
+pub async fn ping(link: &Link, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
+    let limit = link.verify_timeout;
     let exchange = async {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|source| MeshError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec(PING_MAX_FRAME));
         let ping = MeshMessage::Ping {
-            domain: m.cfg.domain.clone(),
-            from: m.me.info(),
+            domain: link.domain.clone(),
+            from: link.me(),
         };
         framed
-            .send(m.seal(&ping))
+            .send(link.seal(&ping))
             .await
-            .map_err(|e| format!("send ping to {addr}: {e}"))?;
+            .map_err(|source| MeshError::Send { addr, source })?;
         match framed.next().await {
-            Some(Ok(f)) => match m.open(&f) {
+            Some(Ok(f)) => match link.open(&f) {
                 Ok(MeshMessage::Pong { from }) => Ok(from),
-                Ok(other) => Err(format!("unexpected answer from {addr}: {other:?}")),
-                Err(e) => Err(format!("bad answer from {addr}: {e}")),
+                Ok(other) => Err(MeshError::Unexpected {
+                    addr,
+                    what: other.name(),
+                }),
+                Err(source) => Err(MeshError::Frame { addr, source }),
             },
-            Some(Err(e)) => Err(format!("read from {addr}: {e}")),
-            None => Err(format!("{addr} closed the connection")),
+            Some(Err(source)) => Err(MeshError::Read { addr, source }),
+            None => Err(MeshError::Closed { addr }),
         }
     };
-    tokio::time::timeout(timeout, exchange)
+    tokio::time::timeout(limit, exchange)
         .await
-        .map_err(|_| format!("no pong from {addr} within {timeout:?}"))?
+        .map_err(|_| MeshError::Timeout { addr, limit })?
 }

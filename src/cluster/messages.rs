@@ -11,34 +11,16 @@
 
 use std::net::SocketAddr;
 
-use ring::hmac;
 use serde::{Deserialize, Serialize};
+
+use crate::lifecycle::State;
+use crate::session::{Change, FullSession};
+use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
+pub use crate::wire::Key;
 
 pub const MAGIC: &[u8; 4] = b"CRCL";
 pub const HEARTBEAT_VERSION: u8 = 1;
 pub const MESH_VERSION: u8 = 1;
-const TAG_LEN: usize = 32;
-const FLAG_TAGGED: u8 = 1;
-
-/// A member's lifecycle as it announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerState {
-    Starting,
-    Ready,
-    Draining,
-    Leaving,
-}
-
-impl PeerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerState::Starting => "starting",
-            PeerState::Ready => "ready",
-            PeerState::Draining => "draining",
-            PeerState::Leaving => "leaving",
-        }
-    }
-}
 
 /// What a node says about itself (in heartbeats and in mesh pongs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +30,7 @@ pub struct NodeInfo {
     pub jvm_route: String,
     pub mesh_addr: SocketAddr,
     pub http_addr: SocketAddr,
-    pub state: PeerState,
+    pub state: State,
     pub alive_ms: u64,
 }
 
@@ -98,37 +80,17 @@ impl Reject {
     }
 }
 
-/// The HMAC key, when the cluster has one.
-#[derive(Clone)]
-pub struct Key(hmac::Key);
-
-impl Key {
-    pub fn new(secret: &[u8]) -> Self {
-        Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
-    }
-}
-
-impl std::fmt::Debug for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(..)")
-    }
-}
-
 /// Encodes a heartbeat datagram.
 pub fn encode_heartbeat(hb: &Heartbeat, key: Option<&Key>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(MAGIC);
     out.push(HEARTBEAT_VERSION);
-    out.push(if key.is_some() { FLAG_TAGGED } else { 0 });
+    out.push(flags(key));
     // Encoding plain structs into a Vec cannot fail.
     if let Ok(body) = postcard::to_stdvec(hb) {
         out.extend_from_slice(&body);
     }
-    if let Some(k) = key {
-        let tag = hmac::sign(&k.0, &out);
-        out.extend_from_slice(tag.as_ref());
-    }
-    out
+    tag(out, key)
 }
 
 /// Decodes and authenticates a heartbeat datagram. Domain and replay checks are the
@@ -147,105 +109,18 @@ pub fn decode_heartbeat(pkt: &[u8], key: Option<&Key>) -> Result<Heartbeat, Reje
     if pkt[4] != HEARTBEAT_VERSION {
         return Err(Reject::Version);
     }
-    let tagged = pkt[5] & FLAG_TAGGED != 0;
-    let body = match (tagged, key) {
-        (false, Some(_)) => return Err(Reject::MissingTag),
-        (true, None) => return Err(Reject::UnexpectedTag),
-        (false, None) => &pkt[6..],
-        (true, Some(k)) => {
-            if pkt.len() < 6 + TAG_LEN {
-                return Err(Reject::Malformed);
-            }
-            let (signed, tag) = pkt.split_at(pkt.len() - TAG_LEN);
-            hmac::verify(&k.0, signed, tag).map_err(|_| Reject::BadTag)?;
-            &signed[6..]
-        }
-    };
+    let body = untag(pkt, 6, key).map_err(|e| match e {
+        TagError::Missing => Reject::MissingTag,
+        TagError::Unexpected => Reject::UnexpectedTag,
+        TagError::Bad => Reject::BadTag,
+        TagError::Short => Reject::Malformed,
+    })?;
     let (hb, rest): (Heartbeat, &[u8]) =
         postcard::take_from_bytes(body).map_err(|_| Reject::Malformed)?;
     if !rest.is_empty() {
         return Err(Reject::Malformed);
     }
     Ok(hb)
-}
-
-/// A whole session on the wire (create, full copy, state transfer, takeover).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FullSession {
-    pub key: u128,
-    pub owner: String,
-    pub epoch: u64,
-    pub version: u64,
-    /// The attributes as an ASCII JSON object.
-    pub attrs: String,
-    pub max_inactive_ms: u64,
-    /// How long the session has been idle on the sender: the receiver sets its own
-    /// monotonic last-access from it (no wall clocks compared).
-    pub idle_ms: u64,
-}
-
-/// One replicated change; (epoch, version) is the session's after the change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Change {
-    Full(FullSession),
-    /// Only what changed: `set` (a JSON object, merged) then `remove`.
-    Delta {
-        key: u128,
-        epoch: u64,
-        version: u64,
-        set: Option<String>,
-        remove: Vec<String>,
-        max_inactive_ms: Option<u64>,
-    },
-    /// Accessed without change: keeps replicas from expiring it.
-    Touch {
-        key: u128,
-        epoch: u64,
-        version: u64,
-    },
-    /// Invalidated or expired on the owner (also the old id of a renew).
-    Remove {
-        key: u128,
-        epoch: u64,
-        version: u64,
-    },
-    /// BackupManager: this node is no longer the session's backup; forget the copy (no
-    /// tombstone: the session lives on).
-    Drop {
-        key: u128,
-        epoch: u64,
-        version: u64,
-    },
-}
-
-impl Change {
-    pub fn key(&self) -> u128 {
-        match self {
-            Change::Full(f) => f.key,
-            Change::Delta { key, .. }
-            | Change::Touch { key, .. }
-            | Change::Remove { key, .. }
-            | Change::Drop { key, .. } => *key,
-        }
-    }
-
-    /// Metric label.
-    /// Metric label of each kind, by [`Change::kind_index`].
-    pub const KINDS: [&'static str; 5] = ["full", "delta", "touch", "remove", "drop"];
-
-    pub fn kind(&self) -> &'static str {
-        Self::KINDS[self.kind_index()]
-    }
-
-    pub fn kind_index(&self) -> usize {
-        match self {
-            Change::Full(_) => 0,
-            Change::Delta { .. } => 1,
-            Change::Touch { .. } => 2,
-            Change::Remove { .. } => 3,
-            Change::Drop { .. } => 4,
-        }
-    }
 }
 
 /// Messages on the TCP mesh.
@@ -288,21 +163,29 @@ pub enum MeshMessage {
     },
 }
 
+impl MeshMessage {
+    /// The message's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MeshMessage::Ping { .. } => "ping",
+            MeshMessage::Pong { .. } => "pong",
+            MeshMessage::Hello { .. } => "hello",
+            MeshMessage::Replicate { .. } => "replicate",
+            MeshMessage::Ack { .. } => "ack",
+            MeshMessage::StateRequest { .. } => "state request",
+            MeshMessage::StateChunk { .. } => "state chunk",
+            MeshMessage::StateDone { .. } => "state done",
+        }
+    }
+}
+
 /// Encodes a mesh frame body (the length prefix is the codec's), tagged when `key` is set.
 pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
-    let mut out = vec![MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }];
+    let mut out = vec![MESH_VERSION, flags(key)];
     if let Ok(body) = postcard::to_stdvec(msg) {
         out.extend_from_slice(&body);
     }
     tag(out, key)
-}
-
-fn tag(mut out: Vec<u8>, key: Option<&Key>) -> Vec<u8> {
-    if let Some(k) = key {
-        let tag = hmac::sign(&k.0, &out);
-        out.extend_from_slice(tag.as_ref());
-    }
-    out
 }
 
 /// One change as it goes inside a `Replicate` frame: encoded once, however many peers it
@@ -325,7 +208,7 @@ pub fn seal_replicate<'a>(
 ) -> Vec<u8> {
     let len = changes.clone().map(<[u8]>::len).sum::<usize>();
     let mut out = Vec::with_capacity(2 + 3 * 10 + len + TAG_LEN);
-    out.extend_from_slice(&[MESH_VERSION, if key.is_some() { FLAG_TAGGED } else { 0 }]);
+    out.extend_from_slice(&[MESH_VERSION, flags(key)]);
     push_varint(&mut out, REPLICATE_VARIANT);
     push_varint(&mut out, seq);
     push_varint(&mut out, changes.len() as u64);
@@ -333,16 +216,6 @@ pub fn seal_replicate<'a>(
         out.extend_from_slice(c);
     }
     tag(out, key)
-}
-
-/// Postcard's varint: seven bits per byte, lowest first, the high bit set on all but the
-/// last byte.
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// An untagged frame (a cluster without a key).
@@ -385,21 +258,15 @@ pub fn open_mesh(frame: &[u8], key: Option<&Key>) -> Result<MeshMessage, FrameEr
     if v != MESH_VERSION {
         return Err(FrameError::Version(v));
     }
-    let (&flags, rest) = rest.split_first().ok_or(FrameError::Malformed)?;
-    let tagged = flags & FLAG_TAGGED != 0;
-    let body = match (tagged, key) {
-        (false, Some(_)) => return Err(FrameError::MissingTag),
-        (true, None) => return Err(FrameError::UnexpectedTag),
-        (false, None) => rest,
-        (true, Some(k)) => {
-            if frame.len() < 2 + TAG_LEN {
-                return Err(FrameError::Malformed);
-            }
-            let (signed, tag) = frame.split_at(frame.len() - TAG_LEN);
-            hmac::verify(&k.0, signed, tag).map_err(|_| FrameError::BadTag)?;
-            &signed[2..]
-        }
-    };
+    if rest.is_empty() {
+        return Err(FrameError::Malformed);
+    }
+    let body = untag(frame, 2, key).map_err(|e| match e {
+        TagError::Missing => FrameError::MissingTag,
+        TagError::Unexpected => FrameError::UnexpectedTag,
+        TagError::Bad => FrameError::BadTag,
+        TagError::Short => FrameError::Malformed,
+    })?;
     let (msg, rest) = postcard::take_from_bytes(body).map_err(|_| FrameError::Malformed)?;
     if !rest.is_empty() {
         return Err(FrameError::Malformed);
@@ -455,7 +322,7 @@ mod tests {
                 jvm_route: "node1".into(),
                 mesh_addr: "127.0.0.1:4000".parse().unwrap(),
                 http_addr: "127.0.0.1:8080".parse().unwrap(),
-                state: PeerState::Ready,
+                state: State::Ready,
                 alive_ms: 12,
             },
             seq: 3,

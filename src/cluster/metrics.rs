@@ -6,7 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::messages::PeerState;
+use crate::lifecycle::State;
 use crate::metrics::Metrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,7 +77,7 @@ impl ClusterMetrics {
             .get_or_create_owned(&Reason { reason })
     }
 
-    pub fn members(&self, s: PeerState) -> Gauge {
+    pub fn members(&self, s: State) -> Gauge {
         self.members
             .get_or_create_owned(&StateLabel { state: s.as_str() })
     }

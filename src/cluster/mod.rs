@@ -1,65 +1,70 @@
-//! The cluster: membership over multicast heartbeats or static members, the TCP mesh, and
-//! failure detection (SPEC 4.1, 4.2).
+//! The cluster (floor 3): membership over multicast heartbeats or static members, the TCP
+//! mesh, failure detection, and replication of session changes (SPEC 4.1-4.7). It carries
+//! what the session domain produces ([`crate::session::Change`]) and applies what arrives
+//! through the store; it never sees a request.
 //!
-//! - [`messages`]: heartbeat and mesh wire formats (versioned, HMAC on heartbeats).
-//! - [`membership`]: the member table and the failure detector.
-//! - [`mesh`]: the receiver, frames, ping/pong.
-//! - [`transport`]: multicast heartbeats or static pings.
-//! - [`metrics`]: the cluster's Prometheus metrics.
+//! - `config`, `error`: the cluster's settings and errors.
+//! - `link`: the key, domain and identity every mesh exchange uses.
+//! - `messages`: heartbeat and mesh wire formats (versioned, HMAC-tagged with a key).
+//! - `membership`: the member table and the failure detector.
+//! - `mesh`: the receiver, frames, ping/pong.
+//! - `transport`: multicast heartbeats or static pings.
+//! - `replication`: the replicator, its peers, rebalance, state transfer.
+//! - `routing`: rendezvous successors and who serves a session.
+//! - `metrics`: the cluster's Prometheus metrics.
 //!
-//! [`Cluster::start`] runs it all; [`Cluster::join`] is the join window of a starting node,
-//! [`Cluster::announce`] sends the current state at once (ready, leaving).
+//! [`Cluster`] is all that the layers above use: `start`, `join` (the join window of a
+//! starting node), `state_transfer`, `announce`, and the named questions of the sticky
+//! layer (`replicate`, `settle`, `members`, `verify`, `is_member_at`) and of the admin
+//! endpoints.
 
-pub mod membership;
-pub mod mesh;
-pub mod messages;
-pub mod metrics;
-pub mod replication;
-pub mod routing;
-pub mod transport;
+mod config;
+mod error;
+mod link;
+mod membership;
+mod mesh;
+mod messages;
+mod metrics;
+mod replication;
+mod routing;
+mod transport;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{ClusterConfig, MembershipKind};
-use crate::node::NodeState;
-use membership::{Me, Membership};
-use messages::Key;
+use crate::lifecycle::NodeState;
+use crate::session::{Change, SessionStore};
+use crate::tasks::Tasks;
+use crate::wire::Key;
+use link::{Link, Me};
+use membership::Membership;
 use replication::Replicator;
 use transport::Multicast;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
-    #[error(
-        "another live node already has jvm_route {route:?} (mesh {mesh}, http {http}): \
-         each node needs its own [node] jvm_route; refusing to start"
-    )]
-    DuplicateRoute {
-        route: String,
-        mesh: SocketAddr,
-        http: SocketAddr,
-    },
-    #[error("cannot open the multicast socket on {bind} for {group}:{port}: {source}")]
-    Multicast {
-        group: std::net::Ipv4Addr,
-        port: u16,
-        bind: std::net::Ipv4Addr,
-        source: std::io::Error,
-    },
-}
+pub use config::{ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode};
+pub use error::{ClusterError, MeshError};
+pub use membership::Member;
+pub use mesh::bind as bind_receiver;
+pub use messages::{
+    decode_heartbeat, decode_mesh, encode_change, encode_heartbeat, encode_mesh, open_mesh,
+    seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject,
+};
+pub use replication::Wait;
+pub use routing::{decide, successor, Decision};
+pub use transport::multicast_socket;
 
 pub struct Cluster {
-    pub membership: Arc<Membership>,
-    pub replicator: Arc<Replicator>,
+    membership: Arc<Membership>,
+    replicator: Arc<Replicator>,
     multicast: Option<Arc<Multicast>>,
     static_members: Vec<String>,
 }
 
 /// Replaces an unspecified IP (0.0.0.0) by one peers can reach.
-pub fn reachable(addr: SocketAddr, fallback: IpAddr) -> SocketAddr {
+fn reachable(addr: SocketAddr, fallback: IpAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         SocketAddr::new(fallback, addr.port())
     } else {
@@ -69,14 +74,15 @@ pub fn reachable(addr: SocketAddr, fallback: IpAddr) -> SocketAddr {
 
 impl Cluster {
     /// Starts membership and the mesh receiver on `mesh_listener`; the node is `starting`.
+    /// Every task it starts belongs to `tasks` and ends when they stop.
     pub fn start(
         cfg: &ClusterConfig,
-        store: Arc<crate::session::SessionStore>,
+        store: Arc<SessionStore>,
         state: Arc<NodeState>,
         mesh_listener: TcpListener,
         http_addr: SocketAddr,
         metrics: &crate::metrics::Metrics,
-        shutdown: CancellationToken,
+        tasks: &Tasks,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let announce_ip = match &cfg.membership.kind {
             MembershipKind::Multicast { bind, .. } => IpAddr::V4(*bind),
@@ -95,9 +101,21 @@ impl Cluster {
             http_addr,
             state,
         };
-        let cm = metrics::ClusterMetrics::register(metrics);
         let key = cfg.key.as_deref().map(Key::new);
-        let membership = Arc::new(Membership::new(me, cfg.membership.clone(), key.clone(), cm));
+        let link = Arc::new(Link::new(
+            key,
+            cfg.membership.domain.clone(),
+            me,
+            cfg.membership.verify_timeout,
+            cfg.receiver.max_frame_bytes,
+        ));
+        let cm = metrics::ClusterMetrics::register(metrics);
+        let membership = Arc::new(Membership::new(
+            link,
+            cfg.membership.clone(),
+            cm,
+            tasks.clone(),
+        ));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
         let replicator = Replicator::new(
@@ -106,19 +124,19 @@ impl Cluster {
             cfg.manager,
             cfg.send_mode,
             cfg.ack_timeout,
-            cfg.receiver.max_frame_bytes,
             metrics,
+            tasks.clone(),
         );
-        tokio::spawn(replicator.clone().follow_members(shutdown.clone()));
-        tokio::spawn(replicator.clone().rebalance(shutdown.clone()));
-        tokio::spawn(mesh::serve(
+        tasks.spawn(replicator.clone().follow_members());
+        tasks.spawn(replicator.clone().rebalance());
+        tasks.spawn(mesh::serve(
             mesh_listener,
             membership.clone(),
             replicator.clone(),
-            cfg.receiver.max_frame_bytes,
-            shutdown.clone(),
+            tasks.clone(),
         ));
-        tokio::spawn(membership.clone().detect(shutdown.clone()));
+        tasks.spawn(membership.clone().detect());
+        let shutdown = tasks.token().clone();
         let (multicast, static_members) = match &cfg.membership.kind {
             MembershipKind::Multicast {
                 group,
@@ -135,15 +153,15 @@ impl Cluster {
                             source: e,
                         }
                     })?;
-                let mc = Arc::new(Multicast::new(sock, SocketAddr::from((*group, *port)), key));
-                tokio::spawn(mc.clone().run(membership.clone(), shutdown.clone()));
+                let mc = Arc::new(Multicast::new(sock, SocketAddr::from((*group, *port))));
+                tasks.spawn(mc.clone().run(membership.clone(), shutdown));
                 (Some(mc), Vec::new())
             }
             MembershipKind::Static { members } => {
-                tokio::spawn(transport::run_static(
+                tasks.spawn(transport::run_static(
                     members.clone(),
                     membership.clone(),
-                    shutdown.clone(),
+                    shutdown,
                 ));
                 (None, members.clone())
             }
@@ -162,7 +180,7 @@ impl Cluster {
         let m = &self.membership;
         tokio::time::sleep(m.cfg.frequency * 2 + m.cfg.frequency / 2).await;
         if let Some(other) = m.conflict() {
-            let alive = mesh::ping(m, other.mesh_addr)
+            let alive = mesh::ping(&m.link, other.mesh_addr)
                 .await
                 .is_ok_and(|pong| pong.jvm_route == other.jvm_route);
             if alive {
@@ -178,6 +196,12 @@ impl Cluster {
         Ok(())
     }
 
+    /// State transfer of a starting node (SPEC 4.7): `Ok(None)` when there was nobody to
+    /// ask (or the manager pulls nothing), else the source's route and its session count.
+    pub async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
+        self.replicator.state_transfer().await
+    }
+
     /// Sends the current state now (after `ready`, and `leaving` on shutdown).
     pub async fn announce(&self) {
         match &self.multicast {
@@ -189,5 +213,63 @@ impl Cluster {
             }
             None => transport::ping_all(&self.static_members, &self.membership).await,
         }
+    }
+
+    /// Queues a change of a session this node owns for the members that hold copies; in
+    /// sync mode with `waits`, one ack wait per target is added. Called under the session's
+    /// guard: synchronous and cheap.
+    #[inline]
+    pub fn replicate(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
+        self.replicator.enqueue(change, waits);
+    }
+
+    /// `send_options = sync`: responses wait for the members' acks.
+    #[inline]
+    pub fn is_sync(&self) -> bool {
+        self.replicator.mode == SendMode::Sync
+    }
+
+    /// Waits until every member applied the changes behind `waits` (bounded by
+    /// `ack_timeout`; a member that misses it is verified).
+    pub async fn settle(&self, waits: Vec<Wait>) {
+        self.replicator.settle(waits).await;
+    }
+
+    /// The other members' announced identity and state, for routing.
+    pub fn members(&self) -> Vec<NodeInfo> {
+        self.membership.infos()
+    }
+
+    /// Verifies a member now and waits for the answer: `true` if it is alive; a dead
+    /// member is removed before this returns.
+    pub async fn verify(&self, node_id: u64) -> bool {
+        self.membership.check_now(node_id).await
+    }
+
+    /// How long a verification may take (`verify_timeout`).
+    pub fn verify_timeout(&self) -> Duration {
+        self.membership.link.verify_timeout
+    }
+
+    /// Whether `route` is a member whose announced HTTP address has the IP `ip` (the
+    /// forwarding marker's trust rule, SPEC 4.4).
+    pub fn is_member_at(&self, route: &str, ip: IpAddr) -> bool {
+        self.membership
+            .infos()
+            .iter()
+            .any(|m| m.jvm_route == route && m.http_addr.ip() == ip)
+    }
+
+    /// The member table, for `/status`.
+    pub fn member_table(&self) -> Vec<Member> {
+        self.membership.members()
+    }
+
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.membership.link.mesh_addr()
+    }
+
+    pub fn manager(&self) -> Manager {
+        self.replicator.manager
     }
 }

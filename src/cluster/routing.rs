@@ -6,7 +6,9 @@
 //! highest rendezvous score for the base id, so every node that sees the same members picks
 //! the same one and two nodes never both take a session over.
 
-use super::messages::{NodeInfo, PeerState};
+use super::messages::NodeInfo;
+use crate::lifecycle::State;
+use crate::session::Key;
 
 /// Rendezvous (highest random weight) score of `route` for `base`: 64-bit FNV-1a of
 /// `base`, a separator, `route`. Hand-written: stable across nodes and versions, which
@@ -38,6 +40,12 @@ pub fn successor<'a>(base: &str, routes: impl IntoIterator<Item = &'a str>) -> O
         .max_by(|a, b| score(base, a).cmp(&score(base, b)).then_with(|| a.cmp(b)))
 }
 
+/// BackupManager: the route among `routes` that holds the copy of session `key` (the
+/// successor for its base id).
+pub fn backup<'a>(key: u128, routes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    successor(&Key(key).base(), routes)
+}
+
 /// What to do with a request for a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -63,7 +71,7 @@ pub fn decide(
     cookie_route: Option<&str>,
     members: &[NodeInfo],
 ) -> Decision {
-    let ready = |m: &&NodeInfo| m.state == PeerState::Ready;
+    let ready = |m: &&NodeInfo| m.state == State::Ready;
     let member = |route: &str| members.iter().find(|m| m.jvm_route == route);
     match copy_owner {
         Some(owner) if owner == me => Decision::Local,
@@ -107,7 +115,7 @@ pub fn decide(
 mod tests {
     use super::*;
 
-    fn m(route: &str, state: PeerState) -> NodeInfo {
+    fn m(route: &str, state: State) -> NodeInfo {
         NodeInfo {
             node_id: route.len() as u64,
             jvm_route: route.into(),
@@ -137,8 +145,8 @@ mod tests {
     #[test]
     fn rules() {
         let b = "0123456789ABCDEF0123456789ABCDEF";
-        let n2 = m("n2", PeerState::Ready);
-        let members = vec![n2.clone(), m("n3", PeerState::Ready)];
+        let n2 = m("n2", State::Ready);
+        let members = vec![n2.clone(), m("n3", State::Ready)];
         assert_eq!(
             decide(b, "n1", Some("n1"), Some("n2"), &members),
             Decision::Local
@@ -172,7 +180,7 @@ mod tests {
             let others: Vec<NodeInfo> = ["n1", "n2", "n3"]
                 .iter()
                 .filter(|r| **r != me)
-                .map(|r| m(r, PeerState::Ready))
+                .map(|r| m(r, State::Ready))
                 .collect();
             decide(b, me, Some("dead"), Some("dead"), &others)
         };
@@ -189,7 +197,7 @@ mod tests {
         }
         assert_eq!(takers, 1);
         // A draining owner counts as gone.
-        let draining = vec![m("n2", PeerState::Draining)];
+        let draining = vec![m("n2", State::Draining)];
         assert!(matches!(
             decide(b, "n1", Some("n2"), None, &draining),
             Decision::TakeOver

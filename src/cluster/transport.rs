@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::membership::Membership;
-use super::messages::{decode_heartbeat, encode_heartbeat, Heartbeat, Key};
+use super::messages::{decode_heartbeat, encode_heartbeat, Heartbeat};
 
 /// The multicast socket, bound to the group port and joined on `bind`.
 pub fn multicast_socket(
@@ -37,19 +37,18 @@ pub fn multicast_socket(
 }
 
 /// Sends heartbeats (multicast) and receives them.
+/// Heartbeats are tagged with the link's key (`Membership::link`).
 pub struct Multicast {
-    pub socket: UdpSocket,
-    pub target: SocketAddr,
-    pub key: Option<Key>,
+    socket: UdpSocket,
+    target: SocketAddr,
     seq: AtomicU64,
 }
 
 impl Multicast {
-    pub fn new(socket: UdpSocket, target: SocketAddr, key: Option<Key>) -> Self {
+    pub fn new(socket: UdpSocket, target: SocketAddr) -> Self {
         Self {
             socket,
             target,
-            key,
             seq: AtomicU64::new(0),
         }
     }
@@ -58,13 +57,13 @@ impl Multicast {
     pub async fn send(&self, m: &Membership) {
         let hb = Heartbeat {
             domain: m.cfg.domain.clone(),
-            info: m.me.info(),
+            info: m.link.me(),
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             sent_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        let pkt = encode_heartbeat(&hb, self.key.as_ref());
+        let pkt = encode_heartbeat(&hb, m.link.key());
         match self.socket.send_to(&pkt, self.target).await {
             Ok(_) => {
                 m.metrics.heartbeats_sent.inc();
@@ -99,8 +98,9 @@ impl Multicast {
                         }
                     },
                 };
-                let res = decode_heartbeat(&buf[..n], self.key.as_ref())
-                    .and_then(|hb| m.on_heartbeat(hb, self.key.is_some()));
+                let key = m.link.key();
+                let res = decode_heartbeat(&buf[..n], key)
+                    .and_then(|hb| m.on_heartbeat(hb, key.is_some()));
                 match res {
                     Ok(()) => {
                         m.metrics.heartbeats_received.inc();
@@ -140,10 +140,10 @@ pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
                 Err(_) => None,
             };
             let Some(sa) = resolved else { return };
-            if sa == m.me.mesh_addr {
+            if sa == m.link.mesh_addr() {
                 return;
             }
-            if let Ok(info) = super::mesh::ping(&m, sa).await {
+            if let Ok(info) = super::mesh::ping(&m.link, sa).await {
                 m.metrics.heartbeats_received.inc();
                 m.observe(info);
             }

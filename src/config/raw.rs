@@ -226,7 +226,7 @@ pub struct RawReplication {
 impl Default for RawReplication {
     fn default() -> Self {
         Self {
-            filter: crate::session::filter::TOMCAT_DEFAULT.into(),
+            filter: crate::session::TOMCAT_DEFAULT.into(),
         }
     }
 }

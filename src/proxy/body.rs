@@ -1,49 +1,13 @@
-//! Body types of the request path. Bodies stream both ways: nothing here buffers a body.
+//! The body the client gets: a backend's (streamed) or one the proxy wrote. Nothing here
+//! buffers a body; the request body is [`UpBody`].
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
-use super::upstream::client::ResponseBody;
-
-/// What the proxy sends upstream: the client's body as it arrives, or nothing.
-#[derive(Debug)]
-pub enum UpBody {
-    Client(Incoming),
-    Empty,
-}
-
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpBody::Client(b) => Pin::new(b).poll_frame(cx),
-            UpBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpBody::Client(b) => b.is_end_stream(),
-            UpBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpBody::Client(b) => b.size_hint(),
-            UpBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
+pub use super::upstream::UpBody;
+use super::upstream::ResponseBody;
 
 /// What the proxy sends to the client: a backend's body (which returns its connection to the
 /// pool when it ends), or a short body the proxy wrote itself.

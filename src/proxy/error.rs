@@ -1,21 +1,26 @@
 //! Errors of the request path, each knowing whose fault it is and what the client gets.
+//!
+//! `Display` is the full detail, for the log (backend addresses, I/O errors);
+//! [`ProxyError::client_text`] is what the response body says: the reason, without the
+//! proxy's internals (as neon's proxy keeps `UserFacingError` apart from its logs).
+
+use std::borrow::Cow;
 
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
+use super::upstream::UpstreamError;
+use crate::session::SessionError;
 
 /// Whose fault an error is: decides the log level and the status class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
-    Client,
     Backend,
     Proxy,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
     #[error("no healthy backend")]
     NoHealthyBackend,
     #[error("could not connect to a backend: {0}")]
@@ -30,14 +35,35 @@ pub enum ProxyError {
     SessionLimit(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The text is the client's: it names the reason, never an address.
     #[error("cannot route the session: {0}")]
     Unroutable(String),
+}
+
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
+            UpstreamError::Connect(m) => ProxyError::BackendConnect(m),
+            UpstreamError::Failed(m) => ProxyError::BackendFailed(m),
+            UpstreamError::Timeout => ProxyError::BackendTimeout,
+        }
+    }
+}
+
+impl From<SessionError> for ProxyError {
+    fn from(e: SessionError) -> Self {
+        match e {
+            SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
+            SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
+            SessionError::Random(_) => ProxyError::Internal(e.to_string()),
+        }
+    }
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect(_) | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -50,7 +76,6 @@ impl ProxyError {
 
     pub fn blame(&self) -> Blame {
         match self {
-            ProxyError::BadRequest(_) => Blame::Client,
             ProxyError::NoHealthyBackend
             | ProxyError::SessionLimit(_)
             | ProxyError::Internal(_) => Blame::Proxy,
@@ -61,7 +86,6 @@ impl ProxyError {
     /// Short label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            ProxyError::BadRequest(_) => "bad_request",
             ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::BackendConnect(_) => "backend_connect",
             ProxyError::BackendFailed(_) => "backend_failed",
@@ -73,6 +97,22 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told. A malformed directive is named (SPEC 5: the body names
+    /// the problem, which is the backend's header, not ours); backend addresses and I/O
+    /// errors stay in the log.
+    pub fn client_text(&self) -> Cow<'_, str> {
+        match self {
+            ProxyError::BackendConnect(_) => "could not connect to a backend".into(),
+            ProxyError::BackendFailed(_) => "backend failed".into(),
+            ProxyError::Internal(_) => "internal error".into(),
+            ProxyError::NoHealthyBackend
+            | ProxyError::BackendTimeout
+            | ProxyError::BadDirective(_)
+            | ProxyError::SessionLimit(_)
+            | ProxyError::Unroutable(_) => self.to_string().into(),
+        }
+    }
+
     /// A short plain-text response naming the reason.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let status = self.status();
@@ -80,7 +120,7 @@ impl ProxyError {
             "{} {}: {}\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
-            self
+            self.client_text()
         );
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = status;
@@ -88,10 +128,23 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if self.blame() == Blame::Client {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_text_keeps_addresses_out() {
+        let e = ProxyError::from(UpstreamError::Failed(
+            "http://10.1.2.3:9001: reading the response: connection reset".into(),
+        ));
+        assert!(e.to_string().contains("10.1.2.3"), "the log has the detail");
+        assert_eq!(e.client_text(), "backend failed");
+        let e = ProxyError::from(UpstreamError::Connect("http://10.1.2.3:9001: refused".into()));
+        assert!(!e.client_text().contains("10.1.2.3"));
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }
 }

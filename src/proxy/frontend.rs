@@ -6,6 +6,8 @@
 //! in-flight requests (`graceful_shutdown`); the caller waits on the [`TaskTracker`].
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +19,71 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
-
-use crate::config::HttpConfig;
 
 use super::drain::{Drain, Signal};
 use super::headers::ClientInfo;
 use super::timer::CoarseTimer;
 use super::Proxy;
+
+/// `[http]`: the plain listeners and the limits of every client connection.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: Vec<SocketAddr>,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub h2c: bool,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// `[https]`: the TLS listeners and their certificate.
+#[derive(Clone)]
+pub struct HttpsConfig {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Loaded and checked at validation time so a bad cert is a config error.
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for HttpsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpsConfig")
+            .field("listen", &self.listen)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// The settings hyper's HTTP/1.1 and HTTP/2 builders share, whichever connection type
+/// (plain, TLS, or the version-sniffing `auto` one) serves the connection. A macro: the
+/// `auto` builder's halves are other types with the same methods.
+macro_rules! http1_settings {
+    ($b:expr, $cfg:expr) => {
+        // HTTP/1 responses are written flattened (head and body copied into one buffer,
+        // one `write`) instead of hyper's `writev` queue: 4-5% less CPU per small proxied
+        // request, and no measurable change for 8 KiB to 1 MiB bodies (bench/RESULTS.md).
+        $b.timer(CoarseTimer)
+            .header_read_timeout($cfg.header_read_timeout)
+            .max_buf_size($cfg.max_header_bytes)
+            .max_headers($cfg.max_headers)
+            .writev(false)
+            .keep_alive(true)
+    };
+}
+
+macro_rules! http2_settings {
+    ($b:expr, $cfg:expr) => {
+        $b.timer(CoarseTimer)
+            .max_header_list_size(u32::try_from($cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+    };
+}
 
 /// Settings and shared state of all client listeners of a node. The protocol is known
 /// without sniffing (TLS says it in ALPN, plain listeners speak HTTP/1.1 unless h2c is on),
@@ -43,38 +102,13 @@ pub struct Frontend {
 
 impl Frontend {
     pub fn new(proxy: Arc<Proxy>, cfg: &HttpConfig) -> Self {
-        // HTTP/1 responses are written flattened (head and body copied into one buffer, one
-        // `write`) instead of hyper's `writev` queue: 4-5% less CPU per small proxied
-        // request, and no measurable change for 8 KiB to 1 MiB bodies (bench/RESULTS.md).
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(CoarseTimer)
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes)
-            .max_headers(cfg.max_headers)
-            .writev(false)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(CoarseTimer)
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+        http1_settings!(builder.http1(), cfg);
+        http2_settings!(builder.http2(), cfg);
         let mut http1 = http1::Builder::new();
-        http1
-            .timer(CoarseTimer)
-            .header_read_timeout(cfg.header_read_timeout)
-            .max_buf_size(cfg.max_header_bytes)
-            .max_headers(cfg.max_headers)
-            .writev(false)
-            .keep_alive(true);
+        http1_settings!(http1, cfg);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2
-            .timer(CoarseTimer)
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+        http2_settings!(http2, cfg);
         Self {
             proxy,
             auto: builder,
@@ -116,17 +150,9 @@ impl Frontend {
                     Err(_) => return,
                 },
             };
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            let Some((stream, peer)) = crate::net::accept(&listener, &shutdown, "http").await
+            else {
+                return;
             };
             let this = self.clone();
             let tls = tls.clone();
@@ -144,7 +170,7 @@ impl Frontend {
     async fn connection(
         &self,
         stream: TcpStream,
-        peer: std::net::SocketAddr,
+        peer: SocketAddr,
         tls: Option<TlsAcceptor>,
     ) {
         let _ = stream.set_nodelay(true);

@@ -15,8 +15,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -83,7 +83,78 @@ impl Wheel {
 }
 
 static WHEEL: OnceLock<Wheel> = OnceLock::new();
-static TICKER: OnceLock<Result<(), String>> = OnceLock::new();
+static TICKER: Mutex<TickerThread> = Mutex::new(TickerThread {
+    users: 0,
+    implicit: false,
+    thread: None,
+});
+/// A ticker thread runs: read on a sleep's first poll (one atomic load).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// The ticker thread and who needs it.
+struct TickerThread {
+    /// Live [`Ticker`] guards.
+    users: usize,
+    /// A sleep was polled with no guard alive (outside a node): keep ticking for good.
+    implicit: bool,
+    thread: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+impl TickerThread {
+    fn ensure(&mut self) -> Result<(), String> {
+        if self.thread.is_some() {
+            return Ok(());
+        }
+        let w = wheel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("caracal-timer".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::sleep(TICK);
+                    w.tick();
+                }
+            })
+            .map_err(|e| format!("cannot start the timer thread: {e}"))?;
+        self.thread = Some((stop, handle));
+        RUNNING.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+fn ticker() -> MutexGuard<'static, TickerThread> {
+    TICKER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps the ticker thread running while it lives; the thread stops when the last guard
+/// is dropped (a node holds one while it runs, so a stopped node leaves no thread).
+#[must_use = "the ticker stops when the guard is dropped"]
+pub struct Ticker(());
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        let stopped = {
+            let mut t = ticker();
+            t.users = t.users.saturating_sub(1);
+            if t.users == 0 && !t.implicit {
+                RUNNING.store(false, Ordering::Release);
+                t.thread.take()
+            } else {
+                None
+            }
+        };
+        if let Some((stop, handle)) = stopped {
+            stop.store(true, Ordering::Release);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Whether the ticker thread runs.
+pub fn ticking() -> bool {
+    ticker().thread.is_some()
+}
 
 fn wheel() -> &'static Wheel {
     WHEEL.get_or_init(|| Wheel {
@@ -93,22 +164,22 @@ fn wheel() -> &'static Wheel {
     })
 }
 
-/// Starts the ticker thread (idempotent). The node calls it at startup so that a failure
-/// to start a thread is an error there, not a hang later.
-pub fn start() -> Result<(), String> {
-    TICKER
-        .get_or_init(|| {
-            let w = wheel();
-            std::thread::Builder::new()
-                .name("caracal-timer".into())
-                .spawn(move || loop {
-                    std::thread::sleep(TICK);
-                    w.tick();
-                })
-                .map(|_| ())
-                .map_err(|e| format!("cannot start the timer thread: {e}"))
-        })
-        .clone()
+/// Starts the ticker thread if it is not running, and keeps it running while the guard
+/// lives. The node calls it at startup so that a failure to start a thread is an error
+/// there, not a hang later.
+pub fn start() -> Result<Ticker, String> {
+    let mut t = ticker();
+    t.ensure()?;
+    t.users += 1;
+    Ok(Ticker(()))
+}
+
+/// A sleep polled with no ticker: start one for good (never hang); `false` if a thread
+/// cannot be started.
+fn ensure_running() -> bool {
+    let mut t = ticker();
+    t.implicit = true;
+    t.ensure().is_ok()
 }
 
 /// The shard of the calling thread.
@@ -204,8 +275,11 @@ impl Future for Sleep {
             return Poll::Ready(());
         }
         match this.slot {
-            // No ticker (it failed at startup, which stops the node): fire now, never hang.
-            None if start().is_err() => return Poll::Ready(()),
+            // No ticker (outside a node, or it failed at startup, which stops the node):
+            // start one, or fire now; never hang.
+            None if !RUNNING.load(Ordering::Acquire) && !ensure_running() => {
+                return Poll::Ready(())
+            }
             None => {
                 let i = my_shard();
                 let mut s = w.shard(i);
@@ -289,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn fires_no_earlier_than_asked_and_soon_after() {
-        start().unwrap();
+        let _ticker = start().unwrap();
         for ms in [0u64, 5, 30, 120] {
             let t = Instant::now();
             Sleep::new(Duration::from_millis(ms)).await;
@@ -307,7 +381,7 @@ mod tests {
 
     #[test]
     fn the_coarse_clock_trails_the_real_one_by_about_a_tick() {
-        start().unwrap();
+        let _ticker = start().unwrap();
         let w = wheel();
         let real_ms = || u64::try_from(w.base.elapsed().as_millis()).unwrap();
         // Wait for a tick after this point, so the bound below holds on a loaded machine.
@@ -325,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn timeout_passes_the_value_or_elapses() {
-        start().unwrap();
+        let _ticker = start().unwrap();
         assert_eq!(timeout(Duration::from_secs(5), async { 7 }).await, Ok(7));
         let t = Instant::now();
         let r = timeout(Duration::from_millis(50), std::future::pending::<()>()).await;
@@ -335,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_sleep_frees_its_slot() {
-        start().unwrap();
+        let _ticker = start().unwrap();
         let w = wheel();
         // A deadline no parallel test uses: a reused key would carry another.
         let mut s = Box::pin(Sleep::new(Duration::from_millis(3_612_345)));
@@ -353,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn reset_moves_a_registered_deadline() {
-        start().unwrap();
+        let _ticker = start().unwrap();
         use hyper::rt::Timer;
         let t = Instant::now();
         let mut s = CoarseTimer.sleep_until(Instant::now() + Duration::from_secs(60));

@@ -18,7 +18,7 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 use super::json::to_ascii_json;
-use super::protocol::DirectiveError;
+use super::error::DirectiveError;
 
 /// The canonical text of an attribute object.
 pub fn canonical(attrs: &Map<String, Value>) -> Vec<u8> {

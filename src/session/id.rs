@@ -113,11 +113,19 @@ pub fn parse(value: &str) -> Option<ClientId<'_>> {
     };
     let key = Key::from_base(base)?;
     if let Some(r) = route {
-        if !crate::config::valid_route(r) {
+        if !valid_route(r) {
             return None;
         }
     }
     Some(ClientId { base, key, route })
+}
+
+/// A jvm_route ends up in cookies and header values: keep it to a safe token.
+pub fn valid_route(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 64
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 use super::attrs;
+use super::error::DirectiveError;
 
 /// Header names built once from the prefix.
 #[derive(Debug, Clone)]
@@ -99,21 +100,6 @@ impl Directives {
 }
 
 /// A malformed directive: the response becomes 502 naming it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DirectiveError {
-    #[error("{header}: not valid JSON: {reason}")]
-    BadJson { header: String, reason: String },
-    #[error("{header}: must be a JSON object")]
-    NotObject { header: String },
-    #[error("{header}: expected true or false, got {value:?}")]
-    BadBool { header: String, value: String },
-    #[error("{header}: expected whole seconds from 1 to 31536000, got {value:?}")]
-    BadSeconds { header: String, value: String },
-    #[error("{header}: not valid text")]
-    NotText { header: String },
-    #[error("session attributes would be {bytes} bytes, over max_session_bytes ({limit})")]
-    TooLarge { bytes: usize, limit: usize },
-}
 
 /// Reads the directives from a backend's session-prefixed response headers (as received:
 /// the name in any case, the value), which the upstream client set aside. Repeated `-Set`

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::metrics::PeerMetrics;
 use super::{Outgoing, Replicator};
-use crate::cluster::mesh::codec;
-use crate::cluster::messages::{encode_change, Change, MeshMessage, NodeInfo};
+use crate::cluster::messages::{encode_change, MeshMessage, NodeInfo};
+use crate::session::Change;
+use crate::wire::codec;
 
 const MAX_BATCH: usize = 512;
 
@@ -38,7 +39,7 @@ pub async fn run(
     let mut backoff = Duration::from_millis(50);
     loop {
         let connect = tokio::time::timeout(
-            rep.membership.cfg.verify_timeout,
+            rep.link.verify_timeout,
             TcpStream::connect(info.mesh_addr),
         );
         let stream = tokio::select! {
@@ -58,12 +59,12 @@ pub async fn run(
         };
         backoff = Duration::from_millis(50);
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, codec(rep.max_frame));
+        let mut framed = Framed::new(stream, codec(rep.link.max_frame));
         let hello = MeshMessage::Hello {
-            domain: rep.membership.cfg.domain.clone(),
-            from: rep.membership.me.info(),
+            domain: rep.link.domain.clone(),
+            from: rep.link.me(),
         };
-        if framed.send(rep.membership.seal(&hello)).await.is_err() {
+        if framed.send(rep.link.seal(&hello)).await.is_err() {
             continue;
         }
         let (mut sink, mut stream) = framed.split();
@@ -101,7 +102,7 @@ pub async fn run(
             };
             seq += 1;
             let frame = rep
-                .membership
+                .link
                 .seal_replicate(seq, batch.iter().map(|o| &o.change[..]));
             for o in &batch {
                 metrics.sent(o.kind).inc();
@@ -131,7 +132,7 @@ fn on_ack(
     retry: &mut VecDeque<Outgoing>,
     depth: &AtomicI64,
 ) {
-    let Ok(MeshMessage::Ack { seq, need_full }) = rep.membership.open(frame) else {
+    let Ok(MeshMessage::Ack { seq, need_full }) = rep.link.open(frame) else {
         rep.membership.metrics.mesh_rejected("unexpected").inc();
         return;
     };

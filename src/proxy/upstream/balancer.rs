@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::Algorithm;
+use super::config::Algorithm;
 
 use super::Backend;
 

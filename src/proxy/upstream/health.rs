@@ -5,22 +5,22 @@
 use std::sync::Arc;
 
 use http::{header, Request};
-use tokio_util::sync::CancellationToken;
 
-use crate::proxy::body::UpBody;
+use super::{pool, Backend, UpBody, Upstream, DOWN_UNTIL_CHECKED};
+use crate::tasks::Tasks;
 
-use super::{pool, Backend, Upstream, DOWN_UNTIL_CHECKED};
-
-/// Runs the checks (and the idle-connection reaper) until `shutdown`.
-pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken) {
+/// Runs the checks (and the idle-connection reaper) until the upstream's tasks stop.
+pub async fn run(upstream: Arc<Upstream>) {
+    let shutdown = upstream.tasks.token().clone();
     let cfg = upstream.config().health.clone();
     let idle_timeout = upstream.config().idle_timeout;
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut checks = tokio::task::JoinSet::new();
     for b in upstream.backends.clone() {
         let cfg = cfg.clone();
         let connect_timeout = upstream.config().connect_timeout;
         let shutdown = shutdown.clone();
-        tasks.spawn(async move {
+        let tasks = upstream.tasks.clone();
+        checks.spawn(async move {
             let mut tick = tokio::time::interval(cfg.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let (mut ok_streak, mut fail_streak) = (0u32, 0u32);
@@ -33,8 +33,11 @@ pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken) {
                 if !cfg.enabled {
                     continue;
                 }
-                let result =
-                    tokio::time::timeout(cfg.timeout, probe(&b, &cfg.path, connect_timeout)).await;
+                let result = tokio::time::timeout(
+                    cfg.timeout,
+                    probe(&b, &cfg.path, connect_timeout, &tasks),
+                )
+                .await;
                 let ok = matches!(result, Ok(Ok(())));
                 if ok {
                     ok_streak += 1;
@@ -64,13 +67,14 @@ pub async fn run(upstream: Arc<Upstream>, shutdown: CancellationToken) {
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    while checks.join_next().await.is_some() {}
 }
 
 async fn probe(
     b: &Backend,
     path: &str,
     connect_timeout: std::time::Duration,
+    tasks: &Tasks,
 ) -> Result<(), String> {
     let mut conn = pool::connect(&b.authority, connect_timeout)
         .await
@@ -82,7 +86,7 @@ async fn probe(
         .body(())
         .map_err(|e| e.to_string())?;
     let head = conn
-        .send(&req.into_parts().0, &[], b"", &mut UpBody::Empty)
+        .send(&req.into_parts().0, &[], b"", &mut UpBody::Empty, tasks)
         .await
         .map_err(|e| e.reason)?;
     let s = head.parts.status;

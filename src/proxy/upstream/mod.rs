@@ -1,19 +1,23 @@
 //! The backend side of the proxy: one pooled keep-alive client for all backends, the
 //! balancer, passive and active health, timeouts and the retry rule.
 //!
-//! - [`client`]: the HTTP/1.1 exchange on one connection, run in the request's task.
-//! - [`pool`]: per-backend idle HTTP/1.1 connections and connecting with a timeout.
-//! - [`balancer`]: which backend a request goes to.
-//! - [`health`]: active checks (`[backends.health]`).
+//! - `client`: the HTTP/1.1 exchange on one connection, run in the request's task.
+//! - `pool`: per-backend idle HTTP/1.1 connections and connecting with a timeout.
+//! - `balancer`: which backend a request goes to.
+//! - `health`: active checks (`[backends.health]`).
+//! - `request_body`: the request body on its way to a backend.
+//! - `config`: the settings.
 //!
 //! Retry rule (SPEC 3): a request moves to another backend only when nothing reached the
 //! first (connect failed, or the write failed at once), or when it is idempotent and has no
 //! body, so it can be sent again as it was (the request's parts are only borrowed).
 
-pub mod balancer;
-pub mod client;
-pub mod health;
-pub mod pool;
+mod balancer;
+mod client;
+mod config;
+mod health;
+mod pool;
+mod request_body;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +25,15 @@ use std::time::Instant;
 
 use http::{request, response, HeaderName, HeaderValue, Method};
 
-use crate::config::BackendsConfig;
 use crate::metrics::{BackendCounters, Metrics};
+use crate::tasks::Tasks;
 
-use super::body::UpBody;
 use balancer::Balancer;
-use client::{Conn, ResponseBody};
+use client::Conn;
+
+pub use client::{Encoded, ResponseBody, SendError};
+pub use config::{Algorithm, BackendsConfig, HealthConfig, ServerConfig};
+pub use request_body::UpBody;
 
 /// `down_until` value meaning "until an active health check says otherwise".
 const DOWN_UNTIL_CHECKED: u64 = u64::MAX;
@@ -45,6 +52,18 @@ pub struct Backend {
 }
 
 impl Backend {
+    fn new(url: String, authority: String, weight: u32, counters: BackendCounters) -> Self {
+        Self {
+            url,
+            authority,
+            weight,
+            down_until: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            counters,
+        }
+    }
+
     /// `now_ms` is only asked for when the backend was marked down (saves a clock read
     /// on every request).
     pub fn is_up(&self, now_ms: impl FnOnce() -> u64) -> bool {
@@ -124,25 +143,24 @@ pub struct Upstream {
     /// The lower-case session header prefix: response headers named with it are the
     /// backend's session directives, set aside in [`Exchange::session`].
     divert: Box<[u8]>,
+    /// Own the request-body writers and the health checks.
+    tasks: Tasks,
 }
 
 impl Upstream {
-    pub fn new(cfg: &BackendsConfig, session_prefix: &str, metrics: &Metrics) -> Self {
+    pub fn new(cfg: &BackendsConfig, session_prefix: &str, metrics: &Metrics, tasks: Tasks) -> Self {
         let backends: Vec<Arc<Backend>> = cfg
             .servers
             .iter()
             .map(|s| {
                 let counters = metrics.backend(&s.url);
                 counters.up.set(1);
-                Arc::new(Backend {
-                    url: s.url.clone(),
-                    authority: s.authority.clone(),
-                    weight: s.weight,
-                    down_until: AtomicU64::new(0),
-                    in_flight: AtomicUsize::new(0),
-                    idle: Mutex::new(Vec::new()),
+                Arc::new(Backend::new(
+                    s.url.clone(),
+                    s.authority.clone(),
+                    s.weight,
                     counters,
-                })
+                ))
             })
             .collect();
         let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
@@ -153,7 +171,14 @@ impl Upstream {
             cfg: cfg.clone(),
             epoch: Instant::now(),
             divert: session_prefix.to_ascii_lowercase().into_bytes().into(),
+            tasks,
         }
+    }
+
+    /// Starts the active health checks and the idle-connection reaper; they end when the
+    /// tasks given to [`Upstream::new`] stop.
+    pub fn start_health(self: &Arc<Self>) {
+        self.tasks.spawn(health::run(self.clone()));
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -185,34 +210,40 @@ impl Upstream {
         req: &request::Parts,
         extra: &[(HeaderName, HeaderValue)],
         body: &mut UpBody,
-    ) -> Result<Exchange, (bool, String)> {
+    ) -> Result<Exchange, SendError> {
         let peer = self
             .peers
             .entry(addr)
             .or_insert_with(|| {
-                Arc::new(Backend {
-                    url: format!("http://{addr}"),
-                    authority: addr.to_string(),
-                    weight: 1,
-                    down_until: AtomicU64::new(0),
-                    in_flight: AtomicUsize::new(0),
-                    idle: Mutex::new(Vec::new()),
-                    counters: BackendCounters::default(),
-                })
+                Arc::new(Backend::new(
+                    format!("http://{addr}"),
+                    addr.to_string(),
+                    1,
+                    BackendCounters::default(),
+                ))
             })
             .clone();
         let lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
         let (mut conn, _) = match peer.checkout(&self.cfg).await {
             Ok(c) => c,
-            Err(e) => return Err((true, e.to_string())),
+            Err(e) => {
+                return Err(SendError {
+                    unsent: true,
+                    reason: e.to_string(),
+                })
+            }
         };
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        match tokio::time::timeout(limit, conn.send(req, extra, &self.divert, body)).await {
-            Err(_) => Err((false, "no answer in time".into())),
+        let send = conn.send(req, extra, &self.divert, body, &self.tasks);
+        match tokio::time::timeout(limit, send).await {
+            Err(_) => Err(SendError {
+                unsent: false,
+                reason: "no answer in time".into(),
+            }),
             Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
-            Ok(Err(e)) => Err((e.unsent, e.reason)),
+            Ok(Err(e)) => Err(e),
         }
     }
 
@@ -247,7 +278,7 @@ impl Upstream {
             };
             match super::timer::timeout(
                 self.cfg.response_timeout,
-                conn.send_encoded(req, &self.divert, body),
+                conn.send_encoded(req, &self.divert, body, &self.tasks),
             )
             .await
             {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::BackendsConfig;
+use super::config::BackendsConfig;
 use crate::proxy::timer::coarse_ms;
 
 use super::client::Conn;

@@ -1,0 +1,98 @@
+//! [`Link`]: what every part of the cluster needs to talk on the mesh. The key, the domain,
+//! this node's announced identity and the mesh's limits, in one handle that membership,
+//! the mesh receiver, the replication peers and state transfer share (none of them reaches
+//! into another for it).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::messages::{open_mesh, seal_mesh, seal_replicate, FrameError, MeshMessage, NodeInfo};
+use crate::lifecycle::NodeState;
+use crate::wire::Key;
+
+/// This node, as it announces itself.
+pub struct Me {
+    /// Random per process start: tells a restarted node from its previous life.
+    pub node_id: u64,
+    pub mesh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub state: Arc<NodeState>,
+}
+
+pub struct Link {
+    key: Option<Key>,
+    /// `[cluster.membership] domain`: frames of another cluster are refused.
+    pub domain: String,
+    me: Me,
+    /// How long a connect + ping/pong may take (`verify_timeout`).
+    pub verify_timeout: Duration,
+    /// `[cluster.receiver] max_frame_bytes`.
+    pub max_frame: usize,
+}
+
+impl Link {
+    pub fn new(
+        key: Option<Key>,
+        domain: String,
+        me: Me,
+        verify_timeout: Duration,
+        max_frame: usize,
+    ) -> Self {
+        Self {
+            key,
+            domain,
+            me,
+            verify_timeout,
+            max_frame,
+        }
+    }
+
+    /// What this node announces now.
+    pub fn me(&self) -> NodeInfo {
+        let s = &self.me.state;
+        NodeInfo {
+            node_id: self.me.node_id,
+            jvm_route: s.jvm_route.clone(),
+            mesh_addr: self.me.mesh_addr,
+            http_addr: self.me.http_addr,
+            state: s.state(),
+            alive_ms: s.uptime_ms(),
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.me.node_id
+    }
+
+    pub fn route(&self) -> &str {
+        &self.me.state.jvm_route
+    }
+
+    pub fn mesh_addr(&self) -> SocketAddr {
+        self.me.mesh_addr
+    }
+
+    pub fn key(&self) -> Option<&Key> {
+        self.key.as_ref()
+    }
+
+    /// A mesh frame of this cluster (tagged when it has a key).
+    pub fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
+        bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
+    }
+
+    /// A `Replicate` frame of changes already encoded ([`super::messages::encode_change`]).
+    pub fn seal_replicate<'a>(
+        &self,
+        seq: u64,
+        changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
+    ) -> bytes::Bytes {
+        bytes::Bytes::from(seal_replicate(seq, changes, self.key.as_ref()))
+    }
+
+    /// Opens a mesh frame: version, tag, decoding.
+    pub fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
+        open_mesh(frame, self.key.as_ref())
+    }
+}

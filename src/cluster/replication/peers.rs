@@ -1,0 +1,136 @@
+//! The replicator's peers: one task per member, kept in step with membership events, and
+//! the resync of a member that was dropped while alive and comes back.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{peer, PeerHandle, Replicator};
+use crate::cluster::config::Manager;
+use crate::cluster::membership::MemberEvent;
+use crate::cluster::messages::NodeInfo;
+use crate::lifecycle::State;
+use crate::session::Change;
+
+impl Replicator {
+    /// Keeps one peer task per member, following membership events, until `shutdown`.
+    pub async fn follow_members(self: Arc<Self>) {
+        let shutdown = self.tasks.token().clone();
+        let mut events = self.membership.subscribe();
+        // Processes seen before: one that is added again was dropped while alive (a pause, a
+        // partition) and may have missed changes.
+        let mut known: std::collections::HashSet<u64> = std::collections::HashSet::new();
+        for m in self.membership.members() {
+            known.insert(m.info.node_id);
+            self.add_peer(&m.info, &shutdown);
+        }
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                ev = events.recv() => ev,
+            };
+            match ev {
+                Ok(MemberEvent::Added(info)) => {
+                    self.add_peer(&info, &shutdown);
+                    if !known.insert(info.node_id) {
+                        self.resync(&info);
+                    }
+                }
+                Ok(MemberEvent::Changed(info)) => self.add_peer(&info, &shutdown),
+                Ok(MemberEvent::Removed { info, .. }) => self.remove_peer(info.node_id),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Missed events: rebuild from the table.
+                    let live: Vec<NodeInfo> = self
+                        .membership
+                        .members()
+                        .into_iter()
+                        .map(|m| m.info)
+                        .collect();
+                    let stale: Vec<u64> = self
+                        .peers_read()
+                        .keys()
+                        .filter(|id| !live.iter().any(|i| i.node_id == **id))
+                        .copied()
+                        .collect();
+                    for id in stale {
+                        self.remove_peer(id);
+                    }
+                    for info in &live {
+                        self.add_peer(info, &shutdown);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        let ids: Vec<u64> = self.peers_read().keys().copied().collect();
+        for id in ids {
+            self.remove_peer(id);
+        }
+    }
+
+    fn add_peer(self: &Arc<Self>, info: &NodeInfo, shutdown: &CancellationToken) {
+        if info.state == State::Leaving {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
+        if peers.contains_key(&info.node_id) {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(AtomicI64::new(0));
+        let cancel = shutdown.child_token();
+        let metrics = self.metrics.peer(&info.jvm_route);
+        self.tasks.spawn(peer::run(
+            self.clone(),
+            info.clone(),
+            rx,
+            depth.clone(),
+            metrics.clone(),
+            cancel.clone(),
+        ));
+        peers.insert(
+            info.node_id,
+            PeerHandle {
+                route: info.jvm_route.as_str().into(),
+                tx,
+                depth,
+                metrics,
+                cancel,
+            },
+        );
+    }
+
+    /// A member is back after being dropped: it gets a full copy of every session this node
+    /// owns that it should hold (all of them for delta; those it backs up for backup).
+    fn resync(&self, info: &NodeInfo) {
+        let now = Instant::now();
+        let mut n = 0;
+        for key in self.store.owned_keys() {
+            if self.manager == Manager::Backup
+                && self.backup_of(key).as_deref() != Some(info.jvm_route.as_str())
+            {
+                continue;
+            }
+            if let Some(full) = self.store.full_copy(key, now) {
+                self.enqueue_to(Change::Full(full), Some(&info.jvm_route), None);
+                n += 1;
+            }
+        }
+        tracing::info!(peer = %info.jvm_route, sessions = n, "member back after being dropped: resynced");
+    }
+
+    fn remove_peer(&self, node_id: u64) {
+        let removed = self
+            .peers
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&node_id);
+        if let Some(p) = removed {
+            p.cancel.cancel();
+            p.metrics.depth.set(0);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! `[cluster]`: membership, the mesh receiver, the manager and its send options.
+
+use std::net::IpAddr;
+
+use super::raw::RawCluster;
+use super::source::{key, key_idx, parse_addr, Source};
+use super::ConfigError;
+use crate::cluster::{
+    ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode,
+};
+
+/// `[cluster]`, `[cluster.membership]`, `[cluster.receiver]`.
+pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, ConfigError> {
+    let m = &c.membership;
+    let ip = |k: &str, s: &str| {
+        s.parse::<IpAddr>()
+            .map_err(|_| src.error(&key(k), format!("invalid IP address {s:?}")))
+    };
+    let kind = match m.kind.as_str() {
+        "multicast" => {
+            let group = match ip("cluster.membership.address", &m.address)? {
+                IpAddr::V4(g) if g.is_multicast() => g,
+                _ => {
+                    return Err(src.error(
+                        &key("cluster.membership.address"),
+                        format!(
+                            "{:?} is not an IPv4 multicast address (224.0.0.0/4)",
+                            m.address
+                        ),
+                    ))
+                }
+            };
+            let IpAddr::V4(bind) = ip("cluster.membership.bind", &m.bind)? else {
+                return Err(src.error(&key("cluster.membership.bind"), "must be an IPv4 address"));
+            };
+            if m.ttl > 255 {
+                return Err(src.error(&key("cluster.membership.ttl"), "must be 0..255"));
+            }
+            if m.port == 0 {
+                return Err(src.error(&key("cluster.membership.port"), "must not be 0"));
+            }
+            MembershipKind::Multicast {
+                group,
+                port: m.port,
+                bind,
+                ttl: m.ttl,
+            }
+        }
+        "static" => {
+            if c.enabled && m.members.is_empty() {
+                return Err(src.error(
+                    &key("cluster.membership.members"),
+                    "static membership needs the other members' mesh addresses",
+                ));
+            }
+            for (i, a) in m.members.iter().enumerate() {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    return Err(src.error(
+                        &key_idx("cluster.membership.members", i),
+                        format!("expected host:port, got {a:?}"),
+                    ));
+                }
+            }
+            MembershipKind::Static {
+                members: m.members.clone(),
+            }
+        }
+        "dns" => {
+            return Err(src.error(
+                &key("cluster.membership.kind"),
+                "dns membership is not available in this version: use multicast or static",
+            ))
+        }
+        other => {
+            return Err(src.error(
+                &key("cluster.membership.kind"),
+                format!("unknown kind {other:?}: use multicast or static"),
+            ))
+        }
+    };
+    if m.domain.is_empty() || m.domain.len() > 64 {
+        return Err(src.error(&key("cluster.membership.domain"), "1 to 64 characters"));
+    }
+    if m.frequency.0.is_zero() {
+        return Err(src.error(
+            &key("cluster.membership.frequency"),
+            "must be greater than 0",
+        ));
+    }
+    if m.drop_time.0 <= m.frequency.0 {
+        return Err(src.error(
+            &key("cluster.membership.drop_time"),
+            "must be longer than cluster.membership.frequency",
+        ));
+    }
+    if m.verify_timeout.0.is_zero() {
+        return Err(src.error(
+            &key("cluster.membership.verify_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    let key_bytes = match &c.key {
+        Some(k) if k.len() < 16 => {
+            return Err(src.error(
+                &key("cluster.key"),
+                "use a secret of at least 16 characters",
+            ))
+        }
+        Some(k) => Some(k.as_bytes().to_vec()),
+        None => None,
+    };
+    let advertise_http = match &c.advertise_http {
+        Some(a) => Some(parse_addr(src, &key("cluster.advertise_http"), a)?),
+        None => None,
+    };
+    let manager = match c.manager.as_str() {
+        "delta" => Manager::Delta,
+        "backup" => Manager::Backup,
+        other => {
+            return Err(src.error(
+                &key("cluster.manager"),
+                format!("unknown manager {other:?}: use delta or backup"),
+            ))
+        }
+    };
+    // Tomcat's channelSendOptions: 8 = asynchronous; 4 = use ack, 2 = synchronized ack
+    // (6 = both, 10 = 8|2). caracal's sync really waits for "applied" acks.
+    let send_mode = match &c.send_options {
+        toml::Value::String(s) if s == "sync" => SendMode::Sync,
+        toml::Value::String(s) if s == "async" => SendMode::Async,
+        toml::Value::Integer(8) => SendMode::Async,
+        toml::Value::Integer(2 | 4 | 6 | 10) => SendMode::Sync,
+        other => {
+            return Err(src.error(
+                &key("cluster.send_options"),
+                format!("unknown value {other}: use \"sync\", \"async\" or a Tomcat number (8 = async; 4, 6, 10 = sync)"),
+            ))
+        }
+    };
+    if c.ack_timeout.0.is_zero() {
+        return Err(src.error(&key("cluster.ack_timeout"), "must be greater than 0"));
+    }
+    let r = &c.receiver;
+    let address = ip("cluster.receiver.address", &r.address)?;
+    if r.max_frame_bytes < 1024 {
+        return Err(src.error(
+            &key("cluster.receiver.max_frame_bytes"),
+            "must be at least 1024",
+        ));
+    }
+    Ok(ClusterConfig {
+        enabled: c.enabled,
+        manager,
+        send_mode,
+        ack_timeout: c.ack_timeout.0,
+        state_transfer_timeout: c.state_transfer_timeout.0,
+        require_state_transfer: c.require_state_transfer,
+        expire_sessions_on_shutdown: c.expire_sessions_on_shutdown,
+        key: key_bytes,
+        advertise_http,
+        membership: MembershipConfig {
+            kind,
+            domain: m.domain.clone(),
+            frequency: m.frequency.0,
+            drop_time: m.drop_time.0,
+            verify_timeout: m.verify_timeout.0,
+        },
+        receiver: ReceiverConfig {
+            address,
+            port: r.port,
+            auto_bind: r.auto_bind.max(1),
+            max_frame_bytes: r.max_frame_bytes,
+        },
+    })
+}
+

@@ -1,0 +1,146 @@
+//! The whole file checked: `[node]`, `[http]`, `[https]`, `[admin]` here, the other
+//! sections in their own files.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use super::raw::RawConfig;
+use super::source::{key, key_idx, parse_addr, resolve, Source};
+use super::{AdminConfig, Config, ConfigError, NodeConfig};
+use crate::proxy::{HttpConfig, HttpsConfig};
+use crate::{session, tls};
+
+pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigError> {
+    // [node]
+    let jvm_route = match raw.node.jvm_route {
+        Some(r) => r,
+        None => host_name().replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"),
+    };
+    if !session::valid_route(&jvm_route) {
+        return Err(src.error(
+            &key("node.jvm_route"),
+            format!("invalid jvm_route {jvm_route:?}: use 1-64 characters of A-Z a-z 0-9 - _"),
+        ));
+    }
+    if raw.node.workers > 1024 {
+        return Err(src.error(&key("node.workers"), "at most 1024 worker threads"));
+    }
+
+    // [http]
+    let mut listen = Vec::new();
+    for (i, s) in raw.http.listen.iter().enumerate() {
+        listen.push(parse_addr(src, &key_idx("http.listen", i), s)?);
+    }
+    if raw.http.max_connections == 0 {
+        return Err(src.error(&key("http.max_connections"), "must be at least 1"));
+    }
+    // hyper refuses read buffers under 8 KiB.
+    if raw.http.max_header_bytes < 8192 {
+        return Err(src.error(
+            &key("http.max_header_bytes"),
+            "must be at least 8192 (8 KiB)",
+        ));
+    }
+    if raw.http.max_headers == 0 {
+        return Err(src.error(&key("http.max_headers"), "must be at least 1"));
+    }
+    let mut trusted = Vec::new();
+    for (i, s) in raw.http.trusted_proxies.iter().enumerate() {
+        let net = s
+            .parse::<IpNet>()
+            .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                src.error(
+                    &key_idx("http.trusted_proxies", i),
+                    format!("invalid address or CIDR {s:?}, e.g. \"10.0.0.0/8\""),
+                )
+            })?;
+        trusted.push(net);
+    }
+
+    // [https]
+    let https = match raw.https {
+        None => None,
+        Some(h) => {
+            let mut l = Vec::new();
+            for (i, s) in h.listen.iter().enumerate() {
+                l.push(parse_addr(src, &key_idx("https.listen", i), s)?);
+            }
+            let base = src.file.parent().unwrap_or(Path::new("."));
+            let cert = resolve(base, &h.cert);
+            let keyp = resolve(base, &h.key);
+            let tls = tls::server_config(&cert, &keyp, h.http2).map_err(|e| {
+                let k = match e {
+                    tls::TlsError::Cert(..) => "https.cert",
+                    tls::TlsError::Key(..) => "https.key",
+                    tls::TlsError::Rustls(..) => "https.cert",
+                };
+                src.error(&key(k), e.to_string())
+            })?;
+            Some(HttpsConfig {
+                listen: l,
+                cert,
+                key: keyp,
+                tls,
+            })
+        }
+    };
+    if listen.is_empty() && https.as_ref().is_none_or(|h| h.listen.is_empty()) {
+        return Err(src.error(
+            &key("http.listen"),
+            "no listener: give http.listen or https.listen at least one address",
+        ));
+    }
+
+    // [admin]
+    let admin_listen = if raw.admin.listen.trim().is_empty() {
+        None
+    } else {
+        Some(parse_addr(src, &key("admin.listen"), &raw.admin.listen)?)
+    };
+
+    let backends = super::backends::validate(&raw.backends, src)?;
+    if raw.http.header_read_timeout.0.is_zero() {
+        return Err(src.error(&key("http.header_read_timeout"), "must be greater than 0"));
+    }
+    let (session, replication) = super::session::validate(&raw.session, &raw.replication, src)?;
+    let cluster = super::cluster::validate(&raw.cluster, src)?;
+
+    Ok(Config {
+        node: NodeConfig {
+            jvm_route,
+            workers: raw.node.workers,
+            shutdown_grace: raw.node.shutdown_grace.0,
+        },
+        http: HttpConfig {
+            listen,
+            max_connections: raw.http.max_connections,
+            header_read_timeout: raw.http.header_read_timeout.0,
+            max_header_bytes: raw.http.max_header_bytes,
+            max_headers: raw.http.max_headers,
+            h2c: raw.http.h2c,
+            trusted_proxies: trusted,
+        },
+        https,
+        admin: AdminConfig {
+            listen: admin_listen,
+        },
+        backends,
+        session,
+        replication,
+        jvm_route_binder: raw.jvm_route_binder.enabled,
+        cluster,
+    })
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "caracal".to_string())
+}
+

@@ -1,0 +1,184 @@
+//! Forwarding (SPEC 4.4): a request whose session another member owns goes to that
+//! member's HTTP address with the hop marker; a member that cannot be reached or dies
+//! mid-request is verified at once and the request planned again, so a client never waits
+//! for `drop_time`.
+
+use http::{HeaderValue, Response, Version};
+
+use super::body::{ProxyBody, UpBody};
+use super::error::ProxyError;
+use super::headers::{Added, ClientInfo};
+use super::sticky::Plan;
+use super::upstream::{self, SendError};
+use super::{Proxy, ToBackend};
+use crate::cluster::NodeInfo;
+
+impl Proxy {
+    /// A request whose session another member owns: forwarded there. A refused forward
+    /// verifies the member at once and plans again, so a client retrying after a crash
+    /// does not wait for drop_time; a plan that ends here goes to this node's backends.
+    pub(super) async fn to_owner(&self, f: ToOwner) -> Result<Response<ProxyBody>, ProxyError> {
+        let ToOwner {
+            mut parts,
+            mut added,
+            mut body,
+            hops,
+            tls,
+            to,
+        } = f;
+        let mut plan = Plan::Forward(to);
+        let mut attempts = 0;
+        let session = loop {
+            match plan {
+                Plan::Static => break None,
+                Plan::Local(rs) => break Some(rs),
+                Plan::Forward(to) => {
+                    let hop = hops.unwrap_or(0) + 1;
+                    if hop > MAX_HOPS {
+                        return Err(ProxyError::Unroutable(format!(
+                            "session forwarded {MAX_HOPS} times without reaching its owner"
+                        )));
+                    }
+                    // A bodyless idempotent request can be planned again if its owner
+                    // turns out dead after the request reached it.
+                    let replayable = upstream::is_idempotent(&parts.method)
+                        && http_body::Body::is_end_stream(&body);
+                    let outcome = self.forward(&mut parts, &added, &mut body, &to, hop).await;
+                    parts.headers.remove(HOP);
+                    match outcome {
+                        Ok(resp) => return Ok(resp),
+                        Err(Forward::Failed(e)) => return Err(e),
+                        Err(Forward::OwnerDied(e)) => {
+                            attempts += 1;
+                            if !replayable || attempts > MAX_HOPS {
+                                return Err(e);
+                            }
+                        }
+                        Err(Forward::Unsent(why)) => {
+                            attempts += 1;
+                            if attempts > MAX_HOPS {
+                                return Err(ProxyError::Unroutable(format!(
+                                    "the session's owner {} cannot be reached: {why}",
+                                    to.jvm_route
+                                )));
+                            }
+                            // Dead: removed now, and the next plan fails over. Alive
+                            // (e.g. a stale keep-alive connection): try again.
+                            if let Some(c) = self.sessions.cluster() {
+                                c.verify(to.node_id).await;
+                            }
+                        }
+                    }
+                }
+            }
+            plan = self.sessions.on_request(&mut parts, &mut added, tls);
+        };
+        let out = upstream::Encoded::new(&parts, &added, &body);
+        self.to_backend(ToBackend {
+            out,
+            body,
+            session,
+            client_upgrade: None,
+        })
+        .await
+    }
+
+    /// The hop count of a request forwarded by a member, if the marker is genuine: it
+    /// names a member whose announced HTTP address has the peer's IP.
+    pub(super) fn hops_from_member(&self, marker: Option<HeaderValue>, client: &ClientInfo) -> Option<u8> {
+        let marker = marker?;
+        let v = marker.to_str().ok()?;
+        let (n, route) = v.split_once(' ')?;
+        let n: u8 = n.parse().ok()?;
+        let c = self.sessions.cluster()?;
+        c.is_member_at(route, client.peer.ip().to_canonical())
+            .then_some(n)
+    }
+
+    /// Sends the request to the member that owns its session; the member's response is the
+    /// client's. `Unsent`: nothing reached the member. A member that does not answer is
+    /// verified after `verify_timeout`: if it is dead (a stopped process still accepts
+    /// connections), the forward is abandoned (`OwnerDied`). The caller removes the hop
+    /// marker this adds.
+    async fn forward(
+        &self,
+        parts: &mut http::request::Parts,
+        added: &Added,
+        body: &mut UpBody,
+        to: &NodeInfo,
+        hop: u8,
+    ) -> Result<Response<ProxyBody>, Forward> {
+        let marker = format!("{hop} {}", self.sessions.store.route());
+        if let Ok(v) = HeaderValue::from_str(&marker) {
+            parts.headers.insert(HOP, v);
+        }
+        let send = self.upstream.send_to_peer(to.http_addr, parts, added, body);
+        let watch = async {
+            let Some(c) = self.sessions.cluster() else {
+                return std::future::pending().await;
+            };
+            tokio::time::sleep(c.verify_timeout()).await;
+            if c.verify(to.node_id).await {
+                // Alive, only slow: let the forward run to its own timeout.
+                std::future::pending::<()>().await;
+            }
+        };
+        let sent = tokio::select! {
+            r = send => r,
+            _ = watch => {
+                return Err(Forward::OwnerDied(ProxyError::Unroutable(format!(
+                    "the session's owner {} stopped answering and failed verification",
+                    to.jvm_route
+                ))));
+            }
+        };
+        match sent {
+            // The owner stripped its backend's directives; any here are dropped.
+            Ok(upstream::Exchange { mut head, body, .. }) => {
+                head.version = Version::HTTP_11;
+                self.hygiene.response(&mut head.headers, false);
+                Ok(Response::from_parts(head, ProxyBody::Upstream(body)))
+            }
+            Err(why) if why.unsent => Err(Forward::Unsent(why)),
+            Err(why) => {
+                // Sent, then the connection broke (a killed owner's pooled connection):
+                // if the member is dead, this is a failover, not a backend error.
+                let dead = match self.sessions.cluster() {
+                    Some(c) => !c.verify(to.node_id).await,
+                    None => false,
+                };
+                let e =
+                    ProxyError::BackendFailed(format!("forward to member {}: {why}", to.jvm_route));
+                Err(if dead {
+                    Forward::OwnerDied(e)
+                } else {
+                    Forward::Failed(e)
+                })
+            }
+        }
+    }
+}
+
+/// A request for the member that owns its session, kept whole: it may be planned again.
+pub(super) struct ToOwner {
+    pub(super) parts: http::request::Parts,
+    pub(super) added: Added,
+    pub(super) body: UpBody,
+    pub(super) hops: Option<u8>,
+    pub(super) tls: bool,
+    pub(super) to: NodeInfo,
+}
+
+/// Forwarding markers (SPEC 4.4): `<hops> <route of the forwarding member>`.
+pub(super) const HOP: http::HeaderName = http::HeaderName::from_static("x-caracal-hop");
+/// A request is forwarded at most twice.
+const MAX_HOPS: u8 = 2;
+
+enum Forward {
+    /// Nothing reached the member: the request can go again.
+    Unsent(SendError),
+    /// The member took the request and then failed verification.
+    OwnerDied(ProxyError),
+    Failed(ProxyError),
+}
+

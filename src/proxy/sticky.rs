@@ -1,0 +1,358 @@
+//! The sticky layer (SPEC 3 steps 3-6, 4.4): what the proxy calls around the backend.
+//! [`SessionLayer::on_request`] resolves the request's session and plans who serves it
+//! (this node, or the member that owns it); [`SessionLayer::on_response`] applies the
+//! backend's directives to the store and hands the changes to the cluster.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, SET_COOKIE};
+use http::{request, response, Uri};
+use tokio_util::sync::CancellationToken;
+
+use super::headers::Added;
+use crate::cluster::{self, Cluster, NodeInfo, Wait};
+use crate::metrics::Metrics;
+use crate::session::{
+    self as session, id, Change, CookieConfig, DirectiveError, Key, Limits, Names, Outcome,
+    ReplicationConfig, SessionConfig, SessionError, SessionStore, StaticFilter,
+};
+
+/// The session state of one request between `on_request` and `on_response`.
+#[derive(Default)]
+pub struct RequestSession {
+    /// The live session the request carried.
+    pub key: Option<Key>,
+    /// The client presented some session id (live or not).
+    pub presented: bool,
+    pub tls: bool,
+    /// The client's full id when its route is not the owner's (JvmRouteBinder): the
+    /// response rewrites the cookie to `<base>.<this node>`.
+    pub rebind: Option<String>,
+    /// Acks a takeover waits for (sync mode), settled with the response.
+    waits: Vec<Wait>,
+}
+
+/// Where a request goes (SPEC 3, 4.4).
+pub enum Plan {
+    /// The static filter matched: no session work at all.
+    Static,
+    /// Served by this node's backends.
+    Local(RequestSession),
+    /// Another member owns the session: forward the request there.
+    Forward(NodeInfo),
+}
+
+pub struct SessionLayer {
+    pub store: Arc<SessionStore>,
+    /// Set once the cluster runs; without it changes stay local.
+    cluster: OnceLock<Arc<Cluster>>,
+    cookie: CookieConfig,
+    names: Names,
+    filter: StaticFilter,
+    route: HeaderValue,
+    /// `[jvm_route_binder] enabled`.
+    binder: bool,
+    directive_errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl SessionLayer {
+    /// `jvm_route` is this node's route; `binder` is `[jvm_route_binder] enabled`.
+    pub fn new(
+        jvm_route: &str,
+        s: &SessionConfig,
+        replication: &ReplicationConfig,
+        binder: bool,
+        metrics: &Metrics,
+    ) -> Result<Self, http::Error> {
+        let store = Arc::new(SessionStore::new(
+            jvm_route,
+            Limits {
+                default_max_inactive: s.max_inactive,
+                max_session_bytes: s.max_session_bytes,
+                max_active_sessions: s.max_active_sessions,
+            },
+            metrics,
+        ));
+        let directive_errors = prometheus_client::metrics::counter::Counter::default();
+        metrics.with_registry(|r| {
+            r.register(
+                "session_directive_errors",
+                "Backend responses with a malformed session directive (answered 502)",
+                directive_errors.clone(),
+            )
+        });
+        Ok(Self {
+            store,
+            cluster: OnceLock::new(),
+            cookie: s.cookie.clone(),
+            names: Names::new(&s.header_prefix)?,
+            filter: replication.filter.clone(),
+            route: session::static_value(jvm_route)?,
+            binder,
+            directive_errors,
+        })
+    }
+
+    /// Resolves the request's session: who serves it and, when this node does, adds the
+    /// session headers for the backend and strips the `;jsessionid=` parameter. A forwarded
+    /// request is left as it came (the owner resolves it again).
+    /// The session headers for the backend (SPEC 5) go to `added`, which the upstream
+    /// client writes after the request's own (a client's session-prefixed headers were
+    /// stripped by the header hygiene).
+    pub fn on_request(&self, parts: &mut request::Parts, added: &mut Added, tls: bool) -> Plan {
+        if self.filter.matches(parts.uri.path()) {
+            return Plan::Static;
+        }
+        let mut rs = RequestSession {
+            tls,
+            ..Default::default()
+        };
+        // Cookie first, path parameter second. Both borrow `parts` until the headers are
+        // written below (no copy of the id on the common path).
+        let path_param = session::take_path_param(parts.uri.path(), &self.cookie.path_param);
+        let presented = self
+            .cookie
+            .from_cookies(&parts.headers)
+            .or_else(|| path_param.as_ref().map(|(v, _)| *v));
+        rs.presented = presented.is_some();
+        let client_id = presented.and_then(id::parse);
+
+        let Some(c) = client_id else {
+            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+            return Plan::Local(rs);
+        };
+        let me = self.store.route();
+        // Read only for a request that names a session.
+        let now = Instant::now();
+        // The session found while deciding (one store lookup on the common path).
+        let mut found = None;
+        let decision = match self.cluster.get() {
+            None => {
+                // No cluster: only this node's store counts.
+                found = self
+                    .store
+                    .access(c.key, now, &mut |ch| self.replicate_async(ch));
+                if found.is_some() {
+                    cluster::Decision::Local
+                } else {
+                    cluster::Decision::NoSession
+                }
+            }
+            Some(r) => {
+                match self
+                    .store
+                    .access_if_owner(c.key, now, &mut |ch| self.replicate_async(ch))
+                {
+                    // The common case (sticky traffic at its owner): no member list needed.
+                    Ok(f) => {
+                        found = Some(f);
+                        cluster::Decision::Local
+                    }
+                    Err(o) => cluster::decide(c.base, me, o.as_deref(), c.route, &r.members()),
+                }
+            }
+        };
+        if let cluster::Decision::Forward(to) = decision {
+            return Plan::Forward(to);
+        }
+        let found = match decision {
+            cluster::Decision::Local => found.or_else(|| {
+                self.store
+                    .access(c.key, now, &mut |ch| self.replicate_async(ch))
+            }),
+            cluster::Decision::TakeOver => {
+                let rep = self.cluster.get();
+                let sync = rep.is_some_and(|r| r.is_sync());
+                let waits = &mut rs.waits;
+                let f = self.store.take_over(c.key, now, &mut |ch| {
+                    if let Some(r) = rep {
+                        r.replicate(ch, if sync { Some(&mut *waits) } else { None });
+                    }
+                });
+                if f.is_some() {
+                    tracing::info!(
+                        session = c.base,
+                        from = c.route.unwrap_or("-"),
+                        "session taken over"
+                    );
+                }
+                f
+            }
+            cluster::Decision::NoSession | cluster::Decision::Forward(_) => None,
+        };
+        let Some(found) = found else {
+            strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+            return Plan::Local(rs);
+        };
+        // Everything taken from the borrowed id before `parts` is written.
+        let id_value = HeaderValue::from_str(c.base).ok();
+        // JvmRouteBinderValve: the cookie names another node than the owner (this one).
+        let original = (self.binder && c.route != Some(me))
+            .then(|| presented.map(str::to_string))
+            .flatten();
+        rs.key = Some(c.key);
+        strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
+        let h = added;
+        if let Some(v) = id_value {
+            h.push((self.names.id.clone(), v));
+        }
+        h.push((self.names.session.clone(), found.rendered));
+        h.push((self.names.node.clone(), self.route.clone()));
+        if let Some(old) = original {
+            if let Ok(v) = HeaderValue::from_str(&old) {
+                h.push((self.names.original_id.clone(), v));
+            }
+            rs.rebind = Some(old);
+        }
+        Plan::Local(rs)
+    }
+
+    /// From now on changes go to the cluster (set once, before the node serves).
+    pub fn set_cluster(&self, c: Arc<Cluster>) {
+        let _ = self.cluster.set(c);
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Queues a change without waiting (touches, expiry, async mode).
+    fn replicate_async(&self, c: Change) {
+        if let Some(r) = self.cluster.get() {
+            r.replicate(c, None);
+        }
+    }
+
+    /// Applies the backend's directives and sets or clears the cookie; returns what the
+    /// response must wait for in sync mode ([`SessionLayer::settle`]). On a malformed
+    /// directive the session is unchanged and the caller answers 502.
+    /// `directives` are the backend's session-prefixed response headers, which the
+    /// upstream client set aside.
+    pub fn on_response(
+        &self,
+        rs: &mut RequestSession,
+        parts: &mut response::Parts,
+        directives: &[(bytes::Bytes, HeaderValue)],
+    ) -> Result<Vec<Wait>, SessionError> {
+        let mut waits = std::mem::take(&mut rs.waits);
+        let d = session::parse_directives(directives, &self.names).inspect_err(|e| {
+            self.directive_error(rs, e);
+        })?;
+        if d.is_empty() {
+            self.rebind_cookie(rs, parts);
+            return Ok(waits);
+        }
+        let rep = self.cluster.get();
+        let sync = rep.is_some_and(|r| r.is_sync());
+        let mut emit = |c: Change| {
+            if let Some(r) = rep {
+                r.replicate(c, if sync { Some(&mut waits) } else { None });
+            }
+        };
+        let outcome = self
+            .store
+            .apply(rs.key, &d, Instant::now(), &mut emit)
+            .inspect_err(|e| {
+                if let SessionError::Directive(de) = e {
+                    self.directive_error(rs, de);
+                }
+            })?;
+        let cookie = match outcome {
+            Outcome::Created(full) | Outcome::Renewed(full) => self.cookie.set(&full, rs.tls),
+            Outcome::Invalidated if rs.presented => self.cookie.clear(rs.tls),
+            Outcome::Invalidated => None,
+            Outcome::Changed | Outcome::Unchanged => {
+                self.rebind_cookie(rs, parts);
+                None
+            }
+        };
+        if let Some(c) = cookie {
+            parts.headers.append(SET_COOKIE, c);
+        }
+        Ok(waits)
+    }
+
+    /// `Set-Cookie: <base>.<this node>` after a failover (JvmRouteBinderValve).
+    fn rebind_cookie(&self, rs: &RequestSession, parts: &mut response::Parts) {
+        if let (Some(_), Some(key)) = (&rs.rebind, rs.key) {
+            if let Some(c) = self
+                .cookie
+                .set(&id::full(&key.base(), self.store.route()), rs.tls)
+            {
+                parts.headers.append(SET_COOKIE, c);
+            }
+        }
+    }
+
+    /// Sync mode: waits until every member applied the changes (bounded by ack_timeout).
+    pub async fn settle(&self, waits: Vec<Wait>) {
+        if let Some(r) = self.cluster.get() {
+            r.settle(waits).await;
+        }
+    }
+
+    fn directive_error(&self, rs: &RequestSession, e: &DirectiveError) {
+        self.directive_errors.inc();
+        tracing::warn!(
+            session = %rs.key.map_or_else(|| "-".to_string(), |k| k.base()),
+            error = %e,
+            "malformed session directive from backend: answered 502, session unchanged"
+        );
+    }
+
+    /// Ends every session this node owns and waits for the cluster to apply it (Tomcat's
+    /// `expireSessionsOnShutdown = true`).
+    pub async fn end_owned_sessions(&self) -> usize {
+        let rep = self.cluster.get();
+        let mut waits = Vec::new();
+        let now = Instant::now();
+        let mut n = 0;
+        for key in self.store.owned_keys() {
+            let ended = self.store.end_owned(key, now, &mut |c| {
+                if let Some(r) = rep {
+                    r.replicate(c, Some(&mut waits));
+                }
+            });
+            n += usize::from(ended);
+        }
+        self.settle(waits).await;
+        n
+    }
+
+    /// Removes expired sessions periodically until `shutdown`.
+    pub async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    let n = self.store.sweep(Instant::now(), &mut |c| self.replicate_async(c));
+                    if n > 0 {
+                        tracing::debug!(expired = n, "expired sessions removed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Served here: the `;jsessionid=` parameter never reaches a backend.
+fn strip_path_param(parts: &mut request::Parts, stripped: Option<String>) {
+    if let Some(stripped) = stripped {
+        parts.uri = with_path(&parts.uri, &stripped);
+    }
+}
+
+fn with_path(uri: &Uri, path: &str) -> Uri {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    match pq.parse() {
+        Ok(p) => parts.path_and_query = Some(p),
+        Err(_) => return uri.clone(),
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
+}

@@ -1,0 +1,28 @@
+//! The session layer's errors: a backend's malformed directive, and what stops a change.
+//! Each becomes a 5xx for the client (`proxy::ProxyError` maps them).
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectiveError {
+    #[error("{header}: not valid JSON: {reason}")]
+    BadJson { header: String, reason: String },
+    #[error("{header}: must be a JSON object")]
+    NotObject { header: String },
+    #[error("{header}: expected true or false, got {value:?}")]
+    BadBool { header: String, value: String },
+    #[error("{header}: expected whole seconds from 1 to 31536000, got {value:?}")]
+    BadSeconds { header: String, value: String },
+    #[error("{header}: not valid text")]
+    NotText { header: String },
+    #[error("session attributes would be {bytes} bytes, over max_session_bytes ({limit})")]
+    TooLarge { bytes: usize, limit: usize },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Directive(#[from] DirectiveError),
+    #[error("session limit reached: max_active_sessions = {0}")]
+    Limit(usize),
+    #[error("cannot generate a session id: {0}")]
+    Random(getrandom::Error),
+}

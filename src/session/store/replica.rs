@@ -1,0 +1,159 @@
+//! The replica side of the store: applying a change the session's owner replicated
+//! (SPEC 4.6, by [`decide`]), and the copies and key lists replication and state transfer
+//! read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+
+use super::{attrs, Session, SessionStore};
+use crate::session::apply::{decide, Decision, Kind, Ver};
+use crate::session::change::{Change, FullSession};
+use crate::session::id::Key;
+
+/// What a replica did with a replicated change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remote {
+    Applied,
+    Stale,
+    /// Not applicable on what this node holds: it needs a full copy from the owner.
+    Gap,
+    /// From an owner with a lower epoch than this node knows: rejected.
+    Fenced,
+}
+
+impl SessionStore {
+    /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
+    pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
+        let key = Key(change.key());
+        if let Change::Drop { epoch, version, .. } = change {
+            // Only a copy this node does not own, and not newer than the sender's.
+            let at = Ver::new(*epoch, *version);
+            let dropped = self
+                .map
+                .remove_if(&key, |_, s| *s.owner != *self.route && s.ver() <= at);
+            if dropped.is_some() {
+                self.counters.active.dec();
+                return Remote::Applied;
+            }
+            return Remote::Stale;
+        }
+        let (kind, at) = match change {
+            Change::Full(f) => {
+                let v = Ver::new(f.epoch, f.version);
+                (Kind::Full(v), v)
+            }
+            Change::Delta { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Delta(v), v)
+            }
+            Change::Touch { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Touch(v), v)
+            }
+            Change::Remove { epoch, version, .. } | Change::Drop { epoch, version, .. } => {
+                let v = Ver::new(*epoch, *version);
+                (Kind::Remove(v), v)
+            }
+        };
+        let tomb = self.tombs.get(&key).map(|t| t.0);
+        // The entry guard makes check-and-apply atomic for this session.
+        let entry = self.map.entry(key);
+        let held = match &entry {
+            dashmap::Entry::Occupied(o) => Some(o.get().ver()),
+            dashmap::Entry::Vacant(_) => None,
+        };
+        match decide(held, tomb, kind) {
+            Decision::Stale => return Remote::Stale,
+            Decision::Gap => return Remote::Gap,
+            Decision::Fenced => return Remote::Fenced,
+            Decision::Apply => {}
+        }
+        match change {
+            Change::Full(f) => {
+                let Ok(rendered) = HeaderValue::from_str(&f.attrs) else {
+                    return Remote::Stale;
+                };
+                let s = Session {
+                    owner: Arc::from(f.owner.as_str()),
+                    epoch: f.epoch,
+                    version: f.version,
+                    rendered,
+                    created: SystemTime::now(),
+                    last_access: now
+                        .checked_sub(Duration::from_millis(f.idle_ms))
+                        .unwrap_or(now),
+                    max_inactive: Duration::from_millis(f.max_inactive_ms),
+                    last_replicated: now,
+                };
+                match entry {
+                    dashmap::Entry::Occupied(mut o) => {
+                        o.insert(s);
+                    }
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(s);
+                        self.counters.active.inc();
+                    }
+                }
+            }
+            Change::Delta {
+                set,
+                remove,
+                max_inactive_ms,
+                ..
+            } => {
+                let dashmap::Entry::Occupied(mut o) = entry else {
+                    return Remote::Gap;
+                };
+                // A peer's text is checked to be JSON before the text merge copies it.
+                if let Some(text) = set {
+                    if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+                        return Remote::Gap;
+                    }
+                }
+                // The owner checked the size; a replica never refuses what its owner holds.
+                let Ok(rendered) = attrs::merge(
+                    o.get().rendered.as_bytes(),
+                    set.as_deref().map(str::as_bytes),
+                    remove,
+                    usize::MAX,
+                ) else {
+                    return Remote::Gap;
+                };
+                let s = o.get_mut();
+                s.rendered = rendered;
+                s.version = at.version;
+                s.last_access = now;
+                if let Some(ms) = max_inactive_ms {
+                    s.max_inactive = Duration::from_millis(*ms);
+                }
+            }
+            Change::Touch { .. } => {
+                if let dashmap::Entry::Occupied(mut o) = entry {
+                    o.get_mut().last_access = now;
+                }
+            }
+            Change::Remove { .. } | Change::Drop { .. } => {
+                if let dashmap::Entry::Occupied(o) = entry {
+                    o.remove();
+                    self.counters.active.dec();
+                }
+                self.tomb(key, at, now);
+            }
+        }
+        Remote::Applied
+    }
+
+    /// A full copy of one session, for a replica that found a gap or for state transfer.
+    pub fn full_copy(&self, key: u128, now: Instant) -> Option<FullSession> {
+        let k = Key(key);
+        self.map.get(&k).map(|s| s.full(k, now))
+    }
+
+    /// Every key held now (16 bytes each): state transfer walks these and copies sessions
+    /// one chunk at a time, never the whole store at once.
+    pub fn keys(&self) -> Vec<u128> {
+        self.map.iter().map(|e| e.key().0).collect()
+    }
+}

@@ -1,0 +1,197 @@
+//! Unit tests of the store: local changes, expiry, limits, replica bytes.
+
+use super::*;
+
+fn store(max_bytes: usize, max_active: usize) -> SessionStore {
+    SessionStore::new(
+        "n1",
+        Limits {
+            default_max_inactive: Duration::from_secs(1800),
+            max_session_bytes: max_bytes,
+            max_active_sessions: max_active,
+        },
+        &Metrics::new(),
+    )
+}
+
+fn set(v: Value) -> Directives {
+    Directives {
+        set: Some(String::from_utf8(attrs::canonical(v.as_object().unwrap())).unwrap()),
+        ..Default::default()
+    }
+}
+
+fn base_of(o: &Outcome) -> String {
+    match o {
+        Outcome::Created(f) | Outcome::Renewed(f) => f.split('.').next().unwrap().to_string(),
+        other => panic!("no id in {other:?}"),
+    }
+}
+
+fn key(base: &str) -> Key {
+    Key::from_base(base).unwrap()
+}
+
+#[test]
+fn create_change_renew_invalidate() {
+    let s = store(65536, 0);
+    let t0 = Instant::now();
+    let created = s
+        .apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+        .unwrap();
+    let b = base_of(&created);
+    assert!(matches!(&created, Outcome::Created(f) if f.ends_with(".n1")));
+    assert_eq!(s.get(&b).unwrap().version, 1);
+    assert_eq!(
+        s.apply(Key::from_base(&b), &set(json!({"b": 2})), t0, &mut |_| {})
+            .unwrap(),
+        Outcome::Changed
+    );
+    let sess = s.get(&b).unwrap();
+    assert_eq!(sess.version, 2);
+    assert_eq!(Value::Object(sess.attributes()), json!({"a": 1, "b": 2}));
+    let renew = Directives {
+        renew: true,
+        ..Default::default()
+    };
+    let r = s
+        .apply(Key::from_base(&b), &renew, t0, &mut |_| {})
+        .unwrap();
+    let nb = base_of(&r);
+    assert_ne!(nb, b);
+    assert!(s.get(&b).is_none());
+    assert_eq!(
+        Value::Object(s.get(&nb).unwrap().attributes()),
+        json!({"a": 1, "b": 2})
+    );
+    let inv = Directives {
+        invalidate: true,
+        set: Some("{}".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.apply(Key::from_base(&nb), &inv, t0, &mut |_| {}).unwrap(),
+        Outcome::Invalidated
+    );
+    assert!(s.is_empty());
+}
+
+#[test]
+fn expiry_uses_the_monotonic_clock() {
+    let s = store(65536, 0);
+    let t0 = Instant::now();
+    let b = base_of(
+        &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+            .unwrap(),
+    );
+    assert!(s
+        .access(key(&b), t0 + Duration::from_secs(1799), &mut |_| {})
+        .is_some());
+    // Access renewed the idle clock.
+    assert!(s
+        .access(key(&b), t0 + Duration::from_secs(1799 + 1800), &mut |_| {})
+        .is_some());
+    assert!(s
+        .access(key(&b), t0 + Duration::from_secs(1799 + 3601), &mut |_| {})
+        .is_none());
+    assert!(s.is_empty());
+    let b = base_of(
+        &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+            .unwrap(),
+    );
+    let short = Directives {
+        max_inactive: Some(Duration::from_secs(5)),
+        ..Default::default()
+    };
+    s.apply(Key::from_base(&b), &short, t0, &mut |_| {})
+        .unwrap();
+    assert_eq!(s.sweep(t0 + Duration::from_secs(4), &mut |_| {}), 0);
+    assert_eq!(s.sweep(t0 + Duration::from_secs(6), &mut |_| {}), 1);
+}
+
+#[test]
+fn limits_are_errors_and_leave_the_session_unchanged() {
+    let s = store(20, 1);
+    let t0 = Instant::now();
+    let b = base_of(
+        &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+            .unwrap(),
+    );
+    let err = s
+        .apply(
+            Key::from_base(&b),
+            &set(json!({"big": "xxxxxxxxxxxxxxxxxxxx"})),
+            t0,
+            &mut |_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SessionError::Directive(DirectiveError::TooLarge { .. })
+    ));
+    assert_eq!(
+        Value::Object(s.get(&b).unwrap().attributes()),
+        json!({"a": 1})
+    );
+    assert_eq!(s.get(&b).unwrap().version, 1);
+    let err = s
+        .apply(None, &set(json!({"a": 2})), t0, &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Limit(1)));
+}
+
+#[test]
+fn a_replica_holds_the_owners_bytes_and_refuses_a_malformed_delta() {
+    let owner = store(65536, 0);
+    let replica = SessionStore::new(
+        "n2",
+        Limits {
+            default_max_inactive: Duration::from_secs(1800),
+            max_session_bytes: 65536,
+            max_active_sessions: 0,
+        },
+        &Metrics::new(),
+    );
+    let t0 = Instant::now();
+    let mut changes = Vec::new();
+    let b = base_of(
+        &owner
+            .apply(None, &set(json!({"z": 1, "a": [1.5]})), t0, &mut |c| {
+                changes.push(c)
+            })
+            .unwrap(),
+    );
+    for d in [
+        set(json!({"m": {"x": "é"}, "z": 2})),
+        Directives {
+            remove: vec!["a".into()],
+            ..set(json!({"b": null}))
+        },
+    ] {
+        owner
+            .apply(Key::from_base(&b), &d, t0, &mut |c| changes.push(c))
+            .unwrap();
+    }
+    for c in &changes {
+        assert_eq!(replica.apply_remote(c, t0), Remote::Applied, "{c:?}");
+    }
+    let (o, r) = (owner.get(&b).unwrap(), replica.get(&b).unwrap());
+    assert_eq!(o.rendered, r.rendered);
+    assert_eq!(
+        o.rendered.to_str().unwrap(),
+        r#"{"b":null,"m":{"x":"\u00e9"},"z":2}"#
+    );
+    // A delta whose text is not a JSON object: a gap, the copy unchanged.
+    for bad in ["{bad", r#"{"a":tru}"#, "[1]", r#"{"a":1"#] {
+        let c = Change::Delta {
+            key: key(&b).0,
+            epoch: 1,
+            version: r.version + 1,
+            set: Some(bad.into()),
+            remove: vec![],
+            max_inactive_ms: None,
+        };
+        assert_eq!(replica.apply_remote(&c, t0), Remote::Gap, "{bad}");
+        assert_eq!(replica.get(&b).unwrap().rendered, o.rendered);
+    }
+}
