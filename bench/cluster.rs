@@ -313,7 +313,8 @@ async fn throughput(mode: &str, secs: u64, b: SocketAddr) {
 }
 
 fn single_delta_bytes() -> usize {
-    use caracal::cluster::messages::{encode_mesh, Change, MeshMessage};
+    use caracal::cluster::{encode_mesh, MeshMessage};
+    use caracal::session::Change;
     let d = Change::Delta {
         key: u128::MAX / 3,
         epoch: 1,

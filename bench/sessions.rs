@@ -9,10 +9,8 @@ use serde_json::{json, Map, Value};
 
 use caracal::metrics::Metrics;
 use caracal::session::attrs;
-use caracal::session::cookie::{CookieConfig, SecureMode};
 use caracal::session::id::{self, Key};
-use caracal::session::protocol::Directives;
-use caracal::session::store::{Limits, Outcome, SessionStore};
+use caracal::session::{CookieConfig, Directives, Limits, Outcome, SecureMode, SessionStore};
 
 const SESSIONS: usize = 1_000_000;
 

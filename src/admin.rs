@@ -62,8 +62,7 @@ impl Admin {
         }
         let path = req.uri().path();
         if let Some(base) = path.strip_prefix("/sessions/") {
-            return match self.proxy.store().info(base, std::time::Instant::now())
-            {
+            return match self.proxy.store().info(base, std::time::Instant::now()) {
                 Some(v) => json_response(&v),
                 None => text(StatusCode::NOT_FOUND, "404 no such session on this node\n"),
             };

@@ -51,7 +51,11 @@ pub struct NodeState {
 
 impl NodeState {
     /// A node that is `starting`.
-    pub fn new(jvm_route: String, http_addrs: Vec<SocketAddr>, https_addrs: Vec<SocketAddr>) -> Self {
+    pub fn new(
+        jvm_route: String,
+        http_addrs: Vec<SocketAddr>,
+        https_addrs: Vec<SocketAddr>,
+    ) -> Self {
         Self {
             jvm_route,
             http_addrs,

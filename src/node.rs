@@ -92,7 +92,10 @@ pub async fn run(
     let background = Tasks::new();
     let res = serve(cfg, listeners, shutdown, &background).await;
     if !background.stop(BACKGROUND_STOP).await {
-        tracing::warn!(left = background.len(), "background tasks still running at exit");
+        tracing::warn!(
+            left = background.len(),
+            "background tasks still running at exit"
+        );
     }
     drop(ticker);
     if res.is_ok() {

@@ -112,7 +112,10 @@ mod tests {
         let plain = tag(vec![7, flags(None), 1], None);
         assert_eq!(untag(&plain, 2, None), Ok(&[1u8][..]));
         assert_eq!(untag(&plain, 2, Some(&k)), Err(TagError::Missing));
-        assert_eq!(untag(&[7, FLAG_TAGGED, 1], 2, Some(&k)), Err(TagError::Short));
+        assert_eq!(
+            untag(&[7, FLAG_TAGGED, 1], 2, Some(&k)),
+            Err(TagError::Short)
+        );
         let mut v = Vec::new();
         push_varint(&mut v, 300);
         assert_eq!(v, [0xAC, 0x02]);

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use caracal::cluster::routing::successor;
+use caracal::cluster::successor;
 use common::*;
 use http::StatusCode;
 use serde_json::Value;
@@ -243,7 +243,7 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
         .unwrap()
         .parse()
         .unwrap();
-    let stale = caracal::cluster::messages::Change::Delta {
+    let stale = caracal::session::Change::Delta {
         key,
         epoch: 1,
         version: 99,
@@ -270,21 +270,18 @@ async fn fenced_total(nodes: &[Node]) -> u64 {
 }
 
 /// Sends one change to a node's mesh as a member would, and waits for its ack.
-async fn raw_replicate(
-    mesh: std::net::SocketAddr,
-    domain: &str,
-    change: caracal::cluster::messages::Change,
-) {
-    use caracal::cluster::messages::{encode_mesh, MeshMessage, NodeInfo, PeerState};
+async fn raw_replicate(mesh: std::net::SocketAddr, domain: &str, change: caracal::session::Change) {
+    use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
+    use caracal::State;
     use futures_util::{SinkExt, StreamExt};
     let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let mut f = tokio_util::codec::Framed::new(stream, caracal::cluster::mesh::codec(1 << 20));
+    let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
     let me = NodeInfo {
         node_id: 7,
         jvm_route: "n1".into(),
         mesh_addr: "127.0.0.1:9".parse().unwrap(),
         http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: PeerState::Ready,
+        state: State::Ready,
         alive_ms: 1,
     };
     let hello = MeshMessage::Hello {

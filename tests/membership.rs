@@ -6,7 +6,9 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use caracal::cluster::messages::{encode_heartbeat, Heartbeat, Key, NodeInfo, PeerState};
+use caracal::cluster::{encode_heartbeat, Heartbeat, NodeInfo};
+use caracal::ClusterKey as Key;
+use caracal::State;
 use common::*;
 use serde_json::Value;
 
@@ -157,8 +159,7 @@ async fn forged_heartbeats_are_rejected_and_counted() {
     wait_routes(&nodes[0], &["n2"], Duration::from_secs(2)).await;
 
     // A socket of the test's own, joined on 127.0.0.1: nothing leaves the machine.
-    let sock =
-        caracal::cluster::transport::multicast_socket(GROUP, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
+    let sock = caracal::cluster::multicast_socket(GROUP, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
     let target = SocketAddr::from((GROUP, PORT));
     // Capture a real heartbeat of n2 to replay it.
     let mut buf = vec![0u8; 4096];
@@ -178,7 +179,7 @@ async fn forged_heartbeats_are_rejected_and_counted() {
             jvm_route: "evil".into(),
             mesh_addr: "127.0.0.1:9".parse().unwrap(),
             http_addr: "127.0.0.1:9".parse().unwrap(),
-            state: PeerState::Ready,
+            state: State::Ready,
             alive_ms: 1,
         },
         seq: 1,

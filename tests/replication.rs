@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caracal::cluster::messages::{encode_mesh, Change, MeshMessage, NodeInfo, PeerState};
+use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
+use caracal::session::Change;
+use caracal::State;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -148,14 +150,14 @@ async fn async_mode_converges() {
 /// A raw mesh client of the test's own: replays old changes at a node.
 async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> Vec<u128> {
     let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let codec = caracal::cluster::mesh::codec(1 << 20);
+    let codec = caracal::mesh_codec(1 << 20);
     let mut f = tokio_util::codec::Framed::new(stream, codec);
     let me = NodeInfo {
         node_id: 99,
         jvm_route: "zombie".into(),
         mesh_addr: "127.0.0.1:9".parse().unwrap(),
         http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: PeerState::Ready,
+        state: State::Ready,
         alive_ms: 1,
     };
     let hello = MeshMessage::Hello {
@@ -169,7 +171,7 @@ async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> V
     };
     f.send(Bytes::from(encode_mesh(&msg))).await.unwrap();
     let frame = f.next().await.unwrap().unwrap();
-    match caracal::cluster::messages::decode_mesh(&frame).unwrap() {
+    match caracal::cluster::decode_mesh(&frame).unwrap() {
         MeshMessage::Ack { seq: 1, need_full } => need_full,
         other => panic!("{other:?}"),
     }
@@ -216,7 +218,7 @@ async fn invalidate_removes_everywhere_and_a_late_delta_cannot_resurrect() {
             epoch: 1,
             version: 1,
         },
-        Change::Full(caracal::cluster::messages::FullSession {
+        Change::Full(caracal::session::FullSession {
             key,
             owner: "n1".into(),
             epoch: 1,
@@ -488,7 +490,9 @@ async fn a_member_back_from_a_pause_is_resynced() {
 /// and a frame without the tag, or with a tag of another key, is dropped with its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
-    use caracal::cluster::messages::{seal_mesh, FullSession, Key};
+    use caracal::cluster::seal_mesh;
+    use caracal::session::FullSession;
+    use caracal::ClusterKey as Key;
     let (_b, nodes) = cluster(2, 46310, "keyed", "key = \"mesh-secret-0123456789\"").await;
     let r = http(
         nodes[0].http,
@@ -522,7 +526,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
     let wrong = Key::new(b"not-the-cluster-secret");
     for frame in [encode_mesh(&forged), seal_mesh(&forged, Some(&wrong))] {
         let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-        let mut f = tokio_util::codec::Framed::new(stream, caracal::cluster::mesh::codec(1 << 20));
+        let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
         f.send(Bytes::from(frame)).await.unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(3), f.next())
             .await
@@ -554,7 +558,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
 /// `require_state_transfer = true` (SPEC 4.7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
-    use caracal::cluster::messages::{encode_heartbeat, Heartbeat};
+    use caracal::cluster::{encode_heartbeat, Heartbeat};
     const PORT: u16 = 46311;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -565,13 +569,8 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
         }
     });
     let group = std::net::Ipv4Addr::new(228, 0, 0, 4);
-    let sock = caracal::cluster::transport::multicast_socket(
-        group,
-        PORT,
-        std::net::Ipv4Addr::LOCALHOST,
-        0,
-    )
-    .unwrap();
+    let sock =
+        caracal::cluster::multicast_socket(group, PORT, std::net::Ipv4Addr::LOCALHOST, 0).unwrap();
     let ghost = tokio::spawn(async move {
         for seq in 1..=600u64 {
             let hb = Heartbeat {
@@ -581,7 +580,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
                     jvm_route: "ghost".into(),
                     mesh_addr: silent_addr,
                     http_addr: silent_addr,
-                    state: PeerState::Ready,
+                    state: State::Ready,
                     alive_ms: 1_000_000,
                 },
                 seq,

@@ -68,4 +68,3 @@ pub struct ReceiverConfig {
     pub auto_bind: u16,
     pub max_frame_bytes: usize,
 }
-

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::State;
 use crate::session::{Change, FullSession};
-use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 pub use crate::wire::Key;
+use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 
 pub const MAGIC: &[u8; 4] = b"CRCL";
 pub const HEARTBEAT_VERSION: u8 = 1;

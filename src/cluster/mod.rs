@@ -44,7 +44,9 @@ use membership::Membership;
 use replication::Replicator;
 use transport::Multicast;
 
-pub use config::{ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode};
+pub use config::{
+    ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode,
+};
 pub use error::{ClusterError, MeshError};
 pub use membership::Member;
 pub use mesh::bind as bind_receiver;

@@ -176,4 +176,3 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
         },
     })
 }
-

@@ -182,4 +182,3 @@ fn apply_override(table: &mut toml::Table, spec: &str) -> Result<Vec<String>, St
     cur.insert(last.clone(), value);
     Ok(keys)
 }
-

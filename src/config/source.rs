@@ -63,7 +63,6 @@ pub(super) fn parse_addr(src: &Source, path: &[Seg], s: &str) -> Result<SocketAd
     })
 }
 
-
 pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() || p.exists() {
@@ -72,4 +71,3 @@ pub(super) fn resolve(base: &Path, p: &str) -> PathBuf {
         base.join(p)
     }
 }
-

@@ -143,4 +143,3 @@ fn host_name() -> String {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "caracal".to_string())
 }
-

@@ -4,10 +4,10 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use super::upstream::ResponseBody;
+pub use super::upstream::UpBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-pub use super::upstream::UpBody;
-use super::upstream::ResponseBody;
 
 /// What the proxy sends to the client: a backend's body (which returns its connection to the
 /// pool when it ends), or a short body the proxy wrote itself.

@@ -143,7 +143,9 @@ mod tests {
         ));
         assert!(e.to_string().contains("10.1.2.3"), "the log has the detail");
         assert_eq!(e.client_text(), "backend failed");
-        let e = ProxyError::from(UpstreamError::Connect("http://10.1.2.3:9001: refused".into()));
+        let e = ProxyError::from(UpstreamError::Connect(
+            "http://10.1.2.3:9001: refused".into(),
+        ));
         assert!(!e.client_text().contains("10.1.2.3"));
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }

@@ -85,7 +85,11 @@ impl Proxy {
 
     /// The hop count of a request forwarded by a member, if the marker is genuine: it
     /// names a member whose announced HTTP address has the peer's IP.
-    pub(super) fn hops_from_member(&self, marker: Option<HeaderValue>, client: &ClientInfo) -> Option<u8> {
+    pub(super) fn hops_from_member(
+        &self,
+        marker: Option<HeaderValue>,
+        client: &ClientInfo,
+    ) -> Option<u8> {
         let marker = marker?;
         let v = marker.to_str().ok()?;
         let (n, route) = v.split_once(' ')?;
@@ -181,4 +185,3 @@ enum Forward {
     OwnerDied(ProxyError),
     Failed(ProxyError),
 }
-

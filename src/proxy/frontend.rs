@@ -15,11 +15,11 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use ipnet::IpNet;
 use tokio_util::task::TaskTracker;
 
 use super::drain::{Drain, Signal};
@@ -167,12 +167,7 @@ impl Frontend {
         }
     }
 
-    async fn connection(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        tls: Option<TlsAcceptor>,
-    ) {
+    async fn connection(&self, stream: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>) {
         let _ = stream.set_nodelay(true);
         match tls {
             None => {

@@ -226,10 +226,7 @@ impl Proxy {
             head: mut resp,
             session: directives,
             body: resp_body,
-        } = self
-            .upstream
-            .send(&out, &mut body)
-            .await?;
+        } = self.upstream.send(&out, &mut body).await?;
 
         if resp.status == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_up), Some(backend_up)) = (client_upgrade, resp_body.into_upgraded())
@@ -246,9 +243,7 @@ impl Proxy {
         // The client's connection decides the version, not the backend's.
         resp.version = Version::HTTP_11;
         if let Some(rs) = &mut session {
-            let waits = self
-                .sessions
-                .on_response(rs, &mut resp, &directives)?;
+            let waits = self.sessions.on_response(rs, &mut resp, &directives)?;
             // Sync mode: the response goes out only after the members applied the change.
             self.sessions.settle(waits).await;
         }
@@ -303,4 +298,3 @@ fn origin_form(uri: &Uri) -> Uri {
         .parse()
         .unwrap_or_else(|_| Uri::from_static("/"))
 }
-

@@ -277,9 +277,7 @@ impl Future for Sleep {
         match this.slot {
             // No ticker (outside a node, or it failed at startup, which stops the node):
             // start one, or fire now; never hang.
-            None if !RUNNING.load(Ordering::Acquire) && !ensure_running() => {
-                return Poll::Ready(())
-            }
+            None if !RUNNING.load(Ordering::Acquire) && !ensure_running() => return Poll::Ready(()),
             None => {
                 let i = my_shard();
                 let mut s = w.shard(i);

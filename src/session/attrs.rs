@@ -17,8 +17,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use serde_json::{Map, Value};
 
-use super::json::to_ascii_json;
 use super::error::DirectiveError;
+use super::json::to_ascii_json;
 
 /// The canonical text of an attribute object.
 pub fn canonical(attrs: &Map<String, Value>) -> Vec<u8> {

@@ -1,6 +1,7 @@
 //! The session layer's errors: a backend's malformed directive, and what stops a change.
 //! Each becomes a 5xx for the client (`proxy::ProxyError` maps them).
 
+/// A malformed directive: the response becomes 502 naming it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectiveError {
     #[error("{header}: not valid JSON: {reason}")]
@@ -17,6 +18,7 @@ pub enum DirectiveError {
     TooLarge { bytes: usize, limit: usize },
 }
 
+/// Why a change was refused (the session stays as it was).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]

@@ -99,8 +99,6 @@ impl Directives {
     }
 }
 
-/// A malformed directive: the response becomes 502 naming it.
-
 /// Reads the directives from a backend's session-prefixed response headers (as received:
 /// the name in any case, the value), which the upstream client set aside. Repeated `-Set`
 /// and `-Remove` headers all count, in order; of the others the first counts.

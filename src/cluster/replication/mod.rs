@@ -229,5 +229,4 @@ impl Replicator {
         }
         need_full
     }
-
 }

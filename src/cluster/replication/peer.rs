@@ -38,10 +38,8 @@ pub async fn run(
     let mut retry: VecDeque<Outgoing> = VecDeque::new();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let connect = tokio::time::timeout(
-            rep.link.verify_timeout,
-            TcpStream::connect(info.mesh_addr),
-        );
+        let connect =
+            tokio::time::timeout(rep.link.verify_timeout, TcpStream::connect(info.mesh_addr));
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             r = connect => match r {

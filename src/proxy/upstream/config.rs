@@ -41,4 +41,3 @@ pub struct HealthConfig {
     pub rise: u32,
     pub fall: u32,
 }
-

@@ -148,7 +148,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &BackendsConfig, session_prefix: &str, metrics: &Metrics, tasks: Tasks) -> Self {
+    pub fn new(
+        cfg: &BackendsConfig,
+        session_prefix: &str,
+        metrics: &Metrics,
+        tasks: Tasks,
+    ) -> Self {
         let backends: Vec<Arc<Backend>> = cfg
             .servers
             .iter()

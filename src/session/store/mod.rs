@@ -21,11 +21,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
-use super::attrs;
-use super::id::{self, Key};
 use super::apply::Ver;
+use super::attrs;
 use super::change::{Change, FullSession};
 use super::error::{DirectiveError, SessionError};
+use super::id::{self, Key};
 use super::protocol::Directives;
 use crate::metrics::Metrics;
 
@@ -105,7 +105,6 @@ pub enum Outcome {
     /// The session is gone: the cookie is cleared.
     Invalidated,
 }
-
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -528,4 +527,3 @@ impl SessionStore {
         self.map.get(&Key::from_base(base)?).map(|s| s.clone())
     }
 }
-

@@ -251,4 +251,3 @@ fn parse_trailers(block: &[u8]) -> Option<HeaderMap> {
     }
     Some(map)
 }
-

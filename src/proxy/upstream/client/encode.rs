@@ -108,7 +108,11 @@ impl BodyOut {
     }
 
     /// Appends the end of the body (the last chunk and any trailers).
-    pub(super) fn finish(&mut self, buf: &mut Vec<u8>, trailers: Option<&HeaderMap>) -> Result<(), String> {
+    pub(super) fn finish(
+        &mut self,
+        buf: &mut Vec<u8>,
+        trailers: Option<&HeaderMap>,
+    ) -> Result<(), String> {
         match self.framing {
             ReqFraming::Length(_) if self.remaining > 0 => {
                 return Err("the client's body ended before its Content-Length".into());
@@ -214,4 +218,3 @@ pub(super) fn put_header(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderVal
     buf.extend_from_slice(value.as_bytes());
     buf.extend_from_slice(b"\r\n");
 }
-

@@ -20,8 +20,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::{request, response, HeaderName, HeaderValue, Method};
 use http::StatusCode;
+use http::{request, response, HeaderName, HeaderValue, Method};
 use http_body::Body;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -362,4 +362,3 @@ impl Conn {
         }
     }
 }
-
