@@ -7,9 +7,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use super::error::MeshError;
 use super::messages::{open_mesh, seal_mesh, seal_replicate, FrameError, MeshMessage, NodeInfo};
 use crate::lifecycle::NodeState;
-use crate::wire::Key;
+use crate::wire::{codec, Key};
+
+/// Frames of pings and pongs are small; this caps what a verifier reads.
+const PING_MAX_FRAME: usize = 64 * 1024;
 
 /// This node, as it announces itself.
 pub struct Me {
@@ -94,5 +102,41 @@ impl Link {
     /// Opens a mesh frame: version, tag, decoding.
     pub fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
         open_mesh(frame, self.key.as_ref())
+    }
+
+    /// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
+    pub async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
+        let link = self;
+        let limit = link.verify_timeout;
+        let exchange = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| MeshError::Connect { addr, source })?;
+            let _ = stream.set_nodelay(true);
+            let mut framed = Framed::new(stream, codec(PING_MAX_FRAME));
+            let ping = MeshMessage::Ping {
+                domain: link.domain.clone(),
+                from: link.me(),
+            };
+            framed
+                .send(link.seal(&ping))
+                .await
+                .map_err(|source| MeshError::Send { addr, source })?;
+            match framed.next().await {
+                Some(Ok(f)) => match link.open(&f) {
+                    Ok(MeshMessage::Pong { from }) => Ok(from),
+                    Ok(other) => Err(MeshError::Unexpected {
+                        addr,
+                        what: other.name(),
+                    }),
+                    Err(source) => Err(MeshError::Frame { addr, source }),
+                },
+                Some(Err(source)) => Err(MeshError::Read { addr, source }),
+                None => Err(MeshError::Closed { addr }),
+            }
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| MeshError::Timeout { addr, limit })?
     }
 }

@@ -246,7 +246,7 @@ impl Membership {
     /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
     /// the same process, else why not. Counted either way.
     async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
-        let res = super::mesh::ping(&self.link, info.mesh_addr).await;
+        let res = self.link.ping(info.mesh_addr).await;
         let out = match res {
             Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),
             Ok(_) => Err(MeshError::OtherProcess),

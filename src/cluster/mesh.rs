@@ -11,16 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
 use super::config::ReceiverConfig;
-use super::error::MeshError;
-use super::link::Link;
 use super::membership::Membership;
-use super::messages::{MeshMessage, NodeInfo};
+use super::messages::MeshMessage;
 use super::replication::Replicator;
 use crate::tasks::Tasks;
 use crate::wire::codec;
-
-/// Frames of pings and pongs are small; this caps what a verifier reads.
-const PING_MAX_FRAME: usize = 64 * 1024;
 
 /// Binds the receiver on the first free port of `port .. port + auto_bind`.
 pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
@@ -140,39 +135,4 @@ async fn connection(
             }
         }
     }
-}
-
-/// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
-pub async fn ping(link: &Link, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
-    let limit = link.verify_timeout;
-    let exchange = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| MeshError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, codec(PING_MAX_FRAME));
-        let ping = MeshMessage::Ping {
-            domain: link.domain.clone(),
-            from: link.me(),
-        };
-        framed
-            .send(link.seal(&ping))
-            .await
-            .map_err(|source| MeshError::Send { addr, source })?;
-        match framed.next().await {
-            Some(Ok(f)) => match link.open(&f) {
-                Ok(MeshMessage::Pong { from }) => Ok(from),
-                Ok(other) => Err(MeshError::Unexpected {
-                    addr,
-                    what: other.name(),
-                }),
-                Err(source) => Err(MeshError::Frame { addr, source }),
-            },
-            Some(Err(source)) => Err(MeshError::Read { addr, source }),
-            None => Err(MeshError::Closed { addr }),
-        }
-    };
-    tokio::time::timeout(limit, exchange)
-        .await
-        .map_err(|_| MeshError::Timeout { addr, limit })?
 }

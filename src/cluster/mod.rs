@@ -182,7 +182,9 @@ impl Cluster {
         let m = &self.membership;
         tokio::time::sleep(m.cfg.frequency * 2 + m.cfg.frequency / 2).await;
         if let Some(other) = m.conflict() {
-            let alive = mesh::ping(&m.link, other.mesh_addr)
+            let alive = m
+                .link
+                .ping(other.mesh_addr)
                 .await
                 .is_ok_and(|pong| pong.jvm_route == other.jvm_route);
             if alive {

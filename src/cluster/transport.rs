@@ -143,7 +143,7 @@ pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
             if sa == m.link.mesh_addr() {
                 return;
             }
-            if let Ok(info) = super::mesh::ping(&m.link, sa).await {
+            if let Ok(info) = m.link.ping(sa).await {
                 m.metrics.heartbeats_received.inc();
                 m.observe(info);
             }

@@ -23,10 +23,11 @@ pub enum Blame {
 pub enum ProxyError {
     #[error("no healthy backend")]
     NoHealthyBackend,
-    #[error("could not connect to a backend: {0}")]
-    BackendConnect(String),
-    #[error("backend failed: {0}")]
-    BackendFailed(String),
+    #[error("could not connect to a backend: {backend}: {reason}")]
+    BackendConnect { backend: String, reason: String },
+    /// `backend` names the server or member; `reason` is what went wrong.
+    #[error("backend failed: {backend}: {reason}")]
+    BackendFailed { backend: String, reason: String },
     #[error("backend did not respond in time")]
     BackendTimeout,
     #[error("bad session directive from backend: {0}")]
@@ -44,8 +45,12 @@ impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
-            UpstreamError::Connect(m) => ProxyError::BackendConnect(m),
-            UpstreamError::Failed(m) => ProxyError::BackendFailed(m),
+            UpstreamError::Connect { backend, reason } => {
+                ProxyError::BackendConnect { backend, reason }
+            }
+            UpstreamError::Failed { backend, reason } => {
+                ProxyError::BackendFailed { backend, reason }
+            }
             UpstreamError::Timeout => ProxyError::BackendTimeout,
         }
     }
@@ -65,7 +70,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BackendConnect(_) | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendConnect { .. } | ProxyError::BackendFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -87,8 +94,8 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no_healthy_backend",
-            ProxyError::BackendConnect(_) => "backend_connect",
-            ProxyError::BackendFailed(_) => "backend_failed",
+            ProxyError::BackendConnect { .. } => "backend_connect",
+            ProxyError::BackendFailed { .. } => "backend_failed",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::BadDirective(_) => "bad_session_directive",
             ProxyError::SessionLimit(_) => "session_limit",
@@ -97,13 +104,14 @@ impl ProxyError {
         }
     }
 
-    /// What the client is told. A malformed directive is named (SPEC 5: the body names
-    /// the problem, which is the backend's header, not ours); backend addresses and I/O
-    /// errors stay in the log.
+    /// What the client is told: the reason (SPEC 3 and 5: the body names the problem),
+    /// without the backend's or member's address, which stays in the log.
     pub fn client_text(&self) -> Cow<'_, str> {
         match self {
-            ProxyError::BackendConnect(_) => "could not connect to a backend".into(),
-            ProxyError::BackendFailed(_) => "backend failed".into(),
+            ProxyError::BackendConnect { reason, .. } => {
+                format!("could not connect to a backend: {reason}").into()
+            }
+            ProxyError::BackendFailed { reason, .. } => format!("backend failed: {reason}").into(),
             ProxyError::Internal(_) => "internal error".into(),
             ProxyError::NoHealthyBackend
             | ProxyError::BackendTimeout

@@ -151,8 +151,10 @@ impl Proxy {
                     Some(c) => !c.verify(to.node_id).await,
                     None => false,
                 };
-                let e =
-                    ProxyError::BackendFailed(format!("forward to member {}: {why}", to.jvm_route));
+                let e = ProxyError::BackendFailed {
+                    backend: format!("member {}", to.jvm_route),
+                    reason: format!("forward: {why}"),
+                };
                 Err(if dead {
                     Forward::OwnerDied(e)
                 } else {

@@ -114,14 +114,16 @@ impl Drop for Lease {
     }
 }
 
+/// Why no backend answered. `backend` names the server (for the log); `reason` says what
+/// went wrong without it (what the client may read).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("no healthy backend")]
     NoHealthy,
-    #[error("{0}")]
-    Connect(String),
-    #[error("{0}")]
-    Failed(String),
+    #[error("{backend}: {reason}")]
+    Connect { backend: String, reason: String },
+    #[error("{backend}: {reason}")]
+    Failed { backend: String, reason: String },
     #[error("timeout")]
     Timeout,
 }
@@ -277,7 +279,10 @@ impl Upstream {
                     backend.counters.connect_errors.inc();
                     self.passive_failure(backend);
                     tried.push(idx);
-                    last_err = UpstreamError::Connect(format!("{}: {e}", backend.url));
+                    last_err = UpstreamError::Connect {
+                        backend: backend.url.clone(),
+                        reason: e.to_string(),
+                    };
                     continue;
                 }
             };
@@ -297,15 +302,18 @@ impl Upstream {
                 }
                 Ok(Err(e)) => {
                     backend.counters.errors.inc();
-                    let msg = format!("{}: {}", backend.url, e.reason);
+                    let failed = || UpstreamError::Failed {
+                        backend: backend.url.clone(),
+                        reason: e.reason.clone(),
+                    };
                     if fresh {
                         self.passive_failure(backend);
                         tried.push(idx);
                     }
                     if !(e.unsent || replayable) {
-                        return Err(UpstreamError::Failed(msg));
+                        return Err(failed());
                     }
-                    last_err = UpstreamError::Failed(msg);
+                    last_err = failed();
                 }
             }
         }
