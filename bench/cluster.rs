@@ -15,22 +15,21 @@
 //! RESTORE_SESSIONS; BENCH_ONLY=throughput|transfer|failover|managers runs one part).
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-const BIN: &str = env!("CARGO_BIN_EXE_caracal");
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn env_num(k: &str, d: u64) -> u64 {
     std::env::var(k)
@@ -88,24 +87,13 @@ fn route(req: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 // ---- nodes ------------------------------------------------------------------------------
 
-struct NodeProc {
-    child: Child,
-    http: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The nodes are the tests' harness nodes (`tests/common`): the binary on loopback, its
+/// addresses read from its log, ready when `/ready` answers.
+type NodeProc = common::Node;
 
 fn conf(route: &str, backend: SocketAddr, domain: &str, extra: &str) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"1s\"\n\
-         [http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [backends]\nservers = [\"http://{backend}\"]\n\
          [cluster]\nenabled = true\n{extra}\n\
          [cluster.membership]\nport = 46900\ndomain = \"{domain}\"\n[cluster.receiver]\nport = 0\n"
@@ -113,109 +101,39 @@ fn conf(route: &str, backend: SocketAddr, domain: &str, extra: &str) -> String {
 }
 
 async fn spawn_node(conf: &str) -> NodeProc {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, conf).unwrap();
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(&path)
-        .env("RUST_LOG", "warn,caracal::node=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (http, admin) = tokio::task::spawn_blocking(move || {
-        let (mut http, mut admin) = (None, None);
-        let mut lines = BufReader::new(err).lines();
-        while http.is_none() || admin.is_none() {
-            let line = lines.next().expect("node exited").unwrap();
-            let find = |m: &str| {
-                line.find(m)
-                    .and_then(|i| line[i + m.len()..].split_whitespace().next())
-                    .and_then(|a| a.parse::<SocketAddr>().ok())
-            };
-            http = http.or(find("kind=\"http\" addr="));
-            admin = admin.or(find("kind=\"admin\" addr="));
+    common::Node::start(conf).await
+}
+
+fn request(path: &str, cookie: Option<&str>) -> Request<Full<Bytes>> {
+    let mut req = common::get(path);
+    if let Some(c) = cookie {
+        if let Ok(v) = c.parse() {
+            req.headers_mut().insert("cookie", v);
         }
-        // Keep draining so the node never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        (http.unwrap(), admin.unwrap())
-    })
-    .await
-    .unwrap();
-    let node = NodeProc {
-        child,
-        http,
-        admin,
-        _dir: dir,
-    };
-    loop {
-        if let Ok((200, _)) = get(admin, "/ready", None).await {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    node
+    req
 }
 
 async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> Result<(u16, String), String> {
-    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut b = Request::get(path).header("host", "bench");
-    if let Some(c) = cookie {
-        b = b.header("cookie", c);
-    }
-    let resp = tx
-        .send_request(b.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let r = common::try_http(addr, request(path, cookie)).await?;
+    Ok((r.status.as_u16(), r.text()))
 }
 
 /// One keep-alive connection.
-struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+struct Conn(common::KeepAlive);
 
 impl Conn {
     async fn new(addr: SocketAddr) -> Conn {
-        let s = TcpStream::connect(addr).await.unwrap();
-        s.set_nodelay(true).unwrap();
-        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Conn(tx)
+        Conn(common::KeepAlive::connect(addr).await)
     }
 
+    /// The status and the cookie the response set, if any.
     async fn get(&mut self, path: &str, cookie: Option<&str>) -> (u16, Option<String>) {
-        self.0.ready().await.unwrap();
-        let mut b = Request::get(path).header("host", "bench");
-        if let Some(c) = cookie {
-            b = b.header("cookie", c);
-        }
-        let resp = self
-            .0
-            .send_request(b.body(Full::new(Bytes::new())).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        let sc = resp
-            .headers()
-            .get("set-cookie")
-            .and_then(|v| v.to_str().ok())
+        let r = self.0.send(request(path, cookie)).await;
+        let sc = r
+            .header("set-cookie")
             .map(|v| v.split(';').next().unwrap_or("").to_string());
-        let _ = resp.into_body().collect().await;
-        (status, sc)
+        (r.status.as_u16(), sc)
     }
 }
 

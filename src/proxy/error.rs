@@ -146,15 +146,21 @@ mod tests {
 
     #[test]
     fn the_client_text_keeps_addresses_out() {
-        let e = ProxyError::from(UpstreamError::Failed(
-            "http://10.1.2.3:9001: reading the response: connection reset".into(),
-        ));
+        let e = ProxyError::from(UpstreamError::Failed {
+            backend: "http://10.1.2.3:9001".into(),
+            reason: "reading the response: connection reset".into(),
+        });
         assert!(e.to_string().contains("10.1.2.3"), "the log has the detail");
-        assert_eq!(e.client_text(), "backend failed");
-        let e = ProxyError::from(UpstreamError::Connect(
-            "http://10.1.2.3:9001: refused".into(),
-        ));
+        assert_eq!(
+            e.client_text(),
+            "backend failed: reading the response: connection reset"
+        );
+        let e = ProxyError::from(UpstreamError::Connect {
+            backend: "http://10.1.2.3:9001".into(),
+            reason: "connect failed: refused".into(),
+        });
         assert!(!e.client_text().contains("10.1.2.3"));
+        assert!(e.client_text().contains("refused"));
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }
 }
