@@ -7,7 +7,8 @@
 # Cases: plain GET (no cookie), sticky (a live session's cookie), write (a session write
 # per request: the backend's /write sets an attribute).
 #
-# Usage: bench/callgrind.sh [BIN ...]   (env: N=20000)
+# Usage: bench/callgrind.sh [BIN ...]   (env: N=20000; CASES="plain sticky write"; KEEP=DIR
+# keeps the profiles there, for callgrind_annotate)
 # All traffic is on 127.0.0.1 (ports 188xx).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,8 +64,9 @@ for bin in "$@"; do
   for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$ADM/ready" && break; sleep 0.1; done
   S=$(curl -s -D - -o /dev/null "http://127.0.0.1:$CAR/login" | tr -d '\r' | sed -n 's/^set-cookie: JSESSIONID=\([^;]*\).*/\1/Ip')
   [ -n "$S" ] || { echo "no session from /login" >&2; exit 1; }
-  line="$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")"
-  for case in plain sticky write; do
+  label="$(basename "$(dirname "$(dirname "$(dirname "$bin")")")")"
+  line="$label"
+  for case in ${CASES:-plain sticky write}; do
     case $case in
       plain) url="http://127.0.0.1:$CAR/"; c="" ;;
       sticky) url="http://127.0.0.1:$CAR/sticky"; c="$S" ;;
@@ -76,6 +78,7 @@ for bin in "$@"; do
     callgrind_control -d "$vg" >/dev/null
     f=$(ls -t "$W"/callgrind.out.* | head -1)
     ir=$(awk '/^summary:/ {print $2}' "$f")
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP"; cp "$f" "$KEEP/$label-$case.out"; fi
     line="$line $case=$((ir / N))"
   done
   echo "$line"

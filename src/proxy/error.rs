@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
-use super::upstream::UpstreamError;
+use super::upstream::{Failure, UpstreamError};
 use crate::session::SessionError;
 
 /// Whose fault an error is: decides the log level and the status class.
@@ -23,11 +23,11 @@ pub enum Blame {
 pub enum ProxyError {
     #[error("no healthy backend")]
     NoHealthyBackend,
-    #[error("could not connect to a backend: {backend}: {reason}")]
-    BackendConnect { backend: String, reason: String },
-    /// `backend` names the server or member; `reason` is what went wrong.
-    #[error("backend failed: {backend}: {reason}")]
-    BackendFailed { backend: String, reason: String },
+    #[error("could not connect to a backend: {0}")]
+    BackendConnect(Box<Failure>),
+    /// The failure names the server or member, and what went wrong.
+    #[error("backend failed: {0}")]
+    BackendFailed(Box<Failure>),
     #[error("backend did not respond in time")]
     BackendTimeout,
     #[error("bad session directive from backend: {0}")]
@@ -45,12 +45,8 @@ impl From<UpstreamError> for ProxyError {
     fn from(e: UpstreamError) -> Self {
         match e {
             UpstreamError::NoHealthy => ProxyError::NoHealthyBackend,
-            UpstreamError::Connect { backend, reason } => {
-                ProxyError::BackendConnect { backend, reason }
-            }
-            UpstreamError::Failed { backend, reason } => {
-                ProxyError::BackendFailed { backend, reason }
-            }
+            UpstreamError::Connect(f) => ProxyError::BackendConnect(f),
+            UpstreamError::Failed(f) => ProxyError::BackendFailed(f),
             UpstreamError::Timeout => ProxyError::BackendTimeout,
         }
     }
@@ -70,9 +66,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BackendConnect { .. } | ProxyError::BackendFailed { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::BackendConnect(_) | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,8 +88,8 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no_healthy_backend",
-            ProxyError::BackendConnect { .. } => "backend_connect",
-            ProxyError::BackendFailed { .. } => "backend_failed",
+            ProxyError::BackendConnect(_) => "backend_connect",
+            ProxyError::BackendFailed(_) => "backend_failed",
             ProxyError::BackendTimeout => "backend_timeout",
             ProxyError::BadDirective(_) => "bad_session_directive",
             ProxyError::SessionLimit(_) => "session_limit",
@@ -108,10 +102,10 @@ impl ProxyError {
     /// without the backend's or member's address, which stays in the log.
     pub fn client_text(&self) -> Cow<'_, str> {
         match self {
-            ProxyError::BackendConnect { reason, .. } => {
-                format!("could not connect to a backend: {reason}").into()
+            ProxyError::BackendConnect(f) => {
+                format!("could not connect to a backend: {}", f.reason).into()
             }
-            ProxyError::BackendFailed { reason, .. } => format!("backend failed: {reason}").into(),
+            ProxyError::BackendFailed(f) => format!("backend failed: {}", f.reason).into(),
             ProxyError::Internal(_) => "internal error".into(),
             ProxyError::NoHealthyBackend
             | ProxyError::BackendTimeout
@@ -146,19 +140,19 @@ mod tests {
 
     #[test]
     fn the_client_text_keeps_addresses_out() {
-        let e = ProxyError::from(UpstreamError::Failed {
-            backend: "http://10.1.2.3:9001".into(),
-            reason: "reading the response: connection reset".into(),
-        });
+        let e = ProxyError::from(UpstreamError::Failed(Failure::new(
+            "http://10.1.2.3:9001",
+            "reading the response: connection reset",
+        )));
         assert!(e.to_string().contains("10.1.2.3"), "the log has the detail");
         assert_eq!(
             e.client_text(),
             "backend failed: reading the response: connection reset"
         );
-        let e = ProxyError::from(UpstreamError::Connect {
-            backend: "http://10.1.2.3:9001".into(),
-            reason: "connect failed: refused".into(),
-        });
+        let e = ProxyError::from(UpstreamError::Connect(Failure::new(
+            "http://10.1.2.3:9001",
+            "connect failed: refused",
+        )));
         assert!(!e.client_text().contains("10.1.2.3"));
         assert!(e.client_text().contains("refused"));
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);

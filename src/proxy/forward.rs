@@ -9,7 +9,7 @@ use super::body::{ProxyBody, UpBody};
 use super::error::ProxyError;
 use super::headers::{Added, ClientInfo};
 use super::sticky::Plan;
-use super::upstream::{self, SendError};
+use super::upstream::{self, Failure, SendError};
 use super::{Proxy, ToBackend};
 use crate::cluster::NodeInfo;
 
@@ -151,10 +151,10 @@ impl Proxy {
                     Some(c) => !c.verify(to.node_id).await,
                     None => false,
                 };
-                let e = ProxyError::BackendFailed {
-                    backend: format!("member {}", to.jvm_route),
-                    reason: format!("forward: {why}"),
-                };
+                let e = ProxyError::BackendFailed(Failure::new(
+                    format!("member {}", to.jvm_route),
+                    format!("forward: {why}"),
+                ));
                 Err(if dead {
                     Forward::OwnerDied(e)
                 } else {

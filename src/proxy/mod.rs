@@ -231,10 +231,10 @@ impl Proxy {
         if resp.status == StatusCode::SWITCHING_PROTOCOLS {
             let (Some(client_up), Some(backend_up)) = (client_upgrade, resp_body.into_upgraded())
             else {
-                return Err(ProxyError::BackendFailed {
-                    backend: "-".into(),
-                    reason: "backend switched protocols without an upgrade request".into(),
-                });
+                return Err(ProxyError::BackendFailed(upstream::Failure::new(
+                    "-",
+                    "backend switched protocols without an upgrade request",
+                )));
             };
             self.tasks
                 .spawn_until_stopped(tunnel::tunnel(client_up, backend_up));

@@ -176,31 +176,13 @@ impl Replicator {
             return;
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let mut waits = waits;
-        // One timer for all the acks; `acked` counts those that came, in order.
-        let mut acked = 0;
-        let all = async {
-            for w in waits.iter_mut() {
-                if (&mut w.rx).await.is_err() {
-                    return;
-                }
-                acked += 1;
-            }
-        };
-        let _ = tokio::time::timeout_at(deadline, all).await;
-        if acked == waits.len() {
-            return;
+        let missed = await_acks(waits, deadline).await;
+        for w in &missed {
+            self.metrics.ack_timeouts.inc();
+            tracing::warn!(peer = %w.route, "no replication ack in time: verifying the member");
+            self.membership.suspect(w.node_id);
         }
-        let mut missed = false;
-        for mut w in waits.into_iter().skip(acked) {
-            if w.rx.try_recv().is_err() {
-                missed = true;
-                self.metrics.ack_timeouts.inc();
-                tracing::warn!(peer = %w.route, "no replication ack in time: verifying the member");
-                self.membership.suspect(w.node_id);
-            }
-        }
-        if missed {
+        if !missed.is_empty() {
             self.metrics.unreplicated_writes.inc();
         }
     }
@@ -228,5 +210,72 @@ impl Replicator {
             }
         }
         need_full
+    }
+}
+
+/// Waits for every ack until `deadline`; returns the waits that got none. A target whose
+/// channel closed (its peer task ended: the member left or died) is one miss, and the
+/// others are still awaited: returning at the first closed channel answered the client
+/// before live members had acked (#19, cause 4).
+async fn await_acks(waits: Vec<Wait>, deadline: tokio::time::Instant) -> Vec<Wait> {
+    let mut waits = waits;
+    let mut acked = vec![false; waits.len()];
+    // One timer for all the acks, awaited in order (each ack only ends sooner).
+    let all = async {
+        for (w, ok) in waits.iter_mut().zip(acked.iter_mut()) {
+            *ok = (&mut w.rx).await.is_ok();
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, all).await;
+    waits
+        .into_iter()
+        .zip(acked)
+        .filter_map(|(mut w, ok)| (!ok && w.rx.try_recv().is_err()).then_some(w))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(id: u64) -> (oneshot::Sender<()>, Wait) {
+        let (tx, rx) = oneshot::channel();
+        let w = Wait {
+            node_id: id,
+            route: format!("n{id}").into(),
+            rx,
+        };
+        (tx, w)
+    }
+
+    #[tokio::test]
+    async fn a_closed_ack_channel_does_not_end_the_wait_for_the_others() {
+        let (dead, w1) = wait(1);
+        let (live, w2) = wait(2);
+        drop(dead); // the dead member's peer task ended: its ack never comes
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = live.send(());
+        });
+        let started = tokio::time::Instant::now();
+        let missed = await_acks(vec![w1, w2], started + Duration::from_secs(5)).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(50),
+            "returned before the live member acked"
+        );
+        let ids: Vec<u64> = missed.iter().map(|w| w.node_id).collect();
+        assert_eq!(ids, [1], "only the dead member missed");
+    }
+
+    #[tokio::test]
+    async fn a_member_that_never_acks_is_missed_at_the_deadline() {
+        let (_silent, w1) = wait(1);
+        let (fast, w2) = wait(2);
+        let _ = fast.send(());
+        let started = tokio::time::Instant::now();
+        let missed = await_acks(vec![w1, w2], started + Duration::from_millis(100)).await;
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let ids: Vec<u64> = missed.iter().map(|w| w.node_id).collect();
+        assert_eq!(ids, [1]);
     }
 }

@@ -114,18 +114,36 @@ impl Drop for Lease {
     }
 }
 
-/// Why no backend answered. `backend` names the server (for the log); `reason` says what
-/// went wrong without it (what the client may read).
+/// Why no backend answered.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("no healthy backend")]
     NoHealthy,
-    #[error("{backend}: {reason}")]
-    Connect { backend: String, reason: String },
-    #[error("{backend}: {reason}")]
-    Failed { backend: String, reason: String },
+    #[error("{0}")]
+    Connect(Box<Failure>),
+    #[error("{0}")]
+    Failed(Box<Failure>),
     #[error("timeout")]
     Timeout,
+}
+
+/// A backend that failed: `backend` names the server (for the log); `reason` says what
+/// went wrong without it (what the client may read). Boxed in the errors that carry it, so
+/// the request path's `Result`s stay small (they are moved with every future).
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {reason}")]
+pub struct Failure {
+    pub backend: String,
+    pub reason: String,
+}
+
+impl Failure {
+    pub fn new(backend: impl Into<String>, reason: impl Into<String>) -> Box<Self> {
+        Box::new(Self {
+            backend: backend.into(),
+            reason: reason.into(),
+        })
+    }
 }
 
 pub fn is_idempotent(m: &Method) -> bool {
@@ -279,10 +297,8 @@ impl Upstream {
                     backend.counters.connect_errors.inc();
                     self.passive_failure(backend);
                     tried.push(idx);
-                    last_err = UpstreamError::Connect {
-                        backend: backend.url.clone(),
-                        reason: e.to_string(),
-                    };
+                    last_err =
+                        UpstreamError::Connect(Failure::new(backend.url.clone(), e.to_string()));
                     continue;
                 }
             };
@@ -302,9 +318,8 @@ impl Upstream {
                 }
                 Ok(Err(e)) => {
                     backend.counters.errors.inc();
-                    let failed = || UpstreamError::Failed {
-                        backend: backend.url.clone(),
-                        reason: e.reason.clone(),
+                    let failed = || {
+                        UpstreamError::Failed(Failure::new(backend.url.clone(), e.reason.clone()))
                     };
                     if fresh {
                         self.passive_failure(backend);
