@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,10 +22,13 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Frontend, Proxy};
 use crate::tasks::Tasks;
 
-/// The sockets of a node, bound before anything is served.
+/// The sockets of a node, bound before anything is served. The client sockets are bound
+/// but not listening until the node is ready (SPEC 4.7): a client that connects to a
+/// starting node is refused and moves on (DNS round robin) instead of waiting in a backlog.
+/// Admin and mesh listen at once: `/ready` answers 503 and the cluster is joined meanwhile.
 pub struct Listeners {
-    pub http: Vec<TcpListener>,
-    pub https: Vec<TcpListener>,
+    pub http: Vec<TcpSocket>,
+    pub https: Vec<TcpSocket>,
     pub admin: Option<TcpListener>,
     /// The cluster mesh receiver, when the cluster is enabled.
     pub mesh: Option<TcpListener>,
@@ -40,12 +43,12 @@ impl Listeners {
         }
         let mut http = Vec::new();
         for a in &cfg.http.listen {
-            http.push(one(*a, "http.listen").await?);
+            http.push(bound(*a, "http.listen")?);
         }
         let mut https = Vec::new();
         if let Some(h) = &cfg.https {
             for a in &h.listen {
-                https.push(one(*a, "https.listen").await?);
+                https.push(bound(*a, "https.listen")?);
             }
         }
         let admin = match cfg.admin.listen {
@@ -72,6 +75,34 @@ impl Listeners {
             mesh,
         })
     }
+}
+
+/// Pending connections a client listener queues (tokio's default for `TcpListener::bind`).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A client socket bound to `addr` (the port is taken: a conflict fails here), listening
+/// only once [`listen`] is called.
+fn bound(addr: SocketAddr, what: &str) -> anyhow::Result<TcpSocket> {
+    let s = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .with_context(|| format!("cannot open a socket for {addr} ({what})"))?;
+    // As `TcpListener::bind` does: a restarted node can take its port back at once.
+    s.set_reuseaddr(true)
+        .with_context(|| format!("cannot set SO_REUSEADDR on {addr} ({what})"))?;
+    s.bind(addr)
+        .with_context(|| format!("cannot listen on {addr} ({what})"))?;
+    Ok(s)
+}
+
+fn listen(s: TcpSocket, what: &str) -> anyhow::Result<TcpListener> {
+    let addr = s
+        .local_addr()
+        .map_or_else(|_| "its address".to_string(), |a| a.to_string());
+    s.listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
 /// How long the mesh stays open after this node announced `leaving` (see `run`).
@@ -120,7 +151,7 @@ async fn serve(
         jvm_route_binder: cfg.jvm_route_binder,
     };
     let proxy = Arc::new(Proxy::new(&settings, metrics, background.clone())?);
-    let addrs = |ls: &[TcpListener]| -> Vec<SocketAddr> {
+    let addrs = |ls: &[TcpSocket]| -> Vec<SocketAddr> {
         ls.iter().filter_map(|l| l.local_addr().ok()).collect()
     };
     let state = Arc::new(NodeState::new(
@@ -192,7 +223,8 @@ async fn serve(
     let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
     // The client connections: drained first on shutdown, within the grace period.
     let clients = TaskTracker::new();
-    for l in listeners.http {
+    for s in listeners.http {
+        let l = listen(s, "http.listen")?;
         tracing::info!(kind = "http", addr = %l.local_addr()?, "listening");
         clients.spawn(
             frontend
@@ -202,7 +234,8 @@ async fn serve(
     }
     if let Some(h) = &cfg.https {
         let acceptor = TlsAcceptor::from(h.tls.clone());
-        for l in listeners.https {
+        for s in listeners.https {
+            let l = listen(s, "https.listen")?;
             tracing::info!(kind = "https", addr = %l.local_addr()?, "listening");
             clients.spawn(frontend.clone().serve(
                 l,

@@ -1,5 +1,10 @@
-//! Every task a node starts has an owner and ends at shutdown (docs/ARCHITECTURE.md,
-//! "Tasks"). Two nodes run in-process on a runtime of their own, as a cluster, with a
+//! A node's start and stop, in-process:
+//! - until it is ready, its client ports refuse connections (SPEC 4.7), so round-robin
+//!   clients move on instead of waiting in a backlog;
+//! - every task it starts has an owner and ends at shutdown (docs/ARCHITECTURE.md,
+//!   "Tasks").
+//!
+//! For the second: Two nodes run in-process on a runtime of their own, as a cluster, with a
 //! session created, replicated and forwarded, and a WebSocket-style tunnel left open; after
 //! both `node::run`s return, the runtime has no live task and the timer thread has stopped.
 //!
@@ -79,15 +84,30 @@ async fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> String {
 }
 
 fn conf(route: &str, backend: SocketAddr, port: u16, domain: &str) -> String {
+    conf_every(route, backend, port, domain, "100ms")
+}
+
+/// `frequency` sets the join window of a starting node (2.5 heartbeats).
+fn conf_every(
+    route: &str,
+    backend: SocketAddr,
+    port: u16,
+    domain: &str,
+    frequency: &str,
+) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"2s\"\n\
          [http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [backends]\nservers = [\"http://{backend}\"]\n\
          [cluster]\nenabled = true\n\
-         [cluster.membership]\nport = {port}\ndomain = \"{domain}\"\nfrequency = \"100ms\"\n\
-         drop_time = \"1s\"\nverify_timeout = \"500ms\"\n[cluster.receiver]\nport = 0\n"
+         [cluster.membership]\nport = {port}\ndomain = \"{domain}\"\nfrequency = \"{frequency}\"\n\
+         drop_time = \"5s\"\nverify_timeout = \"500ms\"\n[cluster.receiver]\nport = 0\n"
     )
 }
+
+/// The timer thread is shared by the nodes of one process: the tests here run one at a
+/// time, so "no thread after the nodes stopped" is about this test's nodes.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Running {
     http: SocketAddr,
@@ -126,6 +146,7 @@ fn wait_status(outside: &tokio::runtime::Runtime, admin: SocketAddr, pred: impl 
 
 #[test]
 fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let outside = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -227,4 +248,44 @@ fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
             .expect("tunnel still open after shutdown")
     });
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
+
+#[test]
+fn a_starting_node_refuses_client_connections_until_it_is_ready() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let outside = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let node_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend_addr = outside.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(backend(l));
+        a
+    });
+    let port = 48000 + (std::process::id() % 1000) as u16;
+    let domain = format!("starting-{}", std::process::id());
+    // A 2 s heartbeat: the join window (2.5 heartbeats) keeps the node starting for 5 s.
+    let n = node_rt.block_on(start(&conf_every("r1", backend_addr, port, &domain, "2s")));
+    // Starting: admin answers (503), the client port refuses.
+    let ready = outside.block_on(get(n.admin, "/ready", None));
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    let refused = outside.block_on(TcpStream::connect(n.http));
+    match refused {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}"),
+        Ok(_) => panic!("a starting node accepted a client connection"),
+    }
+    wait_status(&outside, n.admin, |s| s.contains("\"state\": \"ready\""));
+    let served = outside.block_on(get(n.http, "/page", None));
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    node_rt.block_on(async move {
+        n.stop.cancel();
+        n.done.await.unwrap().unwrap();
+    });
 }
