@@ -181,6 +181,29 @@ async fn garbled_backend_is_502_with_a_reason() {
     assert!(r.text().contains("backend failed"), "{}", r.text());
 }
 
+/// A node stopped (SIGSTOP) for longer than `response_timeout` does not time out a
+/// request for the time it could not run itself (#19: after a stop it answered 504 within
+/// milliseconds, its coarse clock jumping past every deadline). Here the backend answers
+/// 3.5 s after the request, 200 ms after the node resumes from a 3 s stop: 0.5 s of the
+/// node's running time, well within its 2 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_of_the_node_does_not_count_against_the_backend_timeout() {
+    let b = TestBackend::start("b").await;
+    let node = Node::start(&conf("n1", &[b.url()], "response_timeout = \"2s\"")).await;
+    assert_eq!(http(node.http, get("/")).await.status, StatusCode::OK);
+    let t = Instant::now();
+    let pending = tokio::spawn(try_http(node.http, get("/sleep/3500")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal("STOP");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    node.signal("CONT");
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.status, StatusCode::OK, "after {:?}: {}", t.elapsed(), r.text());
+    // And the timeout still counts running time: a backend slower than it is cut.
+    let r = http(node.http, get("/sleep/4000")).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_backend_is_504_with_a_reason() {
     let b = TestBackend::start("b").await;

@@ -41,10 +41,21 @@ struct Shard {
 
 struct Wheel {
     base: Instant,
-    /// Milliseconds since `base`, as of the last tick.
+    /// Milliseconds since `base`, as of the last tick, less the pauses (see [`PAUSE_MS`]).
     now: AtomicU64,
+    /// The real clock (ms since `base`) at the last tick, and the pauses so far: only the
+    /// ticker thread writes them.
+    last_real: AtomicU64,
+    paused: AtomicU64,
     shards: [Mutex<Shard>; SHARDS],
 }
+
+/// A gap this long between two ticks (10 ms apart) is a pause of the whole process (a
+/// SIGSTOP, a frozen VM): the clock advances one tick across it instead of the gap. Timers
+/// do not count time the node itself could not run: a request read right after the pause,
+/// whose deadline was set from the clock before the tick caught up, would otherwise time
+/// out at once (a spurious 504, #19), and one in flight would be cut for the pause's sake.
+const PAUSE_MS: u64 = 1000;
 
 impl Wheel {
     fn now(&self) -> u64 {
@@ -57,7 +68,8 @@ impl Wheel {
     }
 
     fn tick(&self) {
-        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let real = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now = self.advance(real);
         self.now.store(now, Ordering::Release);
         for i in 0..SHARDS {
             let mut s = self.shard(i);
@@ -79,6 +91,18 @@ impl Wheel {
             }
             s.next = next;
         }
+    }
+
+    /// The clock for real time `real` (ms since `base`): the real clock less the pauses.
+    fn advance(&self, real: u64) -> u64 {
+        let prev = self.last_real.swap(real, Ordering::Relaxed);
+        let gap = real.saturating_sub(prev);
+        let mut paused = self.paused.load(Ordering::Relaxed);
+        if gap > PAUSE_MS {
+            paused += gap - TICK_MS;
+            self.paused.store(paused, Ordering::Relaxed);
+        }
+        real.saturating_sub(paused)
     }
 }
 
@@ -160,6 +184,8 @@ fn wheel() -> &'static Wheel {
     WHEEL.get_or_init(|| Wheel {
         base: Instant::now(),
         now: AtomicU64::new(0),
+        last_real: AtomicU64::new(0),
+        paused: AtomicU64::new(0),
         shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
     })
 }
@@ -381,7 +407,10 @@ mod tests {
     fn the_coarse_clock_trails_the_real_one_by_about_a_tick() {
         let _ticker = start().unwrap();
         let w = wheel();
-        let real_ms = || u64::try_from(w.base.elapsed().as_millis()).unwrap();
+        // The real clock less the pauses the ticker saw (none, unless this machine froze).
+        let real_ms = || {
+            u64::try_from(w.base.elapsed().as_millis()).unwrap() - w.paused.load(Ordering::Relaxed)
+        };
         // Wait for a tick after this point, so the bound below holds on a loaded machine.
         let t = real_ms();
         while coarse_ms() < t {
@@ -393,6 +422,28 @@ mod tests {
         // A tick is 10 ms; a second covers a starved ticker on a loaded CI machine.
         assert!(real - c < 1000, "trails by {} ms", real - c);
         assert_eq!(coarse_upper_ms(), c + TICK_MS);
+    }
+
+    #[test]
+    fn a_pause_of_the_process_does_not_advance_the_clock() {
+        let w = Wheel {
+            base: Instant::now(),
+            now: AtomicU64::new(0),
+            last_real: AtomicU64::new(0),
+            paused: AtomicU64::new(0),
+            shards: std::array::from_fn(|_| Mutex::new(Shard::default())),
+        };
+        assert_eq!(w.advance(10), 10);
+        assert_eq!(w.advance(20), 20);
+        // A late tick on a loaded machine is still time.
+        assert_eq!(w.advance(900), 900);
+        // 6 s without a tick: a SIGSTOP. The clock moves one tick, then on as before.
+        assert_eq!(w.advance(6900), 910);
+        assert_eq!(w.advance(6910), 920);
+        // A deadline of 1 s set just before the pause is due 1 s of running time later.
+        let deadline = 900 + 1000;
+        assert!(w.advance(6920) < deadline);
+        assert!(w.advance(7900) >= deadline);
     }
 
     #[tokio::test]
