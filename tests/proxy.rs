@@ -198,7 +198,13 @@ async fn a_pause_of_the_node_does_not_count_against_the_backend_timeout() {
     tokio::time::sleep(Duration::from_millis(3000)).await;
     node.signal("CONT");
     let r = pending.await.unwrap().unwrap();
-    assert_eq!(r.status, StatusCode::OK, "after {:?}: {}", t.elapsed(), r.text());
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "after {:?}: {}",
+        t.elapsed(),
+        r.text()
+    );
     // And the timeout still counts running time: a backend slower than it is cut.
     let r = http(node.http, get("/sleep/4000")).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);

@@ -172,7 +172,9 @@ async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> V
     f.send(Bytes::from(encode_mesh(&msg))).await.unwrap();
     let frame = f.next().await.unwrap().unwrap();
     match caracal::cluster::decode_mesh(&frame).unwrap() {
-        MeshMessage::Ack { seq: 1, need_full } => need_full,
+        MeshMessage::Ack {
+            seq: 1, need_full, ..
+        } => need_full,
         other => panic!("{other:?}"),
     }
 }

@@ -100,8 +100,12 @@ async fn connection(
             }
             MeshMessage::Replicate { seq, changes } => {
                 r.metrics.bytes_received.inc_by(frame.len() as u64);
-                let need_full = r.apply_batch(&changes);
-                Some(MeshMessage::Ack { seq, need_full })
+                let (need_full, fenced) = r.apply_batch(&changes);
+                Some(MeshMessage::Ack {
+                    seq,
+                    need_full,
+                    fenced,
+                })
             }
             MeshMessage::StateRequest { domain, from } => {
                 if domain != m.link.domain {

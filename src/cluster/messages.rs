@@ -20,7 +20,8 @@ use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 
 pub const MAGIC: &[u8; 4] = b"CRCL";
 pub const HEARTBEAT_VERSION: u8 = 1;
-pub const MESH_VERSION: u8 = 1;
+/// 2: `Ack` carries the fenced sessions.
+pub const MESH_VERSION: u8 = 2;
 
 /// What a node says about itself (in heartbeats and in mesh pongs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,10 +146,13 @@ pub enum MeshMessage {
         changes: Vec<std::sync::Arc<Change>>,
     },
     /// The batch `seq` is applied; sessions in `need_full` were not (a gap): send full
-    /// copies of them.
+    /// copies of them. `fenced`: changes from an owner with an older epoch than the
+    /// receiver's copy (a paused or cut-off old owner): the receiver's copies of those
+    /// sessions, so the sender learns who owns them now; its writes there did not count.
     Ack {
         seq: u64,
         need_full: Vec<u128>,
+        fenced: Vec<FullSession>,
     },
     /// A starting node asks for the sessions it must hold.
     StateRequest {

@@ -234,9 +234,10 @@ impl Cluster {
     }
 
     /// Waits until every member applied the changes behind `waits` (bounded by
-    /// `ack_timeout`; a member that misses it is verified).
-    pub async fn settle(&self, waits: Vec<Wait>) {
-        self.replicator.settle(waits).await;
+    /// `ack_timeout`; a member that misses it is verified). `true` if a member fenced one:
+    /// the session has a newer owner and the write did not count.
+    pub async fn settle(&self, waits: Vec<Wait>) -> bool {
+        self.replicator.settle(waits).await
     }
 
     /// The other members' announced identity and state, for routing.

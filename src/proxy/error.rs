@@ -39,6 +39,10 @@ pub enum ProxyError {
     /// The text is the client's: it names the reason, never an address.
     #[error("cannot route the session: {0}")]
     Unroutable(String),
+    /// The session's owner changed while the request ran: its write was refused (here, or
+    /// fenced by the members that saw the takeover).
+    #[error("the session moved to another node while this request ran: retry")]
+    SessionMoved,
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -58,6 +62,7 @@ impl From<SessionError> for ProxyError {
             SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
             SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
             SessionError::Random(_) => ProxyError::Internal(e.to_string()),
+            SessionError::Moved => ProxyError::SessionMoved,
         }
     }
 }
@@ -71,7 +76,7 @@ impl ProxyError {
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Unroutable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unroutable(_) | ProxyError::SessionMoved => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -79,7 +84,8 @@ impl ProxyError {
         match self {
             ProxyError::NoHealthyBackend
             | ProxyError::SessionLimit(_)
-            | ProxyError::Internal(_) => Blame::Proxy,
+            | ProxyError::Internal(_)
+            | ProxyError::SessionMoved => Blame::Proxy,
             _ => Blame::Backend,
         }
     }
@@ -95,6 +101,7 @@ impl ProxyError {
             ProxyError::SessionLimit(_) => "session_limit",
             ProxyError::Internal(_) => "internal",
             ProxyError::Unroutable(_) => "unroutable",
+            ProxyError::SessionMoved => "session_moved",
         }
     }
 
@@ -111,7 +118,8 @@ impl ProxyError {
             | ProxyError::BackendTimeout
             | ProxyError::BadDirective(_)
             | ProxyError::SessionLimit(_)
-            | ProxyError::Unroutable(_) => self.to_string().into(),
+            | ProxyError::Unroutable(_)
+            | ProxyError::SessionMoved => self.to_string().into(),
         }
     }
 

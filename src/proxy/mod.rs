@@ -245,8 +245,9 @@ impl Proxy {
         resp.version = Version::HTTP_11;
         if let Some(rs) = &mut session {
             let waits = self.sessions.on_response(rs, &mut resp, &directives)?;
-            // Sync mode: the response goes out only after the members applied the change.
-            self.sessions.settle(waits).await;
+            // Sync mode: the response goes out only after the members applied the change,
+            // and never as a success when they fenced it (another node owns it now).
+            self.sessions.settle(waits).await?;
         }
         self.hygiene.response(&mut resp.headers, false);
         Ok(Response::from_parts(resp, ProxyBody::Upstream(resp_body)))

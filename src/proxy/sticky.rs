@@ -15,7 +15,7 @@ use crate::cluster::{self, Cluster, NodeInfo, Wait};
 use crate::metrics::Metrics;
 use crate::session::{
     self as session, id, Change, CookieConfig, DirectiveError, Key, Limits, Names, Outcome,
-    ReplicationConfig, SessionConfig, SessionError, SessionStore, StaticFilter,
+    Planned, ReplicationConfig, SessionConfig, SessionError, SessionStore, StaticFilter,
 };
 
 /// The session state of one request between `on_request` and `on_response`.
@@ -23,6 +23,8 @@ use crate::session::{
 pub struct RequestSession {
     /// The live session the request carried.
     pub key: Option<Key>,
+    /// The owner's epoch of that session when the request was planned (this node's).
+    pub epoch: Option<u64>,
     /// The client presented some session id (live or not).
     pub presented: bool,
     pub tls: bool,
@@ -192,6 +194,7 @@ impl SessionLayer {
             .then(|| presented.map(str::to_string))
             .flatten();
         rs.key = Some(c.key);
+        rs.epoch = Some(found.epoch);
         strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
         let h = added;
         if let Some(v) = id_value {
@@ -252,7 +255,15 @@ impl SessionLayer {
         };
         let outcome = self
             .store
-            .apply(rs.key, &d, Instant::now(), &mut emit)
+            .apply_planned(
+                rs.key.map(|key| Planned {
+                    key,
+                    epoch: rs.epoch,
+                }),
+                &d,
+                Instant::now(),
+                &mut emit,
+            )
             .inspect_err(|e| {
                 if let SessionError::Directive(de) = e {
                     self.directive_error(rs, de);
@@ -286,9 +297,11 @@ impl SessionLayer {
     }
 
     /// Sync mode: waits until every member applied the changes (bounded by ack_timeout).
-    pub async fn settle(&self, waits: Vec<Wait>) {
-        if let Some(r) = self.cluster.get() {
-            r.settle(waits).await;
+    /// A change a member fenced is [`SessionError::Moved`]: the write did not count.
+    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
+        match self.cluster.get() {
+            Some(r) if r.settle(waits).await => Err(SessionError::Moved),
+            _ => Ok(()),
         }
     }
 
@@ -316,7 +329,8 @@ impl SessionLayer {
             });
             n += usize::from(ended);
         }
-        self.settle(waits).await;
+        // Shutting down: a fenced removal is another owner's business now.
+        let _ = self.settle(waits).await;
         n
     }
 

@@ -27,4 +27,8 @@ pub enum SessionError {
     Limit(usize),
     #[error("cannot generate a session id: {0}")]
     Random(getrandom::Error),
+    /// The session moved to another owner while the request ran (this node was paused or
+    /// cut off, and a takeover happened): its write is refused.
+    #[error("the session moved to another node while this request ran: retry")]
+    Moved,
 }

@@ -33,4 +33,6 @@ pub use error::{DirectiveError, SessionError};
 pub use filter::{StaticFilter, TOMCAT_DEFAULT};
 pub use id::{valid_route, Key};
 pub use protocol::{parse as parse_directives, static_value, Directives, Names};
-pub use store::{Emit, Found, Limits, Outcome, Remote, Session, SessionStore, TOMBSTONE_TTL};
+pub use store::{
+    Emit, Found, Limits, Outcome, Planned, Remote, Session, SessionStore, TOMBSTONE_TTL,
+};

@@ -37,6 +37,8 @@ pub struct ReplMetrics {
     pub unreplicated_writes: Counter,
     pub gaps: Counter,
     pub fenced: Counter,
+    /// This node's writes that a member fenced (answered 503).
+    pub fenced_writes: Counter,
     pub lag: Histogram,
     depth: Family<PeerLabel, Gauge>,
     pub state_transfers: Counter,
@@ -57,6 +59,7 @@ impl ReplMetrics {
             unreplicated_writes: Counter::default(),
             gaps: Counter::default(),
             fenced: Counter::default(),
+            fenced_writes: Counter::default(),
             lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             depth: Family::default(),
             state_transfers: Counter::default(),
@@ -108,6 +111,11 @@ impl ReplMetrics {
                 "replication_fenced",
                 "Changes rejected for an older owner epoch",
                 r.fenced.clone(),
+            );
+            reg.register(
+                "replication_fenced_writes",
+                "This node's writes that a member fenced: the session had a newer owner (503)",
+                r.fenced_writes.clone(),
             );
             reg.register(
                 "replication_lag_seconds",

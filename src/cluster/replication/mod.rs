@@ -31,25 +31,35 @@ use super::link::Link;
 use super::membership::Membership;
 use super::messages::encode_change;
 use super::routing;
-use crate::session::{Change, Key, Remote, SessionStore};
+use crate::session::{Change, FullSession, Key, Remote, SessionStore};
 use crate::tasks::Tasks;
 pub use metrics::ReplMetrics;
 
 /// A change on its way to one peer.
 pub struct Outgoing {
+    /// The session the change is about.
+    pub key: u128,
     /// The change as encoded for the mesh (once, shared by every peer it goes to).
     pub change: bytes::Bytes,
     /// [`Change::kind_index`], for the metrics.
     pub kind: usize,
-    pub ack: Option<oneshot::Sender<()>>,
+    pub ack: Option<oneshot::Sender<Acked>>,
     pub enqueued: Instant,
+}
+
+/// What a peer said of one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    Applied,
+    /// From an older epoch than the peer's copy: the write did not count there.
+    Fenced,
 }
 
 /// A sync-mode wait for one peer's ack.
 pub struct Wait {
     node_id: u64,
     route: Arc<str>,
-    rx: oneshot::Receiver<()>,
+    rx: oneshot::Receiver<Acked>,
 }
 
 struct PeerHandle {
@@ -134,6 +144,7 @@ impl Replicator {
         mut waits: Option<&mut Vec<Wait>>,
     ) {
         let kind = change.kind_index();
+        let key = change.key();
         let change = encode_change(&change);
         let enqueued = Instant::now();
         let peers = self.peers_read();
@@ -154,6 +165,7 @@ impl Replicator {
                 None => None,
             };
             let out = Outgoing {
+                key,
                 change: change.clone(),
                 kind,
                 ack,
@@ -170,13 +182,19 @@ impl Replicator {
     }
 
     /// Sync mode: waits for the acks, at most `ack_timeout`. A peer that did not ack is
-    /// verified (and dropped if dead); the write is counted as unreplicated.
-    pub async fn settle(&self, waits: Vec<Wait>) {
+    /// verified (and dropped if dead); the write is counted as unreplicated. `true` if a
+    /// peer fenced a change: another node owns the session now, and the write must not be
+    /// reported as done.
+    pub async fn settle(&self, waits: Vec<Wait>) -> bool {
         if waits.is_empty() {
-            return;
+            return false;
         }
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
-        let missed = await_acks(waits, deadline).await;
+        let (missed, fenced) = await_acks(waits, deadline).await;
+        if fenced {
+            self.metrics.fenced_writes.inc();
+            tracing::warn!("a member fenced this node's write: the session has a newer owner");
+        }
         for w in &missed {
             self.metrics.ack_timeouts.inc();
             tracing::warn!(peer = %w.route, "no replication ack in time: verifying the member");
@@ -185,13 +203,15 @@ impl Replicator {
         if !missed.is_empty() {
             self.metrics.unreplicated_writes.inc();
         }
+        fenced
     }
 
     /// The receiving side: applies a batch in order; returns the sessions that need a full
-    /// copy (gaps).
-    pub fn apply_batch(&self, changes: &[Arc<Change>]) -> Vec<u128> {
+    /// copy (gaps), and this node's copies of those whose change it fenced.
+    pub fn apply_batch(&self, changes: &[Arc<Change>]) -> (Vec<u128>, Vec<FullSession>) {
         let now = Instant::now();
         let mut need_full = Vec::new();
+        let mut fenced = Vec::new();
         for c in changes {
             self.metrics.received(c).inc();
             match self.store.apply_remote(c, now) {
@@ -206,10 +226,13 @@ impl Replicator {
                         session = %Key(c.key()).base(),
                         "change from an owner with an older epoch rejected"
                     );
+                    if let Some(copy) = self.store.full_copy(c.key(), now) {
+                        fenced.push(copy);
+                    }
                 }
             }
         }
-        need_full
+        (need_full, fenced)
     }
 }
 
@@ -217,28 +240,38 @@ impl Replicator {
 /// channel closed (its peer task ended: the member left or died) is one miss, and the
 /// others are still awaited: returning at the first closed channel answered the client
 /// before live members had acked (#19, cause 4).
-async fn await_acks(waits: Vec<Wait>, deadline: tokio::time::Instant) -> Vec<Wait> {
+/// Also says whether a member fenced a change.
+async fn await_acks(waits: Vec<Wait>, deadline: tokio::time::Instant) -> (Vec<Wait>, bool) {
     let mut waits = waits;
-    let mut acked = vec![false; waits.len()];
+    let mut acked: Vec<Option<Acked>> = vec![None; waits.len()];
     // One timer for all the acks, awaited in order (each ack only ends sooner).
     let all = async {
-        for (w, ok) in waits.iter_mut().zip(acked.iter_mut()) {
-            *ok = (&mut w.rx).await.is_ok();
+        for (w, a) in waits.iter_mut().zip(acked.iter_mut()) {
+            *a = (&mut w.rx).await.ok();
         }
     };
     let _ = tokio::time::timeout_at(deadline, all).await;
-    waits
+    let mut fenced = false;
+    let missed = waits
         .into_iter()
         .zip(acked)
-        .filter_map(|(mut w, ok)| (!ok && w.rx.try_recv().is_err()).then_some(w))
-        .collect()
+        .filter_map(|(mut w, a)| match a.or_else(|| w.rx.try_recv().ok()) {
+            Some(Acked::Fenced) => {
+                fenced = true;
+                None
+            }
+            Some(Acked::Applied) => None,
+            None => Some(w),
+        })
+        .collect();
+    (missed, fenced)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn wait(id: u64) -> (oneshot::Sender<()>, Wait) {
+    fn wait(id: u64) -> (oneshot::Sender<Acked>, Wait) {
         let (tx, rx) = oneshot::channel();
         let w = Wait {
             node_id: id,
@@ -255,10 +288,11 @@ mod tests {
         drop(dead); // the dead member's peer task ended: its ack never comes
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = live.send(());
+            let _ = live.send(Acked::Applied);
         });
         let started = tokio::time::Instant::now();
-        let missed = await_acks(vec![w1, w2], started + Duration::from_secs(5)).await;
+        let (missed, fenced) = await_acks(vec![w1, w2], started + Duration::from_secs(5)).await;
+        assert!(!fenced);
         assert!(
             started.elapsed() >= Duration::from_millis(50),
             "returned before the live member acked"
@@ -271,9 +305,10 @@ mod tests {
     async fn a_member_that_never_acks_is_missed_at_the_deadline() {
         let (_silent, w1) = wait(1);
         let (fast, w2) = wait(2);
-        let _ = fast.send(());
+        let _ = fast.send(Acked::Fenced);
         let started = tokio::time::Instant::now();
-        let missed = await_acks(vec![w1, w2], started + Duration::from_millis(100)).await;
+        let (missed, fenced) = await_acks(vec![w1, w2], started + Duration::from_millis(100)).await;
+        assert!(fenced, "a fenced ack is reported");
         assert!(started.elapsed() >= Duration::from_millis(100));
         let ids: Vec<u64> = missed.iter().map(|w| w.node_id).collect();
         assert_eq!(ids, [1]);

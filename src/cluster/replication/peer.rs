@@ -19,7 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::PeerMetrics;
-use super::{Outgoing, Replicator};
+use super::{Acked, Outgoing, Replicator};
 use crate::cluster::messages::{encode_change, MeshMessage, NodeInfo};
 use crate::session::Change;
 use crate::wire::codec;
@@ -130,7 +130,12 @@ fn on_ack(
     retry: &mut VecDeque<Outgoing>,
     depth: &AtomicI64,
 ) {
-    let Ok(MeshMessage::Ack { seq, need_full }) = rep.link.open(frame) else {
+    let Ok(MeshMessage::Ack {
+        seq,
+        need_full,
+        fenced,
+    }) = rep.link.open(frame)
+    else {
         rep.membership.metrics.mesh_rejected("unexpected").inc();
         return;
     };
@@ -138,23 +143,35 @@ fn on_ack(
         return;
     };
     rep.metrics.acks.inc();
+    // The peer's copies of the sessions whose change it fenced: this node learns their new
+    // owner (the apply rule takes the higher epoch), and those writes did not count.
+    let now = Instant::now();
+    let mut fenced_keys = Vec::with_capacity(fenced.len());
+    for copy in fenced {
+        fenced_keys.push(copy.key);
+        rep.store.apply_remote(&Change::Full(copy), now);
+    }
     let n = batch.len();
     for o in batch {
         rep.metrics.lag.observe(o.enqueued.elapsed().as_secs_f64());
         if let Some(tx) = o.ack {
-            let _ = tx.send(());
+            let _ = tx.send(if fenced_keys.contains(&o.key) {
+                Acked::Fenced
+            } else {
+                Acked::Applied
+            });
         }
     }
     let n = n as i64;
     let left = depth.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
     metrics.depth.set(left.max(0));
     // The peer could not apply these: it gets full copies, next in its queue.
-    let now = Instant::now();
     for key in need_full {
         if let Some(full) = rep.store.full_copy(key, now) {
             depth.fetch_add(1, Ordering::Relaxed);
             let full = Change::Full(full);
             retry.push_back(Outgoing {
+                key,
                 change: encode_change(&full),
                 kind: full.kind_index(),
                 ack: None,

@@ -88,7 +88,18 @@ impl Session {
 #[derive(Debug, Clone)]
 pub struct Found {
     pub owner: Arc<str>,
+    /// The owner's epoch the request is planned with: its write is applied only while the
+    /// session is still this node's at this epoch ([`SessionStore::apply_planned`]).
+    pub epoch: u64,
     pub rendered: HeaderValue,
+}
+
+/// A request's session as it was planned: the key, and the owner's epoch it was read at
+/// (`None`: not checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Planned {
+    pub key: Key,
+    pub epoch: Option<u64>,
 }
 
 /// The result of applying a response's directives.
@@ -254,6 +265,7 @@ impl SessionStore {
         }
         Ok(Found {
             owner: e.owner.clone(),
+            epoch: e.epoch,
             rendered: e.rendered.clone(),
         })
     }
@@ -276,6 +288,7 @@ impl SessionStore {
         }
         Some(Found {
             owner: s.owner.clone(),
+            epoch: s.epoch,
             rendered: s.rendered.clone(),
         })
     }
@@ -314,9 +327,37 @@ impl SessionStore {
         now: Instant,
         emit: Emit,
     ) -> Result<Outcome, SessionError> {
+        self.apply_planned(key.map(|key| Planned { key, epoch: None }), d, now, emit)
+    }
+
+    /// [`SessionStore::apply`] of a request planned against this node's copy at an epoch:
+    /// the write lands only if the session is still this node's at that epoch. A session
+    /// that moved meanwhile (taken over by another node while this one was paused or cut
+    /// off, and the new owner's copy arrived) is [`SessionError::Moved`]: the request's
+    /// view is stale, and merging its directives into the new owner's copy would bump the
+    /// version inside the new epoch (#19, cause 1).
+    pub fn apply_planned(
+        &self,
+        planned: Option<Planned>,
+        d: &Directives,
+        now: Instant,
+        emit: Emit,
+    ) -> Result<Outcome, SessionError> {
+        let key = planned.as_ref().map(|p| p.key);
+        let still_ours = |s: &Session| {
+            planned
+                .as_ref()
+                .and_then(|p| p.epoch)
+                .is_none_or(|e| *s.owner == *self.route && s.epoch == e)
+        };
         if d.invalidate {
             if let Some(k) = key {
-                if let Some((_, s)) = self.map.remove(&k) {
+                if let Some(s) = self.map.get(&k) {
+                    if !still_ours(&s) {
+                        return Err(SessionError::Moved);
+                    }
+                }
+                if let Some((_, s)) = self.map.remove_if(&k, |_, s| still_ours(s)) {
                     self.counters.invalidated.inc();
                     self.counters.active.dec();
                     self.tomb(k, s.ver(), now);
@@ -338,6 +379,9 @@ impl SessionStore {
         let Some((k, mut s)) = live else {
             return self.create(d, now, emit);
         };
+        if !still_ours(&s) {
+            return Err(SessionError::Moved);
+        }
         let mut changed = false;
         if d.changes_data() {
             s.rendered = self.merged(&s.rendered, d.set.as_deref(), &d.remove)?;
