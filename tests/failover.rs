@@ -305,7 +305,12 @@ async fn requests_that_waited_in_a_stopped_owner_are_fenced_not_acked() {
             assert_eq!(zombie.json()["n"], 4, "{}", zombie.text());
             4
         } else {
-            assert_eq!(zombie.status, StatusCode::SERVICE_UNAVAILABLE, "{}", zombie.text());
+            assert_eq!(
+                zombie.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                zombie.text()
+            );
             assert!(zombie.text().contains("moved"), "{}", zombie.text());
             3
         };

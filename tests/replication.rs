@@ -364,7 +364,11 @@ async fn bad_mesh_frames_close_that_connection_only() {
     // truncated frame then EOF.
     let shapes: Vec<Vec<u8>> = vec![
         vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3],
-        [&[0, 0, 0, 5][..], &[1, 0, 0xff, 0xff, 0xff]].concat(),
+        [
+            &[0, 0, 0, 5][..],
+            &[caracal::cluster::MESH_VERSION, 0, 0xff, 0xff, 0xff],
+        ]
+        .concat(),
         [&[0, 0, 0, 3][..], &[9, 9, 9]].concat(),
         [&[0, 0, 0, 100][..], &[1, 2, 3]].concat(),
     ];

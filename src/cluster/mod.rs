@@ -52,7 +52,7 @@ pub use membership::Member;
 pub use mesh::bind as bind_receiver;
 pub use messages::{
     decode_heartbeat, decode_mesh, encode_change, encode_heartbeat, encode_mesh, open_mesh,
-    seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject,
+    seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject, MESH_VERSION,
 };
 pub use replication::Wait;
 pub use routing::{decide, successor, Decision};
