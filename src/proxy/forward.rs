@@ -17,7 +17,9 @@ impl Proxy {
     /// A request whose session another member owns: forwarded there. A refused forward
     /// verifies the member at once and plans again, so a client retrying after a crash
     /// does not wait for drop_time; a plan that ends here goes to this node's backends.
-    pub(super) async fn to_owner(&self, f: ToOwner) -> Result<Response<ProxyBody>, ProxyError> {
+    /// `Routed::Local`: the plan ended at this node (the owner died and this node took
+    /// over, or nobody has the session): the caller sends it to this node's backends.
+    pub(super) async fn to_owner(&self, f: ToOwner) -> Result<Routed, ProxyError> {
         let ToOwner {
             mut parts,
             mut added,
@@ -46,7 +48,7 @@ impl Proxy {
                     let outcome = self.forward(&mut parts, &added, &mut body, &to, hop).await;
                     parts.headers.remove(HOP);
                     match outcome {
-                        Ok(resp) => return Ok(resp),
+                        Ok(resp) => return Ok(Routed::Served(resp)),
                         Err(Forward::Failed(e)) => return Err(e),
                         Err(Forward::OwnerDied(e)) => {
                             attempts += 1;
@@ -74,13 +76,12 @@ impl Proxy {
             plan = self.sessions.on_request(&mut parts, &mut added, tls);
         };
         let out = upstream::Encoded::new(&parts, &added, &body);
-        self.to_backend(ToBackend {
+        Ok(Routed::Local(ToBackend {
             out,
             body,
             session,
             client_upgrade: None,
-        })
-        .await
+        }))
     }
 
     /// The hop count of a request forwarded by a member, if the marker is genuine: it
@@ -163,6 +164,14 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Where a forwarded request ended.
+pub(super) enum Routed {
+    /// The member answered.
+    Served(Response<ProxyBody>),
+    /// Planned again, it is this node's after all.
+    Local(ToBackend),
 }
 
 /// A request for the member that owns its session, kept whole: it may be planned again.

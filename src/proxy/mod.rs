@@ -124,9 +124,20 @@ impl Proxy {
     /// responses.
     pub async fn finish(&self, begun: Begun) -> Response<ProxyBody> {
         let Begun { start, http1, step } = begun;
-        let resp = match step {
-            Step::Backend(b) => self.to_backend(b).await,
-            Step::Forward(f) => Box::pin(self.to_owner(*f)).await,
+        // One call site of `to_backend`: a forward that ends here comes back as a request
+        // for this node's backends (kept inline in this future: two call sites made the
+        // compiler keep it out of line, which cost every request extra moves).
+        let backend = match step {
+            Step::Backend(b) => Ok(b),
+            Step::Forward(f) => match Box::pin(self.to_owner(*f)).await {
+                Ok(forward::Routed::Local(b)) => Ok(b),
+                Ok(forward::Routed::Served(resp)) => Err(Ok(resp)),
+                Err(e) => Err(Err(e)),
+            },
+        };
+        let resp = match backend {
+            Ok(b) => self.to_backend(b).await,
+            Err(done) => done,
         };
         let resp = match resp {
             Ok(r) => r,
@@ -229,17 +240,7 @@ impl Proxy {
         } = self.upstream.send(&out, &mut body).await?;
 
         if resp.status == StatusCode::SWITCHING_PROTOCOLS {
-            let (Some(client_up), Some(backend_up)) = (client_upgrade, resp_body.into_upgraded())
-            else {
-                return Err(ProxyError::BackendFailed(upstream::Failure::new(
-                    "-",
-                    "backend switched protocols without an upgrade request",
-                )));
-            };
-            self.tasks
-                .spawn_until_stopped(tunnel::tunnel(client_up, backend_up));
-            self.hygiene.response(&mut resp.headers, true);
-            return Ok(Response::from_parts(resp, ProxyBody::empty()));
+            return self.upgraded(resp, resp_body, client_upgrade);
         }
         // The client's connection decides the version, not the backend's.
         resp.version = Version::HTTP_11;
@@ -251,6 +252,31 @@ impl Proxy {
         }
         self.hygiene.response(&mut resp.headers, false);
         Ok(Response::from_parts(resp, ProxyBody::Upstream(resp_body)))
+    }
+}
+
+impl Proxy {
+    /// A `101` to an upgrade request: the tunnel joins the two connections. Out of line and
+    /// cold: inlined, its code made the request path's future too large to be inlined
+    /// itself, which cost every request extra moves (callgrind, bench/RESULTS.md).
+    #[cold]
+    #[inline(never)]
+    fn upgraded(
+        &self,
+        mut resp: http::response::Parts,
+        body: upstream::ResponseBody,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (Some(client_up), Some(backend_up)) = (client_upgrade, body.into_upgraded()) else {
+            return Err(ProxyError::BackendFailed(upstream::Failure::new(
+                "-",
+                "backend switched protocols without an upgrade request",
+            )));
+        };
+        self.tasks
+            .spawn_until_stopped(tunnel::tunnel(client_up, backend_up));
+        self.hygiene.response(&mut resp.headers, true);
+        Ok(Response::from_parts(resp, ProxyBody::empty()))
     }
 }
 
