@@ -127,17 +127,16 @@ impl Proxy {
         // One call site of `to_backend`: a forward that ends here comes back as a request
         // for this node's backends (kept inline in this future: two call sites made the
         // compiler keep it out of line, which cost every request extra moves).
-        let backend = match step {
-            Step::Backend(b) => Ok(b),
-            Step::Forward(f) => match Box::pin(self.to_owner(*f)).await {
-                Ok(forward::Routed::Local(b)) => Ok(b),
-                Ok(forward::Routed::Served(resp)) => Err(Ok(resp)),
-                Err(e) => Err(Err(e)),
-            },
-        };
-        let resp = match backend {
-            Ok(b) => self.to_backend(b).await,
-            Err(done) => done,
+        let resp = 'done: {
+            let b = match step {
+                Step::Backend(b) => b,
+                Step::Forward(f) => match Box::pin(self.to_owner(*f)).await {
+                    Ok(forward::Routed::Local(b)) => b,
+                    Ok(forward::Routed::Served(resp)) => break 'done Ok(resp),
+                    Err(e) => break 'done Err(e),
+                },
+            };
+            self.to_backend(b).await
         };
         let resp = match resp {
             Ok(r) => r,
