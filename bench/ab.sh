@@ -17,30 +17,10 @@ for t in nginx wrk taskset curl; do
     break
   }
 done
-W=$(mktemp -d /tmp/caracal-ab.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
 B1=18871 B2=18872 CAR=18880 ADM=18885
-sed -e "s#__DIR__#$W#g" -e "s#__B1__#$B1#g" -e "s#__B2__#$B2#g" bench/peers/backend.nginx.conf > "$W/backend.conf"
-taskset -c 1 nginx -c "$W/backend.conf" -e /dev/null & PIDS+=($!)
-cat > "$W/caracal.toml" <<CONF
-[node]
-jvm_route = "n1"
-workers = 1
-[http]
-listen = ["127.0.0.1:$CAR"]
-[admin]
-listen = "127.0.0.1:$ADM"
-[backends]
-servers = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
-[backends.health]
-path = "/"
-CONF
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_setup ab "$B1" "$B2" "$CAR" "$ADM" taskset -c 1
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

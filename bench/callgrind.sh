@@ -21,31 +21,10 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 [ "$#" -gt 0 ] || { cargo build --release -q; set -- "$PWD/target/release/caracal"; }
 
-W=$(mktemp -d /tmp/caracal-callgrind.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
-
 B1=18851 B2=18852 CAR=18860 ADM=18865
-sed -e "s#__DIR__#$W#g" -e "s#__B1__#$B1#g" -e "s#__B2__#$B2#g" bench/peers/backend.nginx.conf > "$W/backend.conf"
-nginx -c "$W/backend.conf" -e /dev/null & PIDS+=($!)
-cat > "$W/caracal.toml" <<CONF
-[node]
-jvm_route = "n1"
-workers = 1
-[http]
-listen = ["127.0.0.1:$CAR"]
-[admin]
-listen = "127.0.0.1:$ADM"
-[backends]
-servers = ["http://127.0.0.1:$B1", "http://127.0.0.1:$B2"]
-[backends.health]
-path = "/"
-CONF
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_setup callgrind "$B1" "$B2" "$CAR" "$ADM"
 
 load() { # n url [cookie]
   if [ -n "${3:-}" ]; then

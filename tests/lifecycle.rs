@@ -105,6 +105,26 @@ fn conf_every(
     )
 }
 
+/// A runtime for the outside world (the backend, started on it, and the clients), and one
+/// for the nodes alone, so that only the nodes' tasks count there.
+fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime, SocketAddr) {
+    let rt = |threads| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let outside = rt(1);
+    let backend_addr = outside.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(backend(l));
+        a
+    });
+    (outside, rt(2), backend_addr)
+}
+
 /// The timer thread is shared by the nodes of one process: the tests here run one at a
 /// time, so "no thread after the nodes stopped" is about this test's nodes.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -147,24 +167,8 @@ fn wait_status(outside: &tokio::runtime::Runtime, admin: SocketAddr, pred: impl 
 #[test]
 fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let outside = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let nodes_rt = Arc::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
-    let backend_addr = outside.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        tokio::spawn(backend(l));
-        a
-    });
+    let (outside, nodes_rt, backend_addr) = runtimes();
+    let nodes_rt = Arc::new(nodes_rt);
     // Its own multicast port and domain: no other test hears this cluster.
     let port = 47000 + (std::process::id() % 1000) as u16;
     let domain = format!("shutdown-{}", std::process::id());
@@ -253,22 +257,7 @@ fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
 #[test]
 fn a_starting_node_refuses_client_connections_until_it_is_ready() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let outside = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let node_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let backend_addr = outside.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = l.local_addr().unwrap();
-        tokio::spawn(backend(l));
-        a
-    });
+    let (outside, node_rt, backend_addr) = runtimes();
     let port = 48000 + (std::process::id() % 1000) as u16;
     let domain = format!("starting-{}", std::process::id());
     // A 2 s heartbeat: the join window (2.5 heartbeats) keeps the node starting for 5 s.
