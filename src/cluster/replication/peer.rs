@@ -149,7 +149,7 @@ fn on_ack(
     let mut fenced_keys = Vec::with_capacity(fenced.len());
     for copy in fenced {
         fenced_keys.push(copy.key);
-        rep.store.apply_remote(&Change::Full(copy), now);
+        rep.store.refresh(copy, now);
     }
     let n = batch.len();
     for o in batch {

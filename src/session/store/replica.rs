@@ -156,4 +156,15 @@ impl SessionStore {
     pub fn keys(&self) -> Vec<u128> {
         self.map.iter().map(|e| e.key().0).collect()
     }
+
+    /// A member's copy of a session whose change it fenced (the answer to a stale owner's
+    /// write): applied by the rule only if this node still holds the session, so the old
+    /// owner learns the new one and no node gains a copy it was not meant to hold
+    /// (BackupManager: owner and one backup only).
+    pub fn refresh(&self, full: FullSession, now: Instant) -> Remote {
+        if !self.map.contains_key(&Key(full.key)) {
+            return Remote::Stale;
+        }
+        self.apply_remote(&Change::Full(full), now)
+    }
 }
