@@ -50,10 +50,6 @@ impl Tasks {
         &self.cancel
     }
 
-    pub fn is_stopping(&self) -> bool {
-        self.cancel.is_cancelled()
-    }
-
     /// Tasks still running.
     pub fn len(&self) -> usize {
         self.tracker.len()
@@ -67,15 +63,6 @@ impl Tasks {
     /// did not.
     pub async fn stop(&self, grace: Duration) -> bool {
         self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok()
-    }
-
-    /// Waits, without cancelling, until the tasks spawned so far have ended (no new ones
-    /// may be spawned after this is called).
-    pub async fn drain(&self, grace: Duration) -> bool {
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait())
             .await

@@ -352,12 +352,12 @@ impl SessionStore {
         };
         if d.invalidate {
             if let Some(k) = key {
-                if let Some(s) = self.map.get(&k) {
-                    if !still_ours(&s) {
-                        return Err(SessionError::Moved);
-                    }
+                let removed = self.map.remove_if(&k, |_, s| still_ours(s));
+                if removed.is_none() && self.map.contains_key(&k) {
+                    // Still there, so it was not ours to end.
+                    return Err(SessionError::Moved);
                 }
-                if let Some((_, s)) = self.map.remove_if(&k, |_, s| still_ours(s)) {
+                if let Some((_, s)) = removed {
                     self.counters.invalidated.inc();
                     self.counters.active.dec();
                     self.tomb(k, s.ver(), now);

@@ -195,3 +195,44 @@ fn a_replica_holds_the_owners_bytes_and_refuses_a_malformed_delta() {
         assert_eq!(replica.get(&b).unwrap().rendered, o.rendered);
     }
 }
+
+#[test]
+fn a_write_planned_at_another_epoch_is_refused_and_changes_nothing() {
+    let s = store(65536, 0);
+    let t0 = Instant::now();
+    let b = base_of(
+        &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
+            .unwrap(),
+    );
+    let stale = Some(Planned {
+        key: key(&b),
+        epoch: Some(7),
+    });
+    let mut emitted = 0;
+    let err = s
+        .apply_planned(stale, &set(json!({"a": 2})), t0, &mut |_| emitted += 1)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Moved), "{err:?}");
+    let inv = Directives {
+        invalidate: true,
+        ..Default::default()
+    };
+    let err = s
+        .apply_planned(stale, &inv, t0, &mut |_| emitted += 1)
+        .unwrap_err();
+    assert!(matches!(err, SessionError::Moved), "{err:?}");
+    assert_eq!(emitted, 0, "nothing replicated");
+    let sess = s.get(&b).unwrap();
+    assert_eq!((sess.epoch, sess.version), (1, 1));
+    assert_eq!(Value::Object(sess.attributes()), json!({"a": 1}));
+    // At the epoch it holds, the same write lands.
+    let ours = Some(Planned {
+        key: key(&b),
+        epoch: Some(1),
+    });
+    assert_eq!(
+        s.apply_planned(ours, &set(json!({"a": 2})), t0, &mut |_| {})
+            .unwrap(),
+        Outcome::Changed
+    );
+}
