@@ -218,6 +218,13 @@ async fn serve(
             }
             tracing::warn!("{why}: starting anyway");
         }
+        // Serving sessions needs the lease (SPEC 4.9): usually one ping round away.
+        let limit = cfg.cluster.membership.verify_timeout * 2;
+        if !c.wait_lease(limit).await {
+            tracing::warn!(
+                "no majority of the cluster answers yet: session requests get 503 until one does"
+            );
+        }
     }
 
     let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));

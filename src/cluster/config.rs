@@ -23,6 +23,18 @@ pub enum SendMode {
     Async,
 }
 
+/// `[cluster] partition_handling` (SPEC 4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionHandling {
+    /// Ownership moves only by a majority's vote, owners write only under a lease, and a
+    /// sync write counts once a majority holds it: no acked write is lost.
+    Quorum,
+    /// Today's two-node trade-off: any node takes over a session whose owner it cannot
+    /// see and serves without a majority. A partition can then make two owners, and on heal
+    /// one side's acked writes are discarded.
+    Available,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub enabled: bool,
@@ -38,6 +50,12 @@ pub struct ClusterConfig {
     pub advertise_http: Option<SocketAddr>,
     pub membership: MembershipConfig,
     pub receiver: ReceiverConfig,
+    pub partition_handling: PartitionHandling,
+    /// `[cluster] expected_members` (with this node); 0 = the static list plus one, or for
+    /// multicast every route heard this run that did not announce `leaving`.
+    pub expected_members: usize,
+    /// `[cluster] lease`: an owner serves only while it heard from a majority this recently.
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

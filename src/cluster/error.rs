@@ -61,3 +61,42 @@ pub enum MeshError {
     #[error("another process answers on its mesh address")]
     OtherProcess,
 }
+
+impl MeshError {
+    /// The peer's process is certainly gone: its address refuses connections (the host is
+    /// up, nothing listens), or another process answers there. A timeout is not: a paused
+    /// or cut-off node may still hold its lease.
+    pub fn is_gone(&self) -> bool {
+        match self {
+            MeshError::Connect { source, .. } => {
+                source.kind() == std::io::ErrorKind::ConnectionRefused
+            }
+            MeshError::OtherProcess => true,
+            _ => false,
+        }
+    }
+}
+
+/// Why a takeover did not happen (SPEC 4.9); each is answered 503 with this text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("this node is cut off from the cluster majority (no lease)")]
+    NoLease,
+    #[error("no majority agreed the owner {owner} is gone ({granted} of {needed} votes)")]
+    NoMajority {
+        owner: String,
+        granted: usize,
+        needed: usize,
+    },
+    #[error("another node claimed the session at the same time")]
+    Lost,
+}
+
+/// Why a sync write did not count (SPEC 4.6, 4.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SettleError {
+    #[error("a member fenced the write: the session has a newer owner")]
+    Fenced,
+    #[error("the write reached {applied} of the {needed} copies a majority needs")]
+    NotReplicated { applied: usize, needed: usize },
+}

@@ -106,31 +106,45 @@ impl Link {
 
     /// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
     pub async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
-        let link = self;
-        let limit = link.verify_timeout;
+        let ping = MeshMessage::Ping {
+            domain: self.domain.clone(),
+            from: self.me(),
+        };
+        match self
+            .call(addr, &ping, PING_MAX_FRAME, self.verify_timeout)
+            .await?
+        {
+            MeshMessage::Pong { from } => Ok(from),
+            other => Err(MeshError::Unexpected {
+                addr,
+                what: other.name(),
+            }),
+        }
+    }
+
+    /// One request and its answer on a connection of its own, within `limit`; answers
+    /// larger than `max_frame` are refused.
+    pub async fn call(
+        &self,
+        addr: SocketAddr,
+        msg: &MeshMessage,
+        max_frame: usize,
+        limit: Duration,
+    ) -> Result<MeshMessage, MeshError> {
         let exchange = async {
             let stream = TcpStream::connect(addr)
                 .await
                 .map_err(|source| MeshError::Connect { addr, source })?;
             let _ = stream.set_nodelay(true);
-            let mut framed = Framed::new(stream, codec(PING_MAX_FRAME));
-            let ping = MeshMessage::Ping {
-                domain: link.domain.clone(),
-                from: link.me(),
-            };
+            let mut framed = Framed::new(stream, codec(max_frame));
             framed
-                .send(link.seal(&ping))
+                .send(self.seal(msg))
                 .await
                 .map_err(|source| MeshError::Send { addr, source })?;
             match framed.next().await {
-                Some(Ok(f)) => match link.open(&f) {
-                    Ok(MeshMessage::Pong { from }) => Ok(from),
-                    Ok(other) => Err(MeshError::Unexpected {
-                        addr,
-                        what: other.name(),
-                    }),
-                    Err(source) => Err(MeshError::Frame { addr, source }),
-                },
+                Some(Ok(f)) => self
+                    .open(&f)
+                    .map_err(|source| MeshError::Frame { addr, source }),
                 Some(Err(source)) => Err(MeshError::Read { addr, source }),
                 None => Err(MeshError::Closed { addr }),
             }

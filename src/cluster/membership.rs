@@ -56,6 +56,9 @@ pub struct Membership {
     seen: Mutex<HashMap<u64, u64>>,
     /// Another process announcing this node's route.
     conflict: Mutex<Option<NodeInfo>>,
+    /// Every other route heard this run that did not announce `leaving`: the cluster size
+    /// of multicast membership without `expected_members` (SPEC 4.9).
+    routes: Mutex<std::collections::BTreeSet<String>>,
     events: broadcast::Sender<MemberEvent>,
     pub metrics: ClusterMetrics,
     /// Owns the verification tasks.
@@ -75,6 +78,7 @@ impl Membership {
             members: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             conflict: Mutex::new(None),
+            routes: Mutex::new(std::collections::BTreeSet::new()),
             events: broadcast::channel(1024).0,
             metrics,
             tasks,
@@ -94,6 +98,23 @@ impl Membership {
         let mut v: Vec<Member> = self.table().values().cloned().collect();
         v.sort_by(|a, b| a.info.jvm_route.cmp(&b.info.jvm_route));
         v
+    }
+
+    fn routes_seen(&self) -> MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many other routes were heard this run and did not leave.
+    pub fn routes_heard(&self) -> usize {
+        self.routes_seen().len()
+    }
+
+    /// The member with route `route`, if any.
+    pub fn by_route(&self, route: &str) -> Option<Member> {
+        self.table()
+            .values()
+            .find(|m| m.info.jvm_route == route)
+            .cloned()
     }
 
     pub fn conflict(&self) -> Option<NodeInfo> {
@@ -145,8 +166,12 @@ impl Membership {
             return;
         }
         if info.state == State::Leaving {
+            self.routes_seen().remove(&info.jvm_route);
             self.remove(info.node_id, "announced leaving");
             return;
+        }
+        if !self.routes_seen().contains(&info.jvm_route) {
+            self.routes_seen().insert(info.jvm_route.clone());
         }
         let now = Instant::now();
         let mut events = Vec::new();
@@ -245,7 +270,7 @@ impl Membership {
 
     /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
     /// the same process, else why not. Counted either way.
-    async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
+    pub async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
         let res = self.link.ping(info.mesh_addr).await;
         let out = match res {
             Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),

@@ -123,8 +123,34 @@ async fn connection(
                 }
                 None
             }
+            MeshMessage::Claim {
+                domain,
+                from,
+                owner,
+                claims,
+            } => {
+                if domain != m.link.domain {
+                    m.metrics.mesh_rejected("domain").inc();
+                    return;
+                }
+                tracing::debug!(claimant = %from.jvm_route, %owner, sessions = claims.len(), "claim");
+                Some(MeshMessage::Votes {
+                    votes: r.vote(&owner, &claims).await,
+                })
+            }
+            MeshMessage::Digest {
+                domain, entries, ..
+            } => {
+                if domain != m.link.domain {
+                    m.metrics.mesh_rejected("domain").inc();
+                    return;
+                }
+                Some(MeshMessage::Fresher(r.fresher(&entries)))
+            }
             // Answers and transfer frames only come back on connections we opened.
-            MeshMessage::Pong { .. }
+            MeshMessage::Votes { .. }
+            | MeshMessage::Fresher(_)
+            | MeshMessage::Pong { .. }
             | MeshMessage::Ack { .. }
             | MeshMessage::StateChunk { .. }
             | MeshMessage::StateDone { .. } => {

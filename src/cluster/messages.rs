@@ -14,14 +14,14 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::State;
-use crate::session::{Change, FullSession};
+use crate::session::{Change, Fresher, FullSession};
 pub use crate::wire::Key;
 use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 
 pub const MAGIC: &[u8; 4] = b"CRCL";
 pub const HEARTBEAT_VERSION: u8 = 1;
-/// 2: `Ack` carries the fenced sessions.
-pub const MESH_VERSION: u8 = 2;
+/// 2: `Ack` carries the fenced sessions. 3: claims, votes and digests (SPEC 4.9).
+pub const MESH_VERSION: u8 = 3;
 
 /// What a node says about itself (in heartbeats and in mesh pongs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +165,40 @@ pub enum MeshMessage {
     StateDone {
         count: u64,
     },
+    /// A claimant in a majority asks for promises: for each (session, epoch), that the
+    /// member fences changes of older epochs, because `owner` is gone (SPEC 4.9).
+    Claim {
+        domain: String,
+        from: NodeInfo,
+        owner: String,
+        claims: Vec<(u128, u64)>,
+    },
+    /// The answers to a `Claim`, in its order.
+    Votes {
+        votes: Vec<Vote>,
+    },
+    /// A node whose lease lapsed: what it holds, (session, epoch, version).
+    Digest {
+        domain: String,
+        from: NodeInfo,
+        entries: Vec<(u128, u64, u64)>,
+    },
+    /// The answer to a `Digest`: what the member knows that is newer.
+    Fresher(Fresher),
+}
+
+/// A member's answer to one claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Vote {
+    /// Promised: the member's copy, and where it saw the session removed.
+    Granted {
+        copy: Option<FullSession>,
+        removed: Option<(u64, u64)>,
+    },
+    /// The member holds or promised an epoch at least as high.
+    Refused { top: u64 },
+    /// The member still hears the owner (within the lease) or reaches it.
+    OwnerAlive,
 }
 
 impl MeshMessage {
@@ -179,6 +213,10 @@ impl MeshMessage {
             MeshMessage::StateRequest { .. } => "state request",
             MeshMessage::StateChunk { .. } => "state chunk",
             MeshMessage::StateDone { .. } => "state done",
+            MeshMessage::Claim { .. } => "claim",
+            MeshMessage::Votes { .. } => "votes",
+            MeshMessage::Digest { .. } => "digest",
+            MeshMessage::Fresher(_) => "fresher",
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - `link`: the key, domain and identity every mesh exchange uses.
 //! - `messages`: heartbeat and mesh wire formats (versioned, HMAC-tagged with a key).
 //! - `membership`: the member table and the failure detector.
+//! - `lease`: the majority and this node's lease (SPEC 4.9).
 //! - `mesh`: the receiver, frames, ping/pong.
 //! - `transport`: multicast heartbeats or static pings.
 //! - `replication`: the replicator, its peers, rebalance, state transfer.
@@ -20,6 +21,7 @@
 
 mod config;
 mod error;
+mod lease;
 mod link;
 mod membership;
 mod mesh;
@@ -45,9 +47,10 @@ use replication::Replicator;
 use transport::Multicast;
 
 pub use config::{
-    ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode,
+    ClusterConfig, Manager, MembershipConfig, MembershipKind, PartitionHandling, ReceiverConfig,
+    SendMode,
 };
-pub use error::{ClusterError, MeshError};
+pub use error::{ClaimError, ClusterError, MeshError, SettleError};
 pub use membership::Member;
 pub use mesh::bind as bind_receiver;
 pub use messages::{
@@ -60,6 +63,7 @@ pub use transport::multicast_socket;
 
 pub struct Cluster {
     membership: Arc<Membership>,
+    lease: Arc<lease::Lease>,
     replicator: Arc<Replicator>,
     multicast: Option<Arc<Multicast>>,
     static_members: Vec<String>,
@@ -120,15 +124,32 @@ impl Cluster {
         ));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
+        let fixed_size = match (&cfg.membership.kind, cfg.expected_members) {
+            (_, n) if n > 0 => n,
+            (MembershipKind::Static { members }, _) => members.len() + 1,
+            _ => 0,
+        };
+        let lease = Arc::new(lease::Lease::new(
+            cfg.partition_handling,
+            cfg.lease,
+            fixed_size,
+            membership.clone(),
+        ));
         let replicator = Replicator::new(
             store,
             membership.clone(),
             cfg.manager,
             cfg.send_mode,
             cfg.ack_timeout,
+            lease.clone(),
             metrics,
             tasks.clone(),
         );
+        let rep = replicator.clone();
+        tasks.spawn(lease.clone().keep(tasks.clone(), move || {
+            let rep = rep.clone();
+            async move { rep.catch_up().await }
+        }));
         tasks.spawn(replicator.clone().follow_members());
         tasks.spawn(replicator.clone().rebalance());
         tasks.spawn(mesh::serve(
@@ -170,6 +191,7 @@ impl Cluster {
         };
         Ok(Arc::new(Cluster {
             membership,
+            lease,
             replicator,
             multicast,
             static_members,
@@ -233,11 +255,49 @@ impl Cluster {
         self.replicator.mode == SendMode::Sync
     }
 
-    /// Waits until every member applied the changes behind `waits` (bounded by
-    /// `ack_timeout`; a member that misses it is verified). `true` if a member fenced one:
-    /// the session has a newer owner and the write did not count.
-    pub async fn settle(&self, waits: Vec<Wait>) -> bool {
+    /// Waits until the members applied the changes behind `waits` (bounded by
+    /// `ack_timeout`; a member that misses it is verified). An error if the write does not
+    /// count: a member fenced it (the session has a newer owner), or too few copies hold it
+    /// for a majority (SPEC 4.9).
+    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
         self.replicator.settle(waits).await
+    }
+
+    /// Whether this node may serve sessions now (SPEC 4.9): it heard from a majority within
+    /// the lease, or `partition_handling = "available"`. One atomic load.
+    #[inline]
+    pub fn has_lease(&self, now: std::time::Instant) -> bool {
+        self.lease.holds(now)
+    }
+
+    /// Waits for the lease (a node about to become ready), at most `limit`.
+    pub async fn wait_lease(&self, limit: Duration) -> bool {
+        self.lease.wait(limit).await
+    }
+
+    /// Whether ownership moves only by a majority's vote.
+    pub fn is_quorum(&self) -> bool {
+        self.lease.handling == PartitionHandling::Quorum
+    }
+
+    /// (cluster size, majority) now, for `/status`.
+    pub fn quorum(&self) -> (usize, usize) {
+        (self.lease.size(), self.lease.quorum())
+    }
+
+    /// Takes session `key` of the gone owner `owner` over by a majority's vote (SPEC 4.9);
+    /// the new ownership is replicated, with ack waits in `waits` (sync mode). `Ok(false)`:
+    /// the session turned out removed.
+    pub async fn claim(
+        &self,
+        key: crate::session::Key,
+        owner: &str,
+        waits: Option<&mut Vec<Wait>>,
+    ) -> Result<bool, ClaimError> {
+        self.replicator
+            .claim(owner, &[key], waits)
+            .await
+            .map(|n| n > 0)
     }
 
     /// The other members' announced identity and state, for routing.

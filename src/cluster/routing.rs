@@ -8,29 +8,16 @@
 
 use super::messages::NodeInfo;
 use crate::lifecycle::State;
-use crate::session::Key;
+use crate::session::{hash64, Key};
 
-/// Rendezvous (highest random weight) score of `route` for `base`: 64-bit FNV-1a of
-/// `base`, a separator, `route`. Hand-written: stable across nodes and versions, which
-/// `std`'s hasher does not promise.
+/// Rendezvous (highest random weight) score of `route` for `base`: the stable hash of
+/// `base`, a separator, `route`.
 pub fn score(base: &str, route: &str) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    for b in base
-        .bytes()
-        .chain(std::iter::once(0u8))
-        .chain(route.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(PRIME);
-    }
-    // FNV's low bits mix poorly for short suffixes: finish with a murmur3-style avalanche.
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
+    hash64(
+        base.bytes()
+            .chain(std::iter::once(0u8))
+            .chain(route.bytes()),
+    )
 }
 
 /// The route among `routes` with the highest score for `base` (ties by route name).

@@ -6,7 +6,8 @@ use super::raw::RawCluster;
 use super::source::{key, key_idx, parse_addr, Source};
 use super::ConfigError;
 use crate::cluster::{
-    ClusterConfig, Manager, MembershipConfig, MembershipKind, ReceiverConfig, SendMode,
+    ClusterConfig, Manager, MembershipConfig, MembershipKind, PartitionHandling, ReceiverConfig,
+    SendMode,
 };
 
 /// `[cluster]`, `[cluster.membership]`, `[cluster.receiver]`.
@@ -143,6 +144,27 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
     if c.ack_timeout.0.is_zero() {
         return Err(src.error(&key("cluster.ack_timeout"), "must be greater than 0"));
     }
+    let partition_handling = match c.partition_handling.as_str() {
+        "quorum" => PartitionHandling::Quorum,
+        "available" => PartitionHandling::Available,
+        other => {
+            return Err(src.error(
+                &key("cluster.partition_handling"),
+                format!("unknown value {other:?}: use \"quorum\" or \"available\""),
+            ))
+        }
+    };
+    // Default: halfway between frequency and drop_time (both checked above).
+    let lease = c
+        .lease
+        .as_ref()
+        .map_or((m.frequency.0 + m.drop_time.0) / 2, |l| l.0);
+    if lease <= m.frequency.0 || lease >= m.drop_time.0 {
+        return Err(src.error(
+            &key("cluster.lease"),
+            "must be longer than cluster.membership.frequency and shorter than drop_time",
+        ));
+    }
     let r = &c.receiver;
     let address = ip("cluster.receiver.address", &r.address)?;
     if r.max_frame_bytes < 1024 {
@@ -174,5 +196,8 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             auto_bind: r.auto_bind.max(1),
             max_frame_bytes: r.max_frame_bytes,
         },
+        partition_handling,
+        expected_members: c.expected_members,
+        lease,
     })
 }

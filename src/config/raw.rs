@@ -244,6 +244,10 @@ pub struct RawCluster {
     pub expire_sessions_on_shutdown: bool,
     pub key: Option<String>,
     pub advertise_http: Option<String>,
+    pub partition_handling: String,
+    pub expected_members: usize,
+    /// Default: halfway between `frequency` and `drop_time`.
+    pub lease: Option<Dur>,
     pub membership: RawMembership,
     pub receiver: RawReceiver,
 }
@@ -261,6 +265,9 @@ impl Default for RawCluster {
             expire_sessions_on_shutdown: false,
             key: None,
             advertise_http: None,
+            partition_handling: "quorum".into(),
+            expected_members: 0,
+            lease: None,
             membership: RawMembership::default(),
             receiver: RawReceiver::default(),
         }

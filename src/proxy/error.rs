@@ -43,6 +43,10 @@ pub enum ProxyError {
     /// fenced by the members that saw the takeover).
     #[error("the session moved to another node while this request ran: retry")]
     SessionMoved,
+    /// This node cannot serve the session safely now (SPEC 4.9): no lease, no majority for
+    /// a takeover, or a write that too few copies hold. The text is the client's.
+    #[error("{0}: retry")]
+    NoMajority(String),
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -63,6 +67,7 @@ impl From<SessionError> for ProxyError {
             SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
             SessionError::Random(_) => ProxyError::Internal(e.to_string()),
             SessionError::Moved => ProxyError::SessionMoved,
+            SessionError::NoMajority(why) => ProxyError::NoMajority(why),
         }
     }
 }
@@ -76,7 +81,9 @@ impl ProxyError {
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Unroutable(_) | ProxyError::SessionMoved => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Unroutable(_) | ProxyError::SessionMoved | ProxyError::NoMajority(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -85,7 +92,8 @@ impl ProxyError {
             ProxyError::NoHealthyBackend
             | ProxyError::SessionLimit(_)
             | ProxyError::Internal(_)
-            | ProxyError::SessionMoved => Blame::Proxy,
+            | ProxyError::SessionMoved
+            | ProxyError::NoMajority(_) => Blame::Proxy,
             _ => Blame::Backend,
         }
     }
@@ -102,6 +110,7 @@ impl ProxyError {
             ProxyError::Internal(_) => "internal",
             ProxyError::Unroutable(_) => "unroutable",
             ProxyError::SessionMoved => "session_moved",
+            ProxyError::NoMajority(_) => "no_majority",
         }
     }
 
@@ -119,7 +128,8 @@ impl ProxyError {
             | ProxyError::BadDirective(_)
             | ProxyError::SessionLimit(_)
             | ProxyError::Unroutable(_)
-            | ProxyError::SessionMoved => self.to_string().into(),
+            | ProxyError::SessionMoved
+            | ProxyError::NoMajority(_) => self.to_string().into(),
         }
     }
 

@@ -14,7 +14,8 @@ use super::{Proxy, ToBackend};
 use crate::cluster::NodeInfo;
 
 impl Proxy {
-    /// A request whose session another member owns: forwarded there. A refused forward
+    /// A request whose session another member owns: forwarded there (or, for a gone
+    /// owner, taken over here by a majority's vote first). A refused forward
     /// verifies the member at once and plans again, so a client retrying after a crash
     /// does not wait for drop_time; a plan that ends here goes to this node's backends.
     /// `Routed::Local`: the plan ended at this node (the owner died and this node took
@@ -26,14 +27,25 @@ impl Proxy {
             mut body,
             hops,
             tls,
-            to,
+            plan,
         } = f;
-        let mut plan = Plan::Forward(to);
+        let mut plan = plan;
         let mut attempts = 0;
+        let mut claimed = false;
         let session = loop {
             match plan {
                 Plan::Static => break None,
                 Plan::Local(rs) => break Some(rs),
+                Plan::Refuse(why) => return Err(ProxyError::NoMajority(why.to_string())),
+                Plan::Claim { key, owner } => {
+                    if claimed {
+                        return Err(ProxyError::NoMajority(
+                            "the session was taken over but is still not servable here".into(),
+                        ));
+                    }
+                    claimed = true;
+                    self.sessions.claim(key, &owner).await?;
+                }
                 Plan::Forward(to) => {
                     let hop = hops.unwrap_or(0) + 1;
                     if hop > MAX_HOPS {
@@ -181,7 +193,8 @@ pub(super) struct ToOwner {
     pub(super) body: UpBody,
     pub(super) hops: Option<u8>,
     pub(super) tls: bool,
-    pub(super) to: NodeInfo,
+    /// A forward to the owner, or a takeover to run first.
+    pub(super) plan: Plan,
 }
 
 /// Forwarding markers (SPEC 4.4): `<hops> <route of the forwarding member>`.

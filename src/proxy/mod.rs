@@ -130,6 +130,7 @@ impl Proxy {
         let resp = 'done: {
             let b = match step {
                 Step::Backend(b) => b,
+                Step::Fail(e) => break 'done Err(e),
                 Step::Forward(f) => match Box::pin(self.to_owner(*f)).await {
                     Ok(forward::Routed::Local(b)) => b,
                     Ok(forward::Routed::Served(resp)) => break 'done Ok(resp),
@@ -203,14 +204,15 @@ impl Proxy {
             match self.sessions.on_request(&mut parts, &mut added, client.tls) {
                 Plan::Static => None,
                 Plan::Local(rs) => Some(rs),
-                Plan::Forward(to) => {
+                Plan::Refuse(why) => return Step::Fail(ProxyError::NoMajority(why.to_string())),
+                plan @ (Plan::Forward(_) | Plan::Claim { .. }) => {
                     return Step::Forward(Box::new(ToOwner {
                         parts,
                         added,
                         body,
                         hops,
                         tls: client.tls,
-                        to,
+                        plan,
                     }))
                 }
             }
@@ -291,8 +293,10 @@ pub struct Begun {
 enum Step {
     Backend(ToBackend),
     /// Boxed, with the future of its path: the rare forward would otherwise make every
-    /// request's future (moved into hyper's dispatcher) kilobytes larger.
+    /// request's future (moved into hyper's dispatcher) kilobytes larger. Also a takeover.
     Forward(Box<ToOwner>),
+    /// Answered at once (no lease, SPEC 4.9).
+    Fail(ProxyError),
 }
 
 /// A request for this node's backends, encoded: nothing of the client's request is kept.

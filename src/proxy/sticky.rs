@@ -43,6 +43,11 @@ pub enum Plan {
     Local(RequestSession),
     /// Another member owns the session: forward the request there.
     Forward(NodeInfo),
+    /// The owner is gone and this node is its successor: take the session over by a
+    /// majority's vote ([`SessionLayer::claim`]), then plan again.
+    Claim { key: Key, owner: String },
+    /// This node cannot serve the session safely (SPEC 4.9): answered 503 with the reason.
+    Refuse(&'static str),
 }
 
 pub struct SessionLayer {
@@ -142,6 +147,9 @@ impl SessionLayer {
                 }
             }
             Some(r) => {
+                if !r.has_lease(now) {
+                    return Plan::Refuse(NO_LEASE);
+                }
                 match self
                     .store
                     .access_if_owner(c.key, now, &mut |ch| self.replicate_async(ch))
@@ -151,7 +159,14 @@ impl SessionLayer {
                         found = Some(f);
                         cluster::Decision::Local
                     }
-                    Err(o) => cluster::decide(c.base, me, o.as_deref(), c.route, &r.members()),
+                    Err(o) => {
+                        let d = cluster::decide(c.base, me, o.as_deref(), c.route, &r.members());
+                        if d == cluster::Decision::TakeOver && r.is_quorum() {
+                            let owner = o.as_deref().or(c.route).unwrap_or("").to_string();
+                            return Plan::Claim { key: c.key, owner };
+                        }
+                        d
+                    }
                 }
             }
         };
@@ -296,13 +311,35 @@ impl SessionLayer {
         }
     }
 
-    /// Sync mode: waits until every member applied the changes (bounded by ack_timeout).
-    /// A change a member fenced is [`SessionError::Moved`]: the write did not count.
+    /// Sync mode: waits until the members applied the changes (bounded by ack_timeout).
+    /// A change a member fenced is [`SessionError::Moved`]; one too few copies hold is
+    /// [`SessionError::NoMajority`]: the write did not count.
     pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
         match self.cluster.get() {
-            Some(r) if r.settle(waits).await => Err(SessionError::Moved),
-            _ => Ok(()),
+            Some(r) => r.settle(waits).await.map_err(|e| match e {
+                cluster::SettleError::Fenced => SessionError::Moved,
+                other => SessionError::NoMajority(other.to_string()),
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// Takes the session `key` of the gone `owner` over by a majority's vote (SPEC 4.9),
+    /// and in sync mode waits until the members hold the new ownership.
+    pub async fn claim(&self, key: Key, owner: &str) -> Result<(), SessionError> {
+        let Some(r) = self.cluster.get() else {
+            return Ok(());
+        };
+        let mut waits = Vec::new();
+        let sync = r.is_sync();
+        let taken = r
+            .claim(key, owner, sync.then_some(&mut waits))
+            .await
+            .map_err(|e| SessionError::NoMajority(e.to_string()))?;
+        if taken {
+            tracing::info!(session = %key.base(), from = owner, "session taken over by a majority's vote");
+        }
+        self.settle(waits).await
     }
 
     fn directive_error(&self, rs: &RequestSession, e: &DirectiveError) {
@@ -350,6 +387,10 @@ impl SessionLayer {
         }
     }
 }
+
+/// The reason a node without a lease gives (SPEC 4.9).
+const NO_LEASE: &str =
+    "this node is cut off from the cluster majority and cannot serve this session safely";
 
 /// Served here: the `;jsessionid=` parameter never reaches a backend.
 fn strip_path_param(parts: &mut request::Parts, stripped: Option<String>) {

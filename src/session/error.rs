@@ -31,4 +31,7 @@ pub enum SessionError {
     /// cut off, and a takeover happened): its write is refused.
     #[error("the session moved to another node while this request ran: retry")]
     Moved,
+    /// The change cannot count now (SPEC 4.9): too few copies hold it, or no majority.
+    #[error("{0}")]
+    NoMajority(String),
 }

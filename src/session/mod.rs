@@ -7,6 +7,7 @@
 //! - `protocol`: the backend header protocol (`X-Session*`).
 //! - `store`: the session map, atomic per-session changes, expiry, limits; the replica side.
 //! - `change`: [`Change`] and [`FullSession`], what an owner's change is.
+//! - `epoch`: ownership epochs, unique cluster-wide.
 //! - `apply`: the replica's apply rule (SPEC 4.6), one pure function (proptested).
 //! - `attrs`: the stored attributes (canonical JSON text) and the merge of a change.
 //! - `json`: ASCII-only JSON for header values.
@@ -18,6 +19,7 @@ pub mod attrs;
 mod change;
 mod config;
 mod cookie;
+pub mod epoch;
 mod error;
 mod filter;
 pub mod id;
@@ -29,10 +31,12 @@ pub use apply::{decide, Decision, Kind, Ver};
 pub use change::{Change, FullSession};
 pub use config::{ReplicationConfig, SessionConfig};
 pub use cookie::{take_path_param, CookieConfig, SecureMode};
+pub use epoch::hash64;
 pub use error::{DirectiveError, SessionError};
 pub use filter::{StaticFilter, TOMCAT_DEFAULT};
 pub use id::{valid_route, Key};
 pub use protocol::{parse as parse_directives, static_value, Directives, Names};
 pub use store::{
-    Emit, Found, Limits, Outcome, Planned, Remote, Session, SessionStore, TOMBSTONE_TTL,
+    Digest, Emit, Found, Fresher, Limits, Outcome, Planned, Promise, Remote, Session, SessionStore,
+    MOVING, PROMISE_TTL, TOMBSTONE_TTL,
 };

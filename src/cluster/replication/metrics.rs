@@ -44,6 +44,17 @@ pub struct ReplMetrics {
     pub state_transfers: Counter,
     pub state_transfer_seconds: Histogram,
     pub rebalanced: Counter,
+    /// Sessions taken over by a majority's vote.
+    pub claims: Counter,
+    /// Claims that found no majority (answered 503).
+    pub claims_refused: Counter,
+    /// Claims this node refused because it still hears the owner.
+    pub votes_refused: Counter,
+    /// Catch-ups after a lapsed lease, and the sessions they changed.
+    pub catch_ups: Counter,
+    pub caught_up_sessions: Counter,
+    /// Sync writes that reached fewer copies than a majority (answered 503).
+    pub below_quorum_writes: Counter,
 }
 
 impl ReplMetrics {
@@ -65,8 +76,24 @@ impl ReplMetrics {
             state_transfers: Counter::default(),
             state_transfer_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             rebalanced: Counter::default(),
+            claims: Counter::default(),
+            claims_refused: Counter::default(),
+            votes_refused: Counter::default(),
+            catch_ups: Counter::default(),
+            caught_up_sessions: Counter::default(),
+            below_quorum_writes: Counter::default(),
         };
         m.with_registry(|reg| {
+            for (name, help, c) in [
+                ("replication_claims", "Sessions taken over by a majority's vote", &r.claims),
+                ("replication_claims_refused", "Takeovers that found no majority (503)", &r.claims_refused),
+                ("replication_votes_refused", "Claims refused because this node still hears the owner", &r.votes_refused),
+                ("replication_catch_ups", "Catch-ups with the majority after a lapsed lease", &r.catch_ups),
+                ("replication_caught_up_sessions", "Sessions a catch-up changed (taken over or removed elsewhere)", &r.caught_up_sessions),
+                ("replication_below_quorum_writes", "Sync writes that reached fewer copies than a majority (503)", &r.below_quorum_writes),
+            ] {
+                reg.register(name, help, c.clone());
+            }
             reg.register(
                 "replication_messages_sent",
                 "Changes sent, by peer and type",

@@ -11,11 +11,15 @@
 //!   batches, acks, resend of unacked batches after a reconnect.
 //! - `rebalance`: the BackupManager's "owner + exactly one backup" after membership changes.
 //! - `transfer`: state transfer, both directions.
+//! - `claim`: takeover by a majority's vote, both sides (SPEC 4.9).
+//! - `rejoin`: catching up after a lapsed lease, both sides.
 
+mod claim;
 mod metrics;
 mod peer;
 mod peers;
 mod rebalance;
+mod rejoin;
 mod transfer;
 
 use std::collections::HashMap;
@@ -26,7 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::config::{Manager, SendMode};
+use super::config::{Manager, PartitionHandling, SendMode};
+use super::error::SettleError;
+use super::lease::Lease;
 use super::link::Link;
 use super::membership::Membership;
 use super::messages::encode_change;
@@ -79,6 +85,8 @@ pub struct Replicator {
     pub manager: Manager,
     pub mode: SendMode,
     ack_timeout: Duration,
+    /// The majority and this node's lease (SPEC 4.9).
+    pub lease: Arc<Lease>,
     peers: RwLock<HashMap<u64, PeerHandle>>,
     pub metrics: ReplMetrics,
     /// Owns the peer tasks.
@@ -93,6 +101,7 @@ impl Replicator {
         manager: Manager,
         mode: SendMode,
         ack_timeout: Duration,
+        lease: Arc<Lease>,
         metrics: &crate::metrics::Metrics,
         tasks: Tasks,
     ) -> Arc<Self> {
@@ -103,6 +112,7 @@ impl Replicator {
             manager,
             mode,
             ack_timeout,
+            lease,
             peers: RwLock::new(HashMap::new()),
             metrics: ReplMetrics::register(metrics),
             tasks,
@@ -182,18 +192,21 @@ impl Replicator {
     }
 
     /// Sync mode: waits for the acks, at most `ack_timeout`. A peer that did not ack is
-    /// verified (and dropped if dead); the write is counted as unreplicated. `true` if a
-    /// peer fenced a change: another node owns the session now, and the write must not be
-    /// reported as done.
-    pub async fn settle(&self, waits: Vec<Wait>) -> bool {
+    /// verified (and dropped if dead). The write counts only if no peer fenced it and, with
+    /// `partition_handling = "quorum"`, enough copies hold it: a majority (delta), or the
+    /// backup (backup); an unreplicated write is counted either way.
+    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
         if waits.is_empty() {
-            return false;
+            // Nothing changed, or no peer to send to: then the lease decided already.
+            return Ok(());
         }
+        let targets = waits.len();
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         let (missed, fenced) = await_acks(waits, deadline).await;
         if fenced {
             self.metrics.fenced_writes.inc();
             tracing::warn!("a member fenced this node's write: the session has a newer owner");
+            return Err(SettleError::Fenced);
         }
         for w in &missed {
             self.metrics.ack_timeouts.inc();
@@ -203,7 +216,28 @@ impl Replicator {
         if !missed.is_empty() {
             self.metrics.unreplicated_writes.inc();
         }
-        fenced
+        self.enough(targets - missed.len())
+    }
+
+    /// Whether a write that `applied` peers hold counts (SPEC 4.9).
+    fn enough(&self, applied: usize) -> Result<(), SettleError> {
+        if self.lease.handling == PartitionHandling::Available {
+            return Ok(());
+        }
+        let needed = match self.manager {
+            Manager::Delta => self.lease.quorum(),
+            // Owner and backup; alone, the lease already says whether we may write.
+            Manager::Backup => 2,
+        };
+        if applied + 1 >= needed {
+            Ok(())
+        } else {
+            self.metrics.below_quorum_writes.inc();
+            Err(SettleError::NotReplicated {
+                applied: applied + 1,
+                needed,
+            })
+        }
     }
 
     /// The receiving side: applies a batch in order; returns the sessions that need a full

@@ -1,11 +1,12 @@
 //! BackupManager: after every membership change, "owner + exactly one backup" again for
 //! the sessions this node holds (SPEC 4.5 backup).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Replicator;
-use crate::cluster::config::Manager;
+use crate::cluster::config::{Manager, PartitionHandling};
 use crate::cluster::membership::Membership;
 use crate::cluster::routing::backup;
 use crate::lifecycle::State;
@@ -63,6 +64,7 @@ impl Replicator {
         let mut moved = 0;
         let mut drops: Vec<(String, Change)> = Vec::new();
         let mut waits = Vec::new();
+        let mut to_claim: HashMap<String, Vec<Key>> = HashMap::new();
         let now = Instant::now();
         for (key, owner, ver) in self.store.placements() {
             if *owner == *me {
@@ -93,6 +95,12 @@ impl Replicator {
                     .map(String::as_str)
                     .chain(std::iter::once(me.as_str()));
                 match backup(key, with_me) {
+                    Some(s) if s == me && self.lease.handling == PartitionHandling::Quorum => {
+                        to_claim
+                            .entry(owner.to_string())
+                            .or_default()
+                            .push(Key(key));
+                    }
                     Some(s) if s == me => {
                         let rep = self;
                         let taken = self.store.take_over(Key(key), now, &mut |c| {
@@ -114,10 +122,23 @@ impl Replicator {
             }
             // Bounded rate: let requests run between batches.
             if waits.len() >= 256 {
-                self.settle(std::mem::take(&mut waits)).await;
+                let _ = self.settle(std::mem::take(&mut waits)).await;
             }
         }
-        self.settle(waits).await;
+        // A dead owner's sessions, by a majority's vote (SPEC 4.9); one that finds no
+        // majority now is claimed when a request asks for it.
+        for (owner, keys) in to_claim {
+            for batch in keys.chunks(256) {
+                match self.claim(&owner, batch, Some(&mut waits)).await {
+                    Ok(n) => moved += n,
+                    Err(e) => {
+                        tracing::info!(dead_owner = %owner, error = %e, "backed-up sessions not taken over yet")
+                    }
+                }
+                let _ = self.settle(std::mem::take(&mut waits)).await;
+            }
+        }
+        let _ = self.settle(waits).await;
         // Old copies go only after the new ones were acked.
         for (route, drop) in drops {
             self.enqueue_to(drop, Some(&route), None);

@@ -29,7 +29,9 @@ use super::id::{self, Key};
 use super::protocol::Directives;
 use crate::metrics::Metrics;
 
+mod claim;
 mod replica;
+pub use claim::{Digest, Fresher, Promise};
 pub use replica::Remote;
 #[cfg(test)]
 mod tests;
@@ -48,9 +50,23 @@ pub struct Session {
     pub max_inactive: Duration,
     /// When the owner last told replicas about an access (touches are rate-limited).
     last_replicated: Instant,
+    /// The highest epoch this node promised to a claimant (0: none), and when: while the
+    /// promise lives ([`PROMISE_TTL`]), changes of older epochs are fenced and, if it is
+    /// above `epoch`, the session is moving.
+    promised: u64,
+    promised_at: Instant,
 }
 
 impl Session {
+    /// The epoch promised to a claimant, while the promise lives (0: none).
+    fn promise(&self, now: Instant) -> u64 {
+        if self.promised != 0 && now.saturating_duration_since(self.promised_at) < PROMISE_TTL {
+            self.promised
+        } else {
+            0
+        }
+    }
+
     /// A replica keeps a session a quarter longer than the owner: touches arrive at most
     /// every max_inactive/4, so the owner's expiry (which it replicates) decides.
     fn expired(&self, now: Instant, me: &str) -> bool {
@@ -138,6 +154,15 @@ struct Counters {
 /// a reconnect and its resent batches.
 pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 
+/// The owner a copy reports while a claim on it is under way: no member has this route,
+/// so routing treats the session as having lost its owner and sends it to the successor.
+pub const MOVING: &str = "";
+
+/// How long a voter's promise fences the old owner. A claimant installs within half of it
+/// or gives up, so a claim that failed (a minority granted it) blocks a live owner's
+/// writes at those voters for this long at most.
+pub const PROMISE_TTL: Duration = Duration::from_secs(4);
+
 /// Receives the changes the owner makes, in order per session (called under its guard).
 pub type Emit<'a> = &'a mut dyn FnMut(Change);
 
@@ -149,6 +174,8 @@ pub struct SessionStore {
     map: KeyMap<Session>,
     tombs: KeyMap<(Ver, Instant)>,
     route: Arc<str>,
+    /// This node's epoch tag ([`super::epoch`]).
+    tag: u64,
     limits: Limits,
     counters: Counters,
 }
@@ -193,6 +220,7 @@ impl SessionStore {
             map: KeyMap::default(),
             tombs: KeyMap::default(),
             route: Arc::from(route),
+            tag: super::epoch::tag(route),
             limits,
             counters,
         }
@@ -250,6 +278,11 @@ impl SessionStore {
             self.expire(key, now, emit);
             return Err(None);
         }
+        if e.promise(now) > e.epoch && *e.owner == *self.route {
+            // This node promised its own session to a claimant: it may not serve it as
+            // owner any more (elsewhere the copy's owner still routes).
+            return Err(Some(Arc::from(MOVING)));
+        }
         let owned = *e.owner == *self.route;
         if only_owned && !owned {
             return Err(Some(e.owner.clone()));
@@ -278,9 +311,11 @@ impl SessionStore {
         if s.expired(now, &self.route) {
             return None;
         }
-        if *s.owner != *self.route {
+        let promised = s.promise(now);
+        if *s.owner != *self.route || promised > s.epoch {
             s.owner = self.route.clone();
-            s.epoch += 1;
+            s.epoch = super::epoch::next(s.epoch.max(promised), self.tag);
+            s.promised = 0;
             s.version += 1;
             s.last_access = now;
             s.last_replicated = now;
@@ -348,7 +383,7 @@ impl SessionStore {
             planned
                 .as_ref()
                 .and_then(|p| p.epoch)
-                .is_none_or(|e| *s.owner == *self.route && s.epoch == e)
+                .is_none_or(|e| *s.owner == *self.route && s.epoch == e && s.promise(now) <= e)
         };
         if d.invalidate {
             if let Some(k) = key {
@@ -444,13 +479,15 @@ impl SessionStore {
         let key = id::new_key().map_err(SessionError::Random)?;
         let s = Session {
             owner: self.route.clone(),
-            epoch: 1,
+            epoch: super::epoch::first(self.tag),
             version: 1,
             rendered,
             created: SystemTime::now(),
             last_access: now,
             max_inactive: d.max_inactive.unwrap_or(self.limits.default_max_inactive),
             last_replicated: now,
+            promised: 0,
+            promised_at: now,
         };
         emit(Change::Full(s.full(key, now)));
         self.map.insert(key, s);

@@ -23,6 +23,27 @@ pub enum Remote {
     Fenced,
 }
 
+impl Session {
+    /// A session from a full copy (`None`: attributes that are no header value).
+    pub(super) fn from_full(f: &FullSession, now: Instant) -> Option<Session> {
+        let rendered = HeaderValue::from_str(&f.attrs).ok()?;
+        Some(Session {
+            owner: Arc::from(f.owner.as_str()),
+            epoch: f.epoch,
+            version: f.version,
+            rendered,
+            created: SystemTime::now(),
+            last_access: now
+                .checked_sub(Duration::from_millis(f.idle_ms))
+                .unwrap_or(now),
+            max_inactive: Duration::from_millis(f.max_inactive_ms),
+            last_replicated: now,
+            promised: 0,
+            promised_at: now,
+        })
+    }
+}
+
 impl SessionStore {
     /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
     pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
@@ -61,7 +82,14 @@ impl SessionStore {
         // The entry guard makes check-and-apply atomic for this session.
         let entry = self.map.entry(key);
         let held = match &entry {
-            dashmap::Entry::Occupied(o) => Some(o.get().ver()),
+            dashmap::Entry::Occupied(o) => {
+                // Promised to a claimant of a newer epoch: the old owner's changes no
+                // longer count here.
+                if at.epoch < o.get().promise(now) {
+                    return Remote::Fenced;
+                }
+                Some(o.get().ver())
+            }
             dashmap::Entry::Vacant(_) => None,
         };
         match decide(held, tomb, kind) {
@@ -72,20 +100,8 @@ impl SessionStore {
         }
         match change {
             Change::Full(f) => {
-                let Ok(rendered) = HeaderValue::from_str(&f.attrs) else {
+                let Some(s) = Session::from_full(f, now) else {
                     return Remote::Stale;
-                };
-                let s = Session {
-                    owner: Arc::from(f.owner.as_str()),
-                    epoch: f.epoch,
-                    version: f.version,
-                    rendered,
-                    created: SystemTime::now(),
-                    last_access: now
-                        .checked_sub(Duration::from_millis(f.idle_ms))
-                        .unwrap_or(now),
-                    max_inactive: Duration::from_millis(f.max_inactive_ms),
-                    last_replicated: now,
                 };
                 match entry {
                     dashmap::Entry::Occupied(mut o) => {

@@ -3,15 +3,15 @@
 use super::*;
 
 fn store(max_bytes: usize, max_active: usize) -> SessionStore {
-    SessionStore::new(
-        "n1",
-        Limits {
-            default_max_inactive: Duration::from_secs(1800),
-            max_session_bytes: max_bytes,
-            max_active_sessions: max_active,
-        },
-        &Metrics::new(),
-    )
+    SessionStore::new("n1", limits(max_bytes, max_active), &Metrics::new())
+}
+
+fn limits(max_bytes: usize, max_active: usize) -> Limits {
+    Limits {
+        default_max_inactive: Duration::from_secs(1800),
+        max_session_bytes: max_bytes,
+        max_active_sessions: max_active,
+    }
 }
 
 fn set(v: Value) -> Directives {
@@ -185,7 +185,7 @@ fn a_replica_holds_the_owners_bytes_and_refuses_a_malformed_delta() {
     for bad in ["{bad", r#"{"a":tru}"#, "[1]", r#"{"a":1"#] {
         let c = Change::Delta {
             key: key(&b).0,
-            epoch: 1,
+            epoch: r.epoch,
             version: r.version + 1,
             set: Some(bad.into()),
             remove: vec![],
@@ -223,16 +223,121 @@ fn a_write_planned_at_another_epoch_is_refused_and_changes_nothing() {
     assert!(matches!(err, SessionError::Moved), "{err:?}");
     assert_eq!(emitted, 0, "nothing replicated");
     let sess = s.get(&b).unwrap();
-    assert_eq!((sess.epoch, sess.version), (1, 1));
+    assert_eq!(sess.version, 1);
     assert_eq!(Value::Object(sess.attributes()), json!({"a": 1}));
     // At the epoch it holds, the same write lands.
     let ours = Some(Planned {
         key: key(&b),
-        epoch: Some(1),
+        epoch: Some(sess.epoch),
     });
     assert_eq!(
         s.apply_planned(ours, &set(json!({"a": 2})), t0, &mut |_| {})
             .unwrap(),
         Outcome::Changed
     );
+}
+
+#[test]
+fn a_promise_fences_the_old_owner_and_the_claim_takes_the_newest_copy() {
+    // owner "t" (the test store's route) created a session; a replica holds it.
+    let owner = store(65536, 0);
+    let t0 = Instant::now();
+    let mut changes = Vec::new();
+    let b = base_of(
+        &owner
+            .apply(None, &set(json!({"n": 1})), t0, &mut |c| changes.push(c))
+            .unwrap(),
+    );
+    let k = key(&b);
+    let voter = SessionStore::new("v", limits(65536, 0), &Metrics::new());
+    let claimant = SessionStore::new("c", limits(65536, 0), &Metrics::new());
+    for c in &changes {
+        assert_eq!(voter.apply_remote(c, t0), Remote::Applied);
+        assert_eq!(claimant.apply_remote(c, t0), Remote::Applied);
+    }
+    // The owner writes n=2; only the voter gets it (the claimant was cut off).
+    let mut late = Vec::new();
+    owner
+        .apply(Some(k), &set(json!({"n": 2})), t0, &mut |c| late.push(c))
+        .unwrap();
+    assert_eq!(voter.apply_remote(&late[0], t0), Remote::Applied);
+
+    let at = claimant.claim_epoch(k);
+    assert!(at > owner.get(&b).unwrap().epoch);
+    assert!(matches!(
+        claimant.promise(k, at, t0),
+        Promise::Granted { .. }
+    ));
+    let Promise::Granted { copy, removed } = voter.promise(k, at, t0) else {
+        panic!("voter refused");
+    };
+    assert_eq!(removed, None);
+    // The same epoch again (another claimant that minted it) is refused.
+    assert_eq!(voter.promise(k, at, t0), Promise::Refused { top: at });
+    // The old owner's next change is fenced at the voter from now on.
+    let mut zombie = Vec::new();
+    owner
+        .apply(Some(k), &set(json!({"n": 3})), t0, &mut |c| zombie.push(c))
+        .unwrap();
+    assert_eq!(voter.apply_remote(&zombie[0], t0), Remote::Fenced);
+
+    let mut out = Vec::new();
+    let got = claimant.install_claim(k, at, copy, None, t0, &mut |c| out.push(c));
+    assert!(got.is_some());
+    let mine = claimant.get(&b).unwrap();
+    assert_eq!(&*mine.owner, "c");
+    assert_eq!(mine.epoch, at);
+    assert_eq!(
+        Value::Object(mine.attributes()),
+        json!({"n": 2}),
+        "the acked write the claimant missed is in the copy it took over"
+    );
+    // Its whole copy replaces the voter's, and the digest tells the old owner.
+    assert_eq!(voter.apply_remote(&out[0], t0), Remote::Applied);
+    let f = claimant.fresher(&owner.digest(), t0);
+    assert_eq!(f.changes.len(), 1);
+    assert_eq!(owner.catch_up(f, t0), 1);
+    assert_eq!(
+        &*owner.get(&b).unwrap().owner,
+        "c",
+        "no stale owner after the catch-up"
+    );
+}
+
+#[test]
+fn a_session_removed_at_a_voter_is_not_brought_back_by_a_claim() {
+    let owner = store(65536, 0);
+    let t0 = Instant::now();
+    let mut changes = Vec::new();
+    let b = base_of(
+        &owner
+            .apply(None, &set(json!({"n": 1})), t0, &mut |c| changes.push(c))
+            .unwrap(),
+    );
+    let k = key(&b);
+    let voter = SessionStore::new("v", limits(65536, 0), &Metrics::new());
+    let claimant = SessionStore::new("c", limits(65536, 0), &Metrics::new());
+    for c in &changes {
+        voter.apply_remote(c, t0);
+        claimant.apply_remote(c, t0);
+    }
+    let inv = Directives {
+        invalidate: true,
+        ..Default::default()
+    };
+    let mut gone = Vec::new();
+    owner
+        .apply(Some(k), &inv, t0, &mut |c| gone.push(c))
+        .unwrap();
+    assert_eq!(voter.apply_remote(&gone[0], t0), Remote::Applied);
+    let at = claimant.claim_epoch(k);
+    claimant.promise(k, at, t0);
+    let Promise::Granted { copy, removed } = voter.promise(k, at, t0) else {
+        panic!("refused");
+    };
+    assert!(copy.is_none() && removed.is_some());
+    assert!(claimant
+        .install_claim(k, at, copy, removed, t0, &mut |_| {})
+        .is_none());
+    assert!(claimant.get(&b).is_none(), "the removal is final");
 }
