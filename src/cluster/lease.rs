@@ -154,6 +154,12 @@ impl Lease {
                     let (lease, f) = (self.clone(), catch_up.clone());
                     tasks.spawn_until_stopped(async move {
                         if f().await {
+                            // Held again from the answers so far (each ping round also
+                            // renews it); published before the flag clears, so the next
+                            // tick does not see a lapse again.
+                            if let Some(u) = lease.earned(Instant::now()) {
+                                lease.until_ns.fetch_max(lease.ns(u), Ordering::AcqRel);
+                            }
                             lease.must_catch_up.store(false, Ordering::Release);
                             tracing::info!("caught up with the majority: lease held again");
                         }

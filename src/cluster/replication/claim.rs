@@ -48,6 +48,39 @@ impl Replicator {
         if !self.lease.holds(started) {
             return Err(ClaimError::NoLease);
         }
+        // One claim per session at a time on this node: concurrent requests for it wait
+        // for the first claim instead of superseding it with a higher epoch of their own.
+        let mut sorted: Vec<Key> = keys.to_vec();
+        sorted.sort_unstable_by_key(|k| k.0);
+        sorted.dedup();
+        let mut guards = Vec::with_capacity(sorted.len());
+        for k in &sorted {
+            let lock = self.claiming.entry(k.0).or_default().clone();
+            guards.push((k.0, lock.lock_owned().await));
+        }
+        let me = self.store.route();
+        let pending: Vec<Key> = sorted
+            .into_iter()
+            .filter(|k| self.store.owner_of(*k).is_none_or(|o| *o != *me))
+            .collect();
+        let already = keys.len().min(guards.len()) - pending.len();
+        let result = self.claim_locked(owner, &pending, waits, started).await;
+        drop(guards);
+        self.claiming
+            .retain(|_, l| std::sync::Arc::strong_count(l) > 1 || l.try_lock().is_err());
+        result.map(|n| n + already)
+    }
+
+    async fn claim_locked(
+        &self,
+        owner: &str,
+        keys: &[Key],
+        waits: Option<&mut Vec<Wait>>,
+        started: Instant,
+    ) -> Result<usize, ClaimError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let mut claims: Vec<(Key, u64)> = keys
             .iter()
             .map(|k| (*k, self.store.claim_epoch(*k)))

@@ -87,6 +87,8 @@ pub struct Replicator {
     ack_timeout: Duration,
     /// The majority and this node's lease (SPEC 4.9).
     pub lease: Arc<Lease>,
+    /// Sessions this node is claiming now, one claim each at a time.
+    claiming: dashmap::DashMap<u128, Arc<tokio::sync::Mutex<()>>>,
     peers: RwLock<HashMap<u64, PeerHandle>>,
     pub metrics: ReplMetrics,
     /// Owns the peer tasks.
@@ -113,6 +115,7 @@ impl Replicator {
             mode,
             ack_timeout,
             lease,
+            claiming: dashmap::DashMap::new(),
             peers: RwLock::new(HashMap::new()),
             metrics: ReplMetrics::register(metrics),
             tasks,

@@ -303,31 +303,6 @@ impl SessionStore {
         })
     }
 
-    /// Failover (SPEC 4.4.3): this node becomes the owner with a higher epoch; the new
-    /// ownership goes to the cluster as a full copy. Atomic per session: concurrent
-    /// takeovers on this node raise the epoch once. `None` if the session is gone.
-    pub fn take_over(&self, key: Key, now: Instant, emit: Emit) -> Option<Found> {
-        let mut s = self.map.get_mut(&key)?;
-        if s.expired(now, &self.route) {
-            return None;
-        }
-        let promised = s.promise(now);
-        if *s.owner != *self.route || promised > s.epoch {
-            s.owner = self.route.clone();
-            s.epoch = super::epoch::next(s.epoch.max(promised), self.tag);
-            s.promised = 0;
-            s.version += 1;
-            s.last_access = now;
-            s.last_replicated = now;
-            emit(Change::Full(s.full(key, now)));
-        }
-        Some(Found {
-            owner: s.owner.clone(),
-            epoch: s.epoch,
-            rendered: s.rendered.clone(),
-        })
-    }
-
     fn expire(&self, key: Key, now: Instant, emit: Emit) {
         let removed = self.map.remove_if(&key, |_, s| s.expired(now, &self.route));
         if let Some((_, s)) = removed {
