@@ -376,6 +376,7 @@ pub fn pattern(n: usize) -> Vec<u8> {
 /// - `/echo`: the request body streamed back;
 /// - `/bytes/N`: N bytes of [`pattern`], streamed in 64 KiB chunks;
 /// - `/sleep/MS`: answers after MS milliseconds;
+/// - `/count`, `/log?k=K`: a counter and a write log kept in the session;
 /// - anything else: 200 with the backend's name.
 ///
 /// Every response carries `x-backend: <name>`.
@@ -506,6 +507,34 @@ async fn backend_route(
         let mut r = Response::new(full(body.to_string()));
         r.headers_mut()
             .insert("x-session-set", format!("{{\"n\":{n}}}").parse().unwrap());
+        r
+    } else if path == "/log" {
+        // A write log kept only in the session (the fault-injection checker): `?k=K` sets
+        // attribute `kK`, one attribute per write, so two requests of one session in flight
+        // at once (a client's timed-out request still running) never clobber each other;
+        // the body lists the writes the backend saw, before this one.
+        let h = req.headers();
+        let attrs: serde_json::Value = h
+            .get("x-session")
+            .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+            .unwrap_or(serde_json::json!({}));
+        let seen: Vec<&str> = attrs
+            .as_object()
+            .map(|m| m.keys().filter_map(|k| k.strip_prefix('k')).collect())
+            .unwrap_or_default();
+        let k = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("k="))
+            .unwrap_or("0");
+        let body = serde_json::json!({
+            "log": seen.join(","),
+            "node": h.get("x-session-node").and_then(|v| v.to_str().ok()),
+        });
+        let mut r = Response::new(full(body.to_string()));
+        let set = format!("{{\"k{k}\":1}}");
+        r.headers_mut()
+            .insert("x-session-set", set.parse().unwrap());
         r
     } else if path == "/directives" {
         let mut r = Response::new(full("with directives"));

@@ -235,7 +235,11 @@ impl Replicator {
             .collect()
     }
 
-    /// Whether the owner may still hold its lease as far as this node knows.
+    /// Whether the owner may still hold its lease as far as this node knows. Its lease
+    /// needs a majority's answers to its pings, and each answer is this node hearing it: a
+    /// member silent here for longer than the lease holds none through this node. Heard
+    /// more recently, it is probed: only a process found gone (refused, or another process
+    /// on its address: a kill -9) lets this node grant at once.
     async fn owner_alive(&self, owner: &str) -> bool {
         if owner == self.store.route() {
             return self.link.me().state == State::Ready;
@@ -243,7 +247,7 @@ impl Replicator {
         let Some(m) = self.membership.by_route(owner) else {
             return false;
         };
-        if m.info.state != State::Ready {
+        if m.info.state != State::Ready || m.last_heard.elapsed() > self.lease.duration {
             return false;
         }
         match self.membership.probe(&m.info).await {
@@ -255,7 +259,7 @@ impl Replicator {
                 false
             }
             // Unreachable but heard within the lease: it may still be serving.
-            Err(_) => m.last_heard.elapsed() < self.lease.duration,
+            Err(_) => true,
         }
     }
 }

@@ -107,6 +107,13 @@ impl Replicator {
     /// owns that it should hold (all of them for delta; those it backs up for backup).
     fn resync(&self, info: &NodeInfo) {
         let now = Instant::now();
+        if !self.lease.holds(now) {
+            // It is this node that was away: what it "owns" may have been taken over, and
+            // its copies would resurrect stale ones (chaos, backup manager). The catch-up
+            // corrects this node; the members with a lease resync it.
+            tracing::info!(peer = %info.jvm_route, "member back, but this node has no lease: no resync from here");
+            return;
+        }
         let mut n = 0;
         for key in self.store.owned_keys() {
             if self.manager == Manager::Backup

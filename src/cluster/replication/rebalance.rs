@@ -34,6 +34,9 @@ impl Replicator {
                 .collect()
         };
         let mut old = routes(&self.membership);
+        // A node without a lease does not move copies (it may own nothing any more): the
+        // change waits until it caught up and holds one again.
+        let mut recheck = tokio::time::interval(self.membership.cfg.frequency);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -42,12 +45,13 @@ impl Replicator {
                         return;
                     }
                 }
+                _ = recheck.tick() => {}
             }
             // Let the peer tasks for new members exist before copies are queued for them.
             tokio::time::sleep(Duration::from_millis(20)).await;
             while events.try_recv().is_ok() {}
             let new = routes(&self.membership);
-            if new != old {
+            if new != old && self.lease.holds(std::time::Instant::now()) {
                 let started = Instant::now();
                 let moved = self.rebalance_once(&old, &new).await;
                 self.metrics.rebalanced.inc_by(moved as u64);
@@ -144,5 +148,45 @@ impl Replicator {
             self.enqueue_to(drop, Some(&route), None);
         }
         moved
+    }
+}
+
+impl Replicator {
+    /// BackupManager, after a catch-up: forgets the copies this node holds that are neither
+    /// its own nor the ones it backs up for a live owner. A node that was away was replaced
+    /// as backup meanwhile; the catch-up refreshed its copy, and nothing would keep that
+    /// third copy current (chaos: a copy still behind after convergence).
+    pub(super) fn drop_misplaced(&self) -> usize {
+        let me = self.store.route().to_string();
+        let live: Vec<String> = self
+            .membership
+            .infos()
+            .into_iter()
+            .filter(|i| i.state != State::Leaving)
+            .map(|i| i.jvm_route)
+            .collect();
+        let mut dropped = 0;
+        for (key, owner, ver) in self.store.placements() {
+            if *owner == *me || !live.iter().any(|r| **r == *owner) {
+                continue;
+            }
+            let holders = live
+                .iter()
+                .map(String::as_str)
+                .filter(|r| *r != &*owner)
+                .chain(std::iter::once(me.as_str()));
+            if backup(key, holders) == Some(me.as_str()) {
+                continue;
+            }
+            let forget = Change::Drop {
+                key,
+                epoch: ver.epoch,
+                version: ver.version,
+            };
+            if self.store.apply_remote(&forget, Instant::now()) == crate::session::Remote::Applied {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 }

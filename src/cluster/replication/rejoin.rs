@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use super::Replicator;
+use crate::cluster::config::Manager;
 use crate::cluster::messages::MeshMessage;
 use crate::lifecycle::State;
 use crate::session::Fresher;
@@ -69,6 +70,9 @@ impl Replicator {
             }
         }
         let ok = answered >= self.lease.quorum();
+        if ok && self.manager == Manager::Backup {
+            changed += self.drop_misplaced();
+        }
         if ok {
             self.metrics.catch_ups.inc();
             self.metrics.caught_up_sessions.inc_by(changed as u64);
