@@ -246,7 +246,16 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
             "{}",
             r.text()
         );
-        assert_eq!(info["attributes"]["n"], 2, "zombie write applied: {info}");
+        if r.text().contains("moved") {
+            assert_eq!(info["attributes"]["n"], 2, "zombie write applied: {info}");
+        } else {
+            // "No majority" is an outcome the client cannot know (like a timeout): the
+            // new owner may have counted the visit, but never from the stale copy.
+            assert!(
+                [2, 3].contains(&info["attributes"]["n"].as_u64().unwrap()),
+                "{info}"
+            );
+        }
     }
     // Deterministically: a change of the old epoch sent straight to the new owner.
     let before = fenced_total(&nodes[1..]).await;
