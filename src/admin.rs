@@ -152,6 +152,17 @@ impl Admin {
                 }),
             },
             "members": members,
+            // SPEC 4.9: the cluster size this node counts, its majority, and whether it holds
+            // the lease that lets it serve sessions.
+            "quorum": self.cluster.as_ref().map(|c| {
+                let (size, majority) = c.quorum();
+                json!({
+                    "partition_handling": if c.is_quorum() { "quorum" } else { "available" },
+                    "cluster_size": size,
+                    "majority": majority,
+                    "lease": c.has_lease(std::time::Instant::now()),
+                })
+            }),
             "sessions": {
                 "total": sessions.len(),
                 "owned": owned,

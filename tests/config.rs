@@ -125,6 +125,23 @@ fn bad_values() {
         "session.max_inactive",
         "greater than 0",
     );
+    let conf = format!("{BASE}[cluster]\npartition_handling = \"yolo\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "cluster.partition_handling",
+        "use \"quorum\" or \"available\"",
+    );
+    // The lease must end before the members may take the owner's sessions over.
+    let conf = format!("{BASE}[cluster]\nlease = \"5s\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "cluster.lease",
+        "shorter than drop_time",
+    );
 }
 
 #[test]

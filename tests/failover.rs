@@ -273,7 +273,7 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
         remove: vec![],
         max_inactive_ms: None,
     };
-    raw_replicate(mesh, "zombie", stale).await;
+    raw_replicate(mesh, "zombie", "n1", stale).await;
     let info = session_info(live.admin, &base).await.unwrap();
     assert_ne!(info["attributes"]["n"], 1000, "stale-epoch change applied");
     assert_eq!(fenced_total(&nodes[1..]).await, before + 1);
@@ -385,34 +385,4 @@ async fn fenced_total(nodes: &[Node]) -> u64 {
             .map_or(0, |v| v.trim().parse().unwrap());
     }
     fenced
-}
-
-/// Sends one change to a node's mesh as a member would, and waits for its ack.
-async fn raw_replicate(mesh: std::net::SocketAddr, domain: &str, change: caracal::session::Change) {
-    use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
-    use caracal::State;
-    use futures_util::{SinkExt, StreamExt};
-    let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
-    let me = NodeInfo {
-        node_id: 7,
-        jvm_route: "n1".into(),
-        mesh_addr: "127.0.0.1:9".parse().unwrap(),
-        http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: State::Ready,
-        alive_ms: 1,
-    };
-    let hello = MeshMessage::Hello {
-        domain: domain.into(),
-        from: me,
-    };
-    f.send(bytes::Bytes::from(encode_mesh(&hello)))
-        .await
-        .unwrap();
-    let msg = MeshMessage::Replicate {
-        seq: 1,
-        changes: vec![std::sync::Arc::new(change)],
-    };
-    f.send(bytes::Bytes::from(encode_mesh(&msg))).await.unwrap();
-    f.next().await.unwrap().unwrap();
 }

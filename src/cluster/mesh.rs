@@ -58,6 +58,8 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let mut framed = Framed::new(stream, codec(max_frame));
+    // The route a replication connection's `Hello` named: the only owner it may speak for.
+    let mut sender: Option<String> = None;
     while let Some(frame) = framed.next().await {
         let frame = match frame {
             Ok(f) => f,
@@ -96,11 +98,12 @@ async fn connection(
                     return;
                 }
                 tracing::debug!(%peer, route = %from.jvm_route, "replication connection");
+                sender = Some(from.jvm_route);
                 None
             }
             MeshMessage::Replicate { seq, changes } => {
                 r.metrics.bytes_received.inc_by(frame.len() as u64);
-                let (need_full, fenced) = r.apply_batch(&changes);
+                let (need_full, fenced) = r.apply_batch(&changes, sender.as_deref());
                 Some(MeshMessage::Ack {
                     seq,
                     need_full,

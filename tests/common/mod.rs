@@ -706,3 +706,38 @@ pub fn cluster_node(
          drop_time = \"1s\"\nverify_timeout = \"500ms\"\n[cluster.receiver]\nport = 0\n"
     )
 }
+
+/// Sends one change to a node's mesh as member `route` would, and waits for its ack.
+pub async fn raw_replicate(
+    mesh: SocketAddr,
+    domain: &str,
+    route: &str,
+    change: caracal::session::Change,
+) {
+    use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
+    use caracal::State;
+    use futures_util::{SinkExt, StreamExt};
+    let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
+    let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
+    let me = NodeInfo {
+        node_id: 7,
+        jvm_route: route.into(),
+        mesh_addr: "127.0.0.1:9".parse().unwrap(),
+        http_addr: "127.0.0.1:9".parse().unwrap(),
+        state: State::Ready,
+        alive_ms: 1,
+    };
+    let hello = MeshMessage::Hello {
+        domain: domain.into(),
+        from: me,
+    };
+    f.send(bytes::Bytes::from(encode_mesh(&hello)))
+        .await
+        .unwrap();
+    let msg = MeshMessage::Replicate {
+        seq: 1,
+        changes: vec![std::sync::Arc::new(change)],
+    };
+    f.send(bytes::Bytes::from(encode_mesh(&msg))).await.unwrap();
+    f.next().await.unwrap().unwrap();
+}

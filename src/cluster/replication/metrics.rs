@@ -55,6 +55,8 @@ pub struct ReplMetrics {
     pub caught_up_sessions: Counter,
     /// Sync writes that reached fewer copies than a majority (answered 503).
     pub below_quorum_writes: Counter,
+    /// Whole copies claiming a newer ownership from a node that is not their owner.
+    pub not_owner: Counter,
 }
 
 impl ReplMetrics {
@@ -82,6 +84,7 @@ impl ReplMetrics {
             catch_ups: Counter::default(),
             caught_up_sessions: Counter::default(),
             below_quorum_writes: Counter::default(),
+            not_owner: Counter::default(),
         };
         m.with_registry(|reg| {
             for (name, help, c) in [
@@ -91,6 +94,7 @@ impl ReplMetrics {
                 ("replication_catch_ups", "Catch-ups with the majority after a lapsed lease", &r.catch_ups),
                 ("replication_caught_up_sessions", "Sessions a catch-up changed (taken over or removed elsewhere)", &r.caught_up_sessions),
                 ("replication_below_quorum_writes", "Sync writes that reached fewer copies than a majority (503)", &r.below_quorum_writes),
+                ("replication_not_owner", "Copies claiming a newer ownership from a node that is not their owner (dropped)", &r.not_owner),
             ] {
                 reg.register(name, help, c.clone());
             }

@@ -243,14 +243,38 @@ impl Replicator {
         }
     }
 
-    /// The receiving side: applies a batch in order; returns the sessions that need a full
-    /// copy (gaps), and this node's copies of those whose change it fenced.
-    pub fn apply_batch(&self, changes: &[Arc<Change>]) -> (Vec<u128>, Vec<FullSession>) {
+    /// The receiving side: applies a batch from `sender` (the route its connection's
+    /// `Hello` named) in order; returns the sessions that need a full copy (gaps), and this
+    /// node's copies of those whose change it fenced.
+    pub fn apply_batch(
+        &self,
+        changes: &[Arc<Change>],
+        sender: Option<&str>,
+    ) -> (Vec<u128>, Vec<FullSession>) {
         let now = Instant::now();
         let mut need_full = Vec::new();
         let mut fenced = Vec::new();
         for c in changes {
             self.metrics.received(c).inc();
+            if let Change::Full(f) = &**c {
+                // A node announces only its own ownership: a whole copy that names another
+                // owner at a newer epoch than the one held here claims what its sender
+                // cannot have won (SPEC 4.9). A hand-on of a copy (no copy here) passes.
+                let foreign = sender.is_none_or(|s| s != f.owner);
+                if foreign
+                    && self
+                        .store
+                        .held_epoch(Key(f.key))
+                        .is_some_and(|e| e < f.epoch)
+                {
+                    self.metrics.not_owner.inc();
+                    tracing::warn!(
+                        session = %Key(f.key).base(), sender = sender.unwrap_or("-"), owner = %f.owner,
+                        "a copy claiming a newer ownership from a node that is not its owner: dropped"
+                    );
+                    continue;
+                }
+            }
             match self.store.apply_remote(c, now) {
                 Remote::Applied | Remote::Stale => {}
                 Remote::Gap => {

@@ -64,6 +64,11 @@ impl SessionStore {
         })
     }
 
+    /// The epoch of the copy held, if any.
+    pub fn held_epoch(&self, key: Key) -> Option<u64> {
+        self.map.get(&key).map(|s| s.epoch)
+    }
+
     /// This node's tag for the epochs it mints.
     pub fn epoch_tag(&self) -> u64 {
         self.tag
