@@ -8,7 +8,6 @@
 //! Run: `cargo bench --bench chaos` (env: ROUNDS, CLIENTS (6), ONLY=delta-sync|...).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../tests/chaos/harness.rs"]
 mod harness;
