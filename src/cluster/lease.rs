@@ -98,9 +98,6 @@ impl Lease {
     /// The lease the answered pings give now, if a majority answered.
     fn earned(&self, now: Instant) -> Option<Instant> {
         let need = self.quorum().saturating_sub(1);
-        if need == 0 {
-            return Some(now + self.duration);
-        }
         let live: HashSet<u64> = self
             .membership
             .infos()
@@ -108,13 +105,12 @@ impl Lease {
             .filter(|i| i.state != State::Leaving)
             .map(|i| i.node_id)
             .collect();
-        let mut sent: Vec<Instant> = {
+        let sent: Vec<Instant> = {
             let mut p = self.pongs.lock().unwrap_or_else(|e| e.into_inner());
             p.retain(|id, _| live.contains(id));
             p.values().copied().collect()
         };
-        sent.sort_unstable_by(|a, b| b.cmp(a));
-        sent.get(need - 1).map(|t| *t + self.duration)
+        lease_from(sent, need, now, self.duration)
     }
 
     /// Pings every member each `frequency` and renews the lease from the answers; after a
@@ -227,14 +223,44 @@ impl Lease {
     }
 }
 
+/// The lease `need` other members' answers give: `duration` from the send time of the
+/// `need`-th most recent one (this node alone: from `now`); `None` if fewer answered.
+fn lease_from(
+    mut sent: Vec<Instant>,
+    need: usize,
+    now: Instant,
+    duration: Duration,
+) -> Option<Instant> {
+    if need == 0 {
+        return Some(now + duration);
+    }
+    sent.sort_unstable_by(|a, b| b.cmp(a));
+    sent.get(need - 1).map(|t| *t + duration)
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn majorities() {
-        // size -> quorum: a majority, so two majorities always share a node.
-        for (size, q) in [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
-            assert_eq!(size / 2 + 1, q);
-            assert!(2 * q > size);
-        }
+    fn the_lease_runs_from_the_oldest_answer_a_majority_needs() {
+        let t0 = Instant::now();
+        let d = Duration::from_millis(600);
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Alone (a cluster of one): always from now.
+        assert_eq!(lease_from(vec![], 0, ms(5), d), Some(ms(5) + d));
+        // Three nodes: one other answer is enough, the freshest counts.
+        assert_eq!(
+            lease_from(vec![ms(10), ms(300)], 1, ms(400), d),
+            Some(ms(300) + d)
+        );
+        // Five nodes: two others; the second freshest bounds it (a stale one cannot
+        // stretch it).
+        assert_eq!(
+            lease_from(vec![ms(10), ms(300), ms(200)], 2, ms(400), d),
+            Some(ms(200) + d)
+        );
+        // Too few answers: no lease at all.
+        assert_eq!(lease_from(vec![ms(300)], 2, ms(400), d), None);
     }
 }

@@ -493,10 +493,7 @@ async fn backend_route(
     } else if path == "/count" {
         // A visit counter kept only in the session: `n` goes up by one per request.
         let h = req.headers();
-        let attrs: serde_json::Value = h
-            .get("x-session")
-            .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-            .unwrap_or(serde_json::json!({}));
+        let attrs = session_attrs(h);
         let n = attrs["n"].as_u64().unwrap_or(0) + 1;
         let body = serde_json::json!({
             "n": n,
@@ -514,10 +511,7 @@ async fn backend_route(
         // at once (a client's timed-out request still running) never clobber each other;
         // the body lists the writes the backend saw, before this one.
         let h = req.headers();
-        let attrs: serde_json::Value = h
-            .get("x-session")
-            .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-            .unwrap_or(serde_json::json!({}));
+        let attrs = session_attrs(h);
         let seen: Vec<&str> = attrs
             .as_object()
             .map(|m| m.keys().filter_map(|k| k.strip_prefix('k')).collect())
@@ -564,6 +558,13 @@ async fn backend_route(
     resp.headers_mut()
         .insert("x-backend", name.parse().unwrap());
     resp
+}
+
+/// The `X-Session` attributes a backend got (`{}` without a session).
+fn session_attrs(h: &HeaderMap) -> serde_json::Value {
+    h.get("x-session")
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+        .unwrap_or(serde_json::json!({}))
 }
 
 /// Reflect mode (request header `x-reflect`): every request header `x-reply-NAME: V`

@@ -49,19 +49,39 @@ impl SessionStore {
         }
         let promised = s.promise(now);
         if *s.owner != *self.route || promised > s.epoch {
-            s.owner = self.route.clone();
-            s.epoch = epoch::next(s.epoch.max(promised), self.tag);
-            s.promised = 0;
-            s.version += 1;
-            s.last_access = now;
-            s.last_replicated = now;
-            emit(Change::Full(s.full(key, now)));
+            let at = epoch::next(s.epoch.max(promised), self.tag);
+            let version = s.version + 1;
+            return Some(self.become_owner(&mut s, key, at, version, now, emit));
         }
         Some(Found {
             owner: s.owner.clone(),
             epoch: s.epoch,
             rendered: s.rendered.clone(),
         })
+    }
+
+    /// Makes `s` this node's at (`at`, `version`) and emits it whole (a takeover).
+    fn become_owner(
+        &self,
+        s: &mut Session,
+        key: Key,
+        at: u64,
+        version: u64,
+        now: Instant,
+        emit: Emit,
+    ) -> Found {
+        s.owner = self.route.clone();
+        s.epoch = at;
+        s.promised = 0;
+        s.version = version;
+        s.last_access = now;
+        s.last_replicated = now;
+        emit(Change::Full(s.full(key, now)));
+        Found {
+            owner: s.owner.clone(),
+            epoch: s.epoch,
+            rendered: s.rendered.clone(),
+        }
     }
 
     /// The epoch of the copy held, if any.
@@ -151,18 +171,7 @@ impl SessionStore {
             }
         }
         let mut s = self.map.get_mut(&key)?;
-        s.owner = self.route.clone();
-        s.epoch = at;
-        s.promised = 0;
-        s.version = newest.version + 1;
-        s.last_access = now;
-        s.last_replicated = now;
-        emit(Change::Full(s.full(key, now)));
-        Some(Found {
-            owner: s.owner.clone(),
-            epoch: s.epoch,
-            rendered: s.rendered.clone(),
-        })
+        Some(self.become_owner(&mut s, key, at, newest.version + 1, now, emit))
     }
 
     /// Forgets a promise that did not lead to an installed claim, so the session can be

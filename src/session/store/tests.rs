@@ -237,9 +237,9 @@ fn a_write_planned_at_another_epoch_is_refused_and_changes_nothing() {
     );
 }
 
-#[test]
-fn a_promise_fences_the_old_owner_and_the_claim_takes_the_newest_copy() {
-    // owner "t" (the test store's route) created a session; a replica holds it.
+/// The owner ("n1") created a session {"n": 1}; a voter ("v") and a claimant ("c") hold
+/// copies of it.
+fn owner_voter_claimant() -> (SessionStore, SessionStore, SessionStore, String, Instant) {
     let owner = store(65536, 0);
     let t0 = Instant::now();
     let mut changes = Vec::new();
@@ -248,13 +248,19 @@ fn a_promise_fences_the_old_owner_and_the_claim_takes_the_newest_copy() {
             .apply(None, &set(json!({"n": 1})), t0, &mut |c| changes.push(c))
             .unwrap(),
     );
-    let k = key(&b);
     let voter = SessionStore::new("v", limits(65536, 0), &Metrics::new());
     let claimant = SessionStore::new("c", limits(65536, 0), &Metrics::new());
     for c in &changes {
         assert_eq!(voter.apply_remote(c, t0), Remote::Applied);
         assert_eq!(claimant.apply_remote(c, t0), Remote::Applied);
     }
+    (owner, voter, claimant, b, t0)
+}
+
+#[test]
+fn a_promise_fences_the_old_owner_and_the_claim_takes_the_newest_copy() {
+    let (owner, voter, claimant, b, t0) = owner_voter_claimant();
+    let k = key(&b);
     // The owner writes n=2; only the voter gets it (the claimant was cut off).
     let mut late = Vec::new();
     owner
@@ -306,21 +312,8 @@ fn a_promise_fences_the_old_owner_and_the_claim_takes_the_newest_copy() {
 
 #[test]
 fn a_session_removed_at_a_voter_is_not_brought_back_by_a_claim() {
-    let owner = store(65536, 0);
-    let t0 = Instant::now();
-    let mut changes = Vec::new();
-    let b = base_of(
-        &owner
-            .apply(None, &set(json!({"n": 1})), t0, &mut |c| changes.push(c))
-            .unwrap(),
-    );
+    let (owner, voter, claimant, b, t0) = owner_voter_claimant();
     let k = key(&b);
-    let voter = SessionStore::new("v", limits(65536, 0), &Metrics::new());
-    let claimant = SessionStore::new("c", limits(65536, 0), &Metrics::new());
-    for c in &changes {
-        voter.apply_remote(c, t0);
-        claimant.apply_remote(c, t0);
-    }
     let inv = Directives {
         invalidate: true,
         ..Default::default()
