@@ -114,7 +114,7 @@ impl Proxy {
 
     /// Sends the request to the member that owns its session; the member's response is the
     /// client's. `Unsent`: nothing reached the member. A member that does not answer is
-    /// verified after `verify_timeout`: if it is dead (a stopped process still accepts
+    /// verified after half of `verify_timeout`: if it is dead (a stopped process still accepts
     /// connections), the forward is abandoned (`OwnerDied`). The caller removes the hop
     /// marker this adds.
     async fn forward(
@@ -134,7 +134,10 @@ impl Proxy {
             let Some(c) = self.sessions.cluster() else {
                 return std::future::pending().await;
             };
-            tokio::time::sleep(c.verify_timeout()).await;
+            // Half the verify timeout, then a ping (at most the other half and a bit): a
+            // stopped owner is found within about verify_timeout, inside a client's own
+            // timeout, so the forward fails over instead of the client giving up.
+            tokio::time::sleep(c.verify_timeout() / 2).await;
             if c.verify(to.node_id).await {
                 // Alive, only slow: let the forward run to its own timeout.
                 std::future::pending::<()>().await;
