@@ -87,6 +87,8 @@ pub struct Replicator {
     ack_timeout: Duration,
     /// The majority and this node's lease (SPEC 4.9).
     pub lease: Arc<Lease>,
+    /// An audit after a member came back is scheduled or running (backup manager).
+    auditing: std::sync::atomic::AtomicBool,
     /// Sessions this node is claiming now, one claim each at a time.
     claiming: dashmap::DashMap<u128, Arc<tokio::sync::Mutex<()>>>,
     peers: RwLock<HashMap<u64, PeerHandle>>,
@@ -116,6 +118,7 @@ impl Replicator {
             ack_timeout,
             lease,
             claiming: dashmap::DashMap::new(),
+            auditing: std::sync::atomic::AtomicBool::new(false),
             peers: RwLock::new(HashMap::new()),
             metrics: ReplMetrics::register(metrics),
             tasks,

@@ -1,7 +1,7 @@
 //! The replicator's peers: one task per member, kept in step with membership events, and
 //! the resync of a member that was dropped while alive and comes back.
 
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +37,7 @@ impl Replicator {
                     self.add_peer(&info, &shutdown);
                     if !known.insert(info.node_id) {
                         self.resync(&info);
+                        self.audit_later();
                     }
                 }
                 Ok(MemberEvent::Changed(info)) => self.add_peer(&info, &shutdown),
@@ -69,6 +70,22 @@ impl Replicator {
         for id in ids {
             self.remove_peer(id);
         }
+    }
+
+    /// BackupManager: a member came back after being dropped, so copies may be stale or
+    /// misplaced anywhere (a backup replaced while it was away, a copy handed on before the
+    /// vote). Once the returning node had time to catch up (a lease), this node compares
+    /// its copies with the members too and drops what it no longer backs up. One at a time.
+    fn audit_later(self: &Arc<Self>) {
+        if self.manager != Manager::Backup || self.auditing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let rep = self.clone();
+        self.tasks.spawn_until_stopped(async move {
+            tokio::time::sleep(rep.lease.duration * 2).await;
+            rep.catch_up().await;
+            rep.auditing.store(false, Ordering::Release);
+        });
     }
 
     fn add_peer(self: &Arc<Self>, info: &NodeInfo, shutdown: &CancellationToken) {

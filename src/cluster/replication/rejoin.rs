@@ -79,7 +79,7 @@ impl Replicator {
         }
         tracing::info!(
             sessions = digest.len(), changed, answered, ok, took = ?started.elapsed(),
-            "caught up with the members after a lapsed lease"
+            "compared copies with the members (catch-up or audit)"
         );
         ok
     }
