@@ -237,6 +237,13 @@ async fn header_hygiene_strips_session_and_connection_listed_headers() {
         .header("proxy-authorization", "Basic Zm9v")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-proto", "https")
+        // CGI/WSGI/PHP read `_` as `-`: these would become HTTP_X_SESSION and friends.
+        .header("X_Session", "{\"user\":\"admin\"}")
+        .header("x_session_id", "FORGED")
+        .header("X-Session_Node", "evil")
+        .header("x_forwarded_for", "6.6.6.6")
+        .header("X_Caracal_Hop", "1 n2")
+        .header("x_kept_too", "yes")
         .header("x-kept", "yes")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
@@ -249,10 +256,16 @@ async fn header_hygiene_strips_session_and_connection_listed_headers() {
         "x-private",
         "proxy-authorization",
         "connection",
+        "x_session",
+        "x_session_id",
+        "x-session_node",
+        "x_forwarded_for",
+        "x_caracal_hop",
     ] {
         assert!(h.get(gone).is_none(), "{gone} reached the backend: {h}");
     }
     assert_eq!(h["x-kept"][0], "yes");
+    assert_eq!(h["x_kept_too"][0], "yes", "other underscored names pass");
     // Not from a trusted proxy: the client's chain is replaced by the real peer.
     assert_eq!(h["x-forwarded-for"][0], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"][0], "http");

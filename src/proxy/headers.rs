@@ -3,7 +3,10 @@
 //! - every header whose name starts with the session prefix (`X-Session`) is removed, so a
 //!   client can never forge session data and a backend's directives never reach a client;
 //! - `X-Forwarded-For` / `-Proto` / `-Host` are set, keeping client-supplied values only
-//!   when the peer is a configured trusted proxy.
+//!   when the peer is a configured trusted proxy;
+//! - a client header with `_` in its name that reads, with `_` as `-`, as one of those
+//!   (`X_Session`, `X_Forwarded_For`, `X_Caracal_Hop`) is removed: CGI, WSGI and PHP
+//!   backends map both to `HTTP_X_SESSION`, so it would forge what the strip protects.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -94,9 +97,12 @@ impl Hygiene {
     ) -> Option<HeaderValue> {
         let upgrade = upgrade_requested(headers);
         strip_hop_by_hop(headers);
-        let (prefixed, forwarded) = scan(headers, &self.prefix);
+        let (prefixed, forwarded, underscored) = scan(headers, &self.prefix);
         if prefixed {
             strip_prefixed(headers, &self.prefix);
+        }
+        if underscored {
+            strip_underscored(headers, &self.prefix);
         }
 
         // A cluster member forwarding a request is a proxy of ours.
@@ -224,12 +230,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// One pass over the names: does any start with `prefix`, which `X-Forwarded-*` are there.
-fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8) {
+/// One pass over the names: does any start with `prefix`, which `X-Forwarded-*` are there,
+/// does any contain `_`.
+fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8, bool) {
     let mut prefixed = false;
     let mut forwarded = 0;
+    let mut underscored = false;
     for name in headers.keys() {
         let n = name.as_str();
+        underscored |= n.as_bytes().contains(&b'_');
         if let Some(rest) = n.strip_prefix("x-forwarded-") {
             forwarded |= match rest {
                 "for" => XFF,
@@ -240,7 +249,28 @@ fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8) {
         }
         prefixed |= n.starts_with(prefix);
     }
-    (prefixed, forwarded)
+    (prefixed, forwarded, underscored)
+}
+
+/// Removes every header whose name, with `_` read as `-`, is one this hop protects: the
+/// session prefix, `X-Forwarded-*`, the hop marker (#20, finding 3).
+fn strip_underscored(headers: &mut HeaderMap, prefix: &str) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let n = k.as_str();
+            n.contains('_') && {
+                let dashed = n.replace('_', "-");
+                dashed.starts_with(prefix)
+                    || dashed.starts_with("x-forwarded-")
+                    || dashed == "x-caracal-hop"
+            }
+        })
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
 }
 
 /// Removes every header whose (lower-case) name starts with `prefix`.
