@@ -367,6 +367,40 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
     assert_eq!(b.hits(), 1, "the smuggled request reached the backend");
 }
 
+/// h2c is on by default: a connection that sends `P`, part of the preface, or the whole
+/// preface and no SETTINGS is closed by the header timeout too (#20, finding 2), so such
+/// sockets cannot hold the `max_connections` permits; a real request still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_sniff_or_handshake_that_stalls_is_closed_by_the_header_timeout() {
+    let b = TestBackend::start("b").await;
+    let extra = "[http]\nlisten = [\"127.0.0.1:0\"]\nheader_read_timeout = \"500ms\"\nmax_connections = 3\n";
+    let node = Node::start(&conf("n1", &[b.url()], extra)).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let stalls: [&[u8]; 3] = [b"P", &preface[..16], preface];
+    let t = Instant::now();
+    let mut held = Vec::new();
+    for bytes in stalls {
+        let mut s = TcpStream::connect(node.http).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        held.push(s);
+    }
+    for (i, mut s) in held.into_iter().enumerate() {
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "stalled connection {i} still open after 5s");
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "closed too early"
+    );
+    // The three permits are free again: a client gets served.
+    let r = tokio::time::timeout(Duration::from_secs(5), http(node.http, get("/")))
+        .await
+        .expect("a client was shut out");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(b.hits(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_request_is_closed_by_the_header_timeout() {
     let b = TestBackend::start("b").await;

@@ -8,6 +8,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -236,25 +237,69 @@ impl Frontend {
                 // boxed, a move copies a pointer, not the kilobytes of the request's state
                 // (4-5% fewer instructions per HTTP/2 request; for HTTP/1, where the future
                 // stays in its connection, the allocation costs more than it saves).
+                let (started, handle) = first_request(handle);
                 let svc = service_fn(move |req| Box::pin(handle(req)));
                 let conn = self.http2.serve_connection(io, svc);
-                drive(conn, shutdown, |c| c.graceful_shutdown())
+                let served = drive(conn, shutdown, |c| c.graceful_shutdown());
+                self.until_first_request(served, &started, peer)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map(|_| ())
             }
             Protocol::Sniff => {
+                let (started, handle) = first_request(handle);
                 let conn = self
                     .auto
                     .serve_connection_with_upgrades(io, service_fn(handle));
-                drive(conn, shutdown, |c| c.graceful_shutdown())
+                let served = drive(conn, shutdown, |c| c.graceful_shutdown());
+                self.until_first_request(served, &started, peer)
                     .await
-                    .map_err(|e| e.to_string())
+                    .map(|_| ())
             }
         };
         if let Err(e) = result {
             tracing::debug!(%peer, error = %e, "client connection ended with an error");
         }
     }
+}
+
+impl Frontend {
+    /// An HTTP/2 (or still sniffed) connection must bring its first request within the
+    /// handshake timeout (`header_read_timeout`): hyper's `header_read_timeout` covers
+    /// HTTP/1 heads only, so a client that sent `P`, part of the preface, or the preface
+    /// and no SETTINGS, held its connection (and a `max_connections` permit) forever
+    /// (#20, finding 2). Once a request began, the connection runs on its own timeouts.
+    async fn until_first_request<T, E: std::fmt::Display>(
+        &self,
+        served: impl std::future::Future<Output = Result<T, E>>,
+        started: &AtomicBool,
+        peer: SocketAddr,
+    ) -> Result<Option<T>, String> {
+        let deadline = async {
+            tokio::time::sleep(self.handshake_timeout).await;
+            if started.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            r = served => r.map(Some).map_err(|e| e.to_string()),
+            _ = deadline => {
+                tracing::debug!(%peer, "no request within the handshake timeout: connection closed");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Wraps a connection's request handler so the connection knows a request began.
+fn first_request<R, O>(
+    handle: impl Fn(R) -> O + Clone,
+) -> (Arc<AtomicBool>, impl Fn(R) -> O + Clone) {
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    (started, move |req| {
+        flag.store(true, Ordering::Release);
+        handle(req)
+    })
 }
 
 /// The protocol of a plain connection that may speak h2c with prior knowledge, from its
