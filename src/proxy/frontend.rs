@@ -241,7 +241,9 @@ impl Frontend {
                 let svc = service_fn(move |req| Box::pin(handle(req)));
                 let conn = self.http2.serve_connection(io, svc);
                 let served = drive(conn, shutdown, |c| c.graceful_shutdown());
-                self.until_first_request(served, &started, peer)
+                // Boxed: the HTTP/1 connection's future (the common one) stays as small
+                // as it was; this is one allocation per HTTP/2 connection.
+                Box::pin(self.until_first_request(served, &started, peer))
                     .await
                     .map(|_| ())
             }
@@ -251,7 +253,7 @@ impl Frontend {
                     .auto
                     .serve_connection_with_upgrades(io, service_fn(handle));
                 let served = drive(conn, shutdown, |c| c.graceful_shutdown());
-                self.until_first_request(served, &started, peer)
+                Box::pin(self.until_first_request(served, &started, peer))
                     .await
                     .map(|_| ())
             }

@@ -236,13 +236,9 @@ fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8, bool) {
     let mut prefixed = false;
     let mut forwarded = 0;
     let mut underscored = false;
-    let p0 = prefix.as_bytes().first().copied().unwrap_or(b'x');
     for name in headers.keys() {
         let n = name.as_str();
-        // Every protected name starts with `x`, the prefix's first byte, or `_` read as `-`.
-        let first = n.as_bytes().first().copied().unwrap_or(0);
-        underscored |=
-            (first == b'x' || first == p0 || first == b'_') && n.as_bytes().contains(&b'_');
+        underscored |= n.as_bytes().contains(&b'_');
         if let Some(rest) = n.strip_prefix("x-forwarded-") {
             forwarded |= match rest {
                 "for" => XFF,
