@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use super::config::PartitionHandling;
 use super::membership::Membership;
-use crate::lifecycle::State;
 use crate::tasks::Tasks;
 
 pub struct Lease {
@@ -100,9 +99,8 @@ impl Lease {
         let need = self.quorum().saturating_sub(1);
         let live: HashSet<u64> = self
             .membership
-            .infos()
+            .live()
             .into_iter()
-            .filter(|i| i.state != State::Leaving)
             .map(|i| i.node_id)
             .collect();
         let sent: Vec<Instant> = {
@@ -170,10 +168,7 @@ impl Lease {
     }
 
     fn ping_all(self: &Arc<Self>, tasks: &Tasks) {
-        for info in self.membership.infos() {
-            if info.state == State::Leaving {
-                continue;
-            }
+        for info in self.membership.live() {
             if !self
                 .in_flight
                 .lock()

@@ -306,6 +306,16 @@ impl Membership {
         self.table().values().map(|m| m.info.clone()).collect()
     }
 
+    /// The other members that have not announced `leaving`: those that count for a
+    /// majority, vote, answer digests and hold copies.
+    pub fn live(&self) -> Vec<NodeInfo> {
+        self.table()
+            .values()
+            .filter(|m| m.info.state != State::Leaving)
+            .map(|m| m.info.clone())
+            .collect()
+    }
+
     /// Verifies a member now (a failed send or forward), unless already under way.
     pub fn suspect(self: &Arc<Self>, node_id: u64) {
         let target = {

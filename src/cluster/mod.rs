@@ -16,8 +16,8 @@
 //!
 //! [`Cluster`] is all that the layers above use: `start`, `join` (the join window of a
 //! starting node), `state_transfer`, `announce`, and the named questions of the sticky
-//! layer (`replicate`, `settle`, `members`, `verify`, `is_member_at`) and of the admin
-//! endpoints.
+//! layer (`replicate`, `settle`, `has_lease`, `claim`, `members`, `verify`,
+//! `is_member_at`) and of the admin endpoints (`quorum`, `member_table`).
 
 mod config;
 mod error;

@@ -166,12 +166,8 @@ impl Replicator {
             .min(PROMISE_TTL / 2)
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let voters: Vec<_> = self
-            .membership
-            .infos()
-            .into_iter()
-            .filter(|i| i.jvm_route != owner && i.state != State::Leaving)
-            .collect();
+        let mut voters = self.membership.live();
+        voters.retain(|i| i.jvm_route != owner);
         let answers = join_all(
             voters
                 .iter()

@@ -9,7 +9,6 @@ use super::Replicator;
 use crate::cluster::config::{Manager, PartitionHandling};
 use crate::cluster::membership::Membership;
 use crate::cluster::routing::backup;
-use crate::lifecycle::State;
 use crate::session::{Change, Key};
 
 impl Replicator {
@@ -26,13 +25,8 @@ impl Replicator {
             return;
         }
         let mut events = self.membership.subscribe();
-        let routes = |m: &Membership| -> Vec<String> {
-            m.infos()
-                .into_iter()
-                .filter(|i| i.state != State::Leaving)
-                .map(|i| i.jvm_route)
-                .collect()
-        };
+        let routes =
+            |m: &Membership| -> Vec<String> { m.live().into_iter().map(|i| i.jvm_route).collect() };
         let mut old = routes(&self.membership);
         // A node without a lease does not move copies (it may own nothing any more): the
         // change waits until it caught up and holds one again.
@@ -160,9 +154,8 @@ impl Replicator {
         let me = self.store.route().to_string();
         let live: Vec<String> = self
             .membership
-            .infos()
+            .live()
             .into_iter()
-            .filter(|i| i.state != State::Leaving)
             .map(|i| i.jvm_route)
             .collect();
         let mut dropped = 0;

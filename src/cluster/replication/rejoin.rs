@@ -13,7 +13,6 @@ use futures_util::future::join_all;
 use super::Replicator;
 use crate::cluster::config::Manager;
 use crate::cluster::messages::MeshMessage;
-use crate::lifecycle::State;
 use crate::session::Fresher;
 
 /// Entries per digest frame (24 bytes each on the wire at most).
@@ -25,12 +24,7 @@ impl Replicator {
     /// (this node included) answered all of it.
     pub async fn catch_up(&self) -> bool {
         let digest = self.store.digest();
-        let members: Vec<_> = self
-            .membership
-            .infos()
-            .into_iter()
-            .filter(|i| i.state != State::Leaving)
-            .collect();
+        let members = self.membership.live();
         let limit = self.ack_timeout.max(Duration::from_secs(2));
         let started = Instant::now();
         let results = join_all(members.iter().map(|m| async {

@@ -6,7 +6,8 @@
 //! not from the copy the backend saw.
 //!
 //! Each session carries its owner and an (epoch, version) pair for the cluster (SPEC 4.6):
-//! `version` grows by one per change; `epoch` by one per change of owner.
+//! `version` grows by one per change; `epoch` rises with each change of owner, minted unique
+//! cluster-wide ([`super::epoch`]); a claimant's promise fences older epochs (`claim`).
 //!
 //! Memory: the key is the id's 16 random bytes and the attributes are kept only as their
 //! canonical ASCII JSON (what every request sends to the backend); a write merges its
