@@ -33,14 +33,19 @@ fn browser_request() -> HeaderMap {
 }
 
 fn bench(c: &mut Criterion) {
-    let h = Hygiene::new("X-Session", vec!["10.0.0.0/8".parse().unwrap()]);
+    let h = Hygiene::new(
+        "X-Session",
+        vec!["10.0.0.0/8".parse().unwrap()],
+        vec!["websocket".into()],
+        Some(http::HeaderName::from_static("x-request-id")),
+    );
     let client = ClientInfo::new("192.0.2.10:51234".parse().unwrap(), false);
     let req = browser_request();
     let host = req.get("host").cloned();
     c.bench_function("hygiene/request (8 headers)", |b| {
         b.iter_batched_ref(
             || (req.clone(), Added::with_capacity(7)),
-            |(m, added)| h.request(m, added, &client, host.as_ref(), false),
+            |(m, added)| h.request(m, added, &client, host.as_ref(), false).upgrade,
             BatchSize::SmallInput,
         )
     });
@@ -50,7 +55,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("hygiene/request with forged session headers", |b| {
         b.iter_batched_ref(
             || (forged.clone(), Added::with_capacity(7)),
-            |(m, added)| h.request(m, added, &client, host.as_ref(), false),
+            |(m, added)| h.request(m, added, &client, host.as_ref(), false).upgrade,
             BatchSize::SmallInput,
         )
     });

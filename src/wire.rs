@@ -79,6 +79,18 @@ pub fn untag<'a>(packet: &'a [u8], header: usize, key: Option<&Key>) -> Result<&
     }
 }
 
+/// The HMAC-SHA256 of `data` (the forwarding marker's, #20 finding 7).
+pub fn sign(key: &Key, data: &[u8]) -> [u8; TAG_LEN] {
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(hmac::sign(&key.0, data).as_ref());
+    out
+}
+
+/// Whether `tag` is the HMAC of `data` under `key` (compared in constant time).
+pub fn verify(key: &Key, data: &[u8], tag: &[u8]) -> bool {
+    hmac::verify(&key.0, data, tag).is_ok()
+}
+
 /// Postcard's varint: seven bits per byte, lowest first, the high bit set on all but the
 /// last byte.
 pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {

@@ -97,7 +97,8 @@ fn conf_every(
 ) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"2s\"\n\
-         [http]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [http]\nlisten = [\"127.0.0.1:0\"]\nupgrades = [\"websocket\", \"echo\"]\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [backends]\nservers = [\"http://{backend}\"]\n\
          [cluster]\nenabled = true\n\
          [cluster.membership]\nport = {port}\ndomain = \"{domain}\"\nfrequency = \"{frequency}\"\n\

@@ -217,6 +217,7 @@ async fn set_remove_and_max_inactive_directives() {
     let r = http(
         node.http,
         http::Request::get("/")
+            .header("host", "h")
             .header("x-reflect", "1")
             .header("cookie", &cookie)
             .header("x-reply-x-session-set", r#"{"x":1,"y":1}"#)

@@ -415,7 +415,16 @@ async fn conflicting_lengths_from_a_backend_are_502() {
     .await;
     let r = http(node.http, get("/")).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
-    assert!(r.text().contains("Content-Length"), "{}", r.text());
+    // The client gets the generic reason; the log line, under its request id, the detail.
+    let id = r.header("x-request-id").unwrap_or("-").to_string();
+    assert!(
+        node.wait_log(&id, Duration::from_secs(5)).await,
+        "{}",
+        r.text()
+    );
+    let log = node.log_text();
+    let line = log.lines().find(|l| l.contains(&id)).unwrap_or_default();
+    assert!(line.contains("Content-Length"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,6 +311,11 @@ impl Cluster {
         self.membership.check_now(node_id).await
     }
 
+    /// `[cluster] key`: it also authenticates the forwarding marker (#20, finding 7).
+    pub fn key(&self) -> Option<&crate::wire::Key> {
+        self.membership.link.key()
+    }
+
     /// How long a verification may take (`verify_timeout`).
     pub fn verify_timeout(&self) -> Duration {
         self.membership.link.verify_timeout

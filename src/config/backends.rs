@@ -83,6 +83,8 @@ pub(super) fn validate(b: &RawBackends, src: &Source) -> Result<BackendsConfig, 
         max_idle_per_server: b.max_idle_per_server,
         retries: b.retries,
         fail_timeout: b.fail_timeout.0,
+        // Set with the session limits (config::validate).
+        max_response_head: crate::proxy::DEFAULT_MAX_HEAD,
         health: HealthConfig {
             enabled: h.enabled,
             path: h.path.clone(),

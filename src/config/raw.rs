@@ -63,6 +63,10 @@ pub struct RawHttp {
     pub max_headers: usize,
     pub h2c: bool,
     pub trusted_proxies: Vec<String>,
+    /// Request id header ("" for none).
+    pub request_id_header: String,
+    /// `Upgrade` protocols passed to backends.
+    pub upgrades: Vec<String>,
 }
 
 impl Default for RawHttp {
@@ -75,6 +79,8 @@ impl Default for RawHttp {
             max_headers: 100,
             h2c: true,
             trusted_proxies: Vec::new(),
+            request_id_header: "X-Request-Id".into(),
+            upgrades: vec!["websocket".into()],
         }
     }
 }

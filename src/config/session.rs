@@ -6,6 +6,9 @@ use super::ConfigError;
 use crate::session::{CookieConfig, ReplicationConfig, SecureMode, SessionConfig, StaticFilter};
 
 /// `[session]` and `[replication]`.
+/// Largest `max_session_bytes` accepted.
+const MAX_SESSION_BYTES: usize = 8 * 1024 * 1024;
+
 pub(super) fn validate(
     rs: &RawSession,
     rr: &RawReplication,
@@ -68,6 +71,14 @@ pub(super) fn validate(
         return Err(src.error(
             &key("session.max_session_bytes"),
             "must be at least 2 (\"{}\")",
+        ));
+    }
+    // The whole session travels to the backend in one request header, and a write back in
+    // one response header: past this, no backend's header limit would take it.
+    if rs.max_session_bytes > MAX_SESSION_BYTES {
+        return Err(src.error(
+            &key("session.max_session_bytes"),
+            format!("at most {MAX_SESSION_BYTES} (8 MiB): the session travels in a request header"),
         ));
     }
     let filter = StaticFilter::new(&rr.filter).map_err(|e| {

@@ -46,6 +46,38 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
     if raw.http.max_headers == 0 {
         return Err(src.error(&key("http.max_headers"), "must be at least 1"));
     }
+    let request_id_header = if raw.http.request_id_header.is_empty() {
+        None
+    } else {
+        match http::HeaderName::from_bytes(raw.http.request_id_header.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                return Err(src.error(
+                    &key("http.request_id_header"),
+                    "not a valid header name (\"\" turns it off)",
+                ))
+            }
+        }
+    };
+    let mut upgrades = Vec::new();
+    for (i, u) in raw.http.upgrades.iter().enumerate() {
+        let ok = !u.is_empty()
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b));
+        if !ok {
+            return Err(src.error(
+                &key_idx("http.upgrades", i),
+                format!("{u:?} is not a protocol token, e.g. \"websocket\""),
+            ));
+        }
+        if u.eq_ignore_ascii_case("h2c") {
+            return Err(src.error(
+                &key_idx("http.upgrades", i),
+                "h2c cannot be passed: it would tunnel requests past the header hygiene",
+            ));
+        }
+        upgrades.push(u.to_ascii_lowercase());
+    }
     let mut trusted = Vec::new();
     for (i, s) in raw.http.trusted_proxies.iter().enumerate() {
         let net = s
@@ -106,6 +138,10 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         return Err(src.error(&key("http.header_read_timeout"), "must be greater than 0"));
     }
     let (session, replication) = super::session::validate(&raw.session, &raw.replication, src)?;
+    let mut backends = backends;
+    // A session write travels in a response header: what max_session_bytes allows must fit
+    // (JSON escaping can double it), with room for the response's other headers.
+    backends.max_response_head = 64 * 1024 + 2 * session.max_session_bytes;
     let cluster = super::cluster::validate(&raw.cluster, src)?;
 
     Ok(Config {
@@ -122,6 +158,8 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             max_headers: raw.http.max_headers,
             h2c: raw.http.h2c,
             trusted_proxies: trusted,
+            request_id_header,
+            upgrades,
         },
         https,
         admin: AdminConfig {

@@ -1,8 +1,10 @@
 //! Errors of the request path, each knowing whose fault it is and what the client gets.
 //!
-//! `Display` is the full detail, for the log (backend addresses, I/O errors);
-//! [`ProxyError::client_text`] is what the response body says: the reason, without the
-//! proxy's internals (as neon's proxy keeps `UserFacingError` apart from its logs).
+//! `Display` is the full detail, for the log (backend addresses, member routes, I/O
+//! errors); [`ProxyError::client_text`] is what the response body says: a short fixed
+//! reason per kind, never a backend URL or a member's route (#20, finding 9), with the
+//! request id that finds the log line (as neon's proxy keeps `UserFacingError` apart from
+//! its logs).
 
 use std::borrow::Cow;
 
@@ -15,6 +17,9 @@ use crate::session::SessionError;
 /// Whose fault an error is: decides the log level and the status class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
+    /// The client sent something this proxy will not pass on: a 4xx, never a backend's
+    /// failure.
+    Client,
     Backend,
     Proxy,
 }
@@ -47,6 +52,22 @@ pub enum ProxyError {
     /// a takeover, or a write that too few copies hold. The text is the client's.
     #[error("{0}: retry")]
     NoMajority(String),
+    /// The backend answered, but not with anything that can be passed on (a head over
+    /// the limit, a transfer coding the proxy cannot carry): 502, the backend stays up.
+    #[error("backend response refused: {0}")]
+    Refused(Box<Failure>),
+    /// The client's request body broke off or was malformed (SPEC 7): 400.
+    #[error("bad request body: {0}")]
+    ClientBody(String),
+    /// A request this proxy refuses before any backend sees it (SPEC 7): 400.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// CONNECT (a proxy tunnel): 405, and the connection is closed.
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(&'static str),
+    /// The request head is over `max_header_bytes`: 431.
+    #[error("request header fields too large")]
+    HeadTooLarge,
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -56,6 +77,8 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Connect(f) => ProxyError::BackendConnect(f),
             UpstreamError::Failed(f) => ProxyError::BackendFailed(f),
             UpstreamError::Timeout => ProxyError::BackendTimeout,
+            UpstreamError::Refused(f) => ProxyError::Refused(f),
+            UpstreamError::Client(why) => ProxyError::ClientBody(why),
         }
     }
 }
@@ -84,11 +107,19 @@ impl ProxyError {
             ProxyError::Unroutable(_) | ProxyError::SessionMoved | ProxyError::NoMajority(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ProxyError::Refused(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
     pub fn blame(&self) -> Blame {
         match self {
+            ProxyError::ClientBody(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::HeadTooLarge => Blame::Client,
             ProxyError::NoHealthyBackend
             | ProxyError::SessionLimit(_)
             | ProxyError::Internal(_)
@@ -111,33 +142,48 @@ impl ProxyError {
             ProxyError::Unroutable(_) => "unroutable",
             ProxyError::SessionMoved => "session_moved",
             ProxyError::NoMajority(_) => "no_majority",
+            ProxyError::Refused(_) => "backend_response_refused",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::HeadTooLarge => "head_too_large",
         }
     }
 
-    /// What the client is told: the reason (SPEC 3 and 5: the body names the problem),
-    /// without the backend's or member's address, which stays in the log.
-    pub fn client_text(&self) -> Cow<'_, str> {
+    /// What the client is told: a short reason per kind (SPEC 3 and 5: the body names the
+    /// problem), without backend URLs, member routes or I/O details, which stay in the log
+    /// line under the same request id.
+    pub fn client_text(&self) -> Cow<'static, str> {
         match self {
-            ProxyError::BackendConnect(f) => {
-                format!("could not connect to a backend: {}", f.reason).into()
-            }
-            ProxyError::BackendFailed(f) => format!("backend failed: {}", f.reason).into(),
+            ProxyError::NoHealthyBackend => "no healthy backend".into(),
+            ProxyError::BackendConnect(_) => "could not connect to a backend".into(),
+            ProxyError::BackendFailed(_) => "backend failed".into(),
+            ProxyError::BackendTimeout => "backend did not respond in time".into(),
+            // SPEC 5 wants the directive's problem named; it holds no address.
+            ProxyError::BadDirective(_) => self.to_string().into(),
+            ProxyError::Refused(_) => "the backend's response cannot be forwarded".into(),
+            ProxyError::SessionLimit(_) => self.to_string().into(),
             ProxyError::Internal(_) => "internal error".into(),
-            ProxyError::NoHealthyBackend
-            | ProxyError::BackendTimeout
-            | ProxyError::BadDirective(_)
-            | ProxyError::SessionLimit(_)
-            | ProxyError::Unroutable(_)
-            | ProxyError::SessionMoved
-            | ProxyError::NoMajority(_) => self.to_string().into(),
+            ProxyError::Unroutable(_) => "cannot route the session: retry".into(),
+            // Written for the client (never an address or route): SPEC 4.9 wants the reason.
+            ProxyError::SessionMoved | ProxyError::NoMajority(_) => self.to_string().into(),
+            ProxyError::ClientBody(_) => "bad request body".into(),
+            ProxyError::BadRequest(why) => format!("bad request: {why}").into(),
+            ProxyError::MethodNotAllowed(why) => format!("method not allowed: {why}").into(),
+            ProxyError::HeadTooLarge => "request header fields too large".into(),
         }
     }
 
-    /// A short plain-text response naming the reason.
-    pub fn to_response(&self) -> Response<ProxyBody> {
+    /// A short plain-text response naming the reason and the request id (also in its
+    /// `header`, when one is configured).
+    pub fn to_response(
+        &self,
+        request_id: &str,
+        header: Option<&http::HeaderName>,
+    ) -> Response<ProxyBody> {
         let status = self.status();
         let body = format!(
-            "{} {}: {}\n",
+            "{} {}: {} (request id {request_id})\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             self.client_text()
@@ -148,6 +194,17 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let (Some(h), Ok(v)) = (header, HeaderValue::from_str(request_id)) {
+            resp.headers_mut().insert(h.clone(), v);
+        }
+        if matches!(
+            self,
+            ProxyError::MethodNotAllowed(_) | ProxyError::ClientBody(_)
+        ) {
+            // A tunnel request or a broken body leaves the connection in no known state.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
@@ -163,16 +220,15 @@ mod tests {
             "reading the response: connection reset",
         )));
         assert!(e.to_string().contains("10.1.2.3"), "the log has the detail");
-        assert_eq!(
-            e.client_text(),
-            "backend failed: reading the response: connection reset"
-        );
+        assert_eq!(e.client_text(), "backend failed");
         let e = ProxyError::from(UpstreamError::Connect(Failure::new(
             "http://10.1.2.3:9001",
             "connect failed: refused",
         )));
         assert!(!e.client_text().contains("10.1.2.3"));
-        assert!(e.client_text().contains("refused"));
-        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        let e = ProxyError::Unroutable("the session's owner node2 cannot be reached".into());
+        assert!(!e.client_text().contains("node2"), "no member route");
+        let r = e.to_response("abc123", None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -8,6 +8,7 @@ use http::{HeaderValue, Response, Version};
 use super::body::{ProxyBody, UpBody};
 use super::error::ProxyError;
 use super::headers::{Added, ClientInfo};
+use super::hop::{self, HOP};
 use super::sticky::Plan;
 use super::upstream::{self, Failure, SendError};
 use super::{Proxy, ToBackend};
@@ -57,7 +58,9 @@ impl Proxy {
                     // turns out dead after the request reached it.
                     let replayable = upstream::is_idempotent(&parts.method)
                         && http_body::Body::is_end_stream(&body);
-                    let outcome = self.forward(&mut parts, &added, &mut body, &to, hop).await;
+                    let outcome = self
+                        .forward(&mut parts, &added, &mut body, &to, hop, tls)
+                        .await;
                     parts.headers.remove(HOP);
                     match outcome {
                         Ok(resp) => return Ok(Routed::Served(resp)),
@@ -96,20 +99,21 @@ impl Proxy {
         }))
     }
 
-    /// The hop count of a request forwarded by a member, if the marker is genuine: it
-    /// names a member whose announced HTTP address has the peer's IP.
-    pub(super) fn hops_from_member(
+    /// The hop count of a request forwarded by a member and whether its client came over
+    /// TLS, if the marker is genuine: it names a member whose announced HTTP address has
+    /// the peer's IP and, with a `[cluster] key`, it is signed for this request.
+    pub(super) fn hop_from_member<B>(
         &self,
         marker: Option<HeaderValue>,
         client: &ClientInfo,
-    ) -> Option<u8> {
+        req: &http::Request<B>,
+    ) -> Option<(u8, bool)> {
         let marker = marker?;
-        let v = marker.to_str().ok()?;
-        let (n, route) = v.split_once(' ')?;
-        let n: u8 = n.parse().ok()?;
         let c = self.sessions.cluster()?;
-        c.is_member_at(route, client.peer.ip().to_canonical())
-            .then_some(n)
+        let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let hop = hop::decode(&marker, c.key(), req.method(), target)?;
+        c.is_member_at(hop.route, client.peer.ip().to_canonical())
+            .then_some((hop.hops, hop.tls))
     }
 
     /// Sends the request to the member that owns its session; the member's response is the
@@ -124,9 +128,16 @@ impl Proxy {
         body: &mut UpBody,
         to: &NodeInfo,
         hop: u8,
+        tls: bool,
     ) -> Result<Response<ProxyBody>, Forward> {
-        let marker = format!("{hop} {}", self.sessions.store.route());
-        if let Ok(v) = HeaderValue::from_str(&marker) {
+        let key = self.sessions.cluster().and_then(|c| c.key());
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let marker = hop::Hop {
+            hops: hop,
+            route: self.sessions.store.route(),
+            tls,
+        };
+        if let Some(v) = hop::encode(marker, key, &parts.method, target) {
             parts.headers.insert(HOP, v);
         }
         let send = self.upstream.send_to_peer(to.http_addr, parts, added, body);
@@ -159,6 +170,12 @@ impl Proxy {
                 self.hygiene.response(&mut head.headers, false);
                 Ok(Response::from_parts(head, ProxyBody::Upstream(body)))
             }
+            Err(why) if why.fault == upstream::Fault::Client => {
+                Err(Forward::Failed(ProxyError::ClientBody(why.reason)))
+            }
+            Err(why) if why.fault == upstream::Fault::Response => Err(Forward::Failed(
+                ProxyError::Refused(Failure::new(format!("member {}", to.jvm_route), why.reason)),
+            )),
             Err(why) if why.unsent => Err(Forward::Unsent(why)),
             Err(why) => {
                 // Sent, then the connection broke (a killed owner's pooled connection):
@@ -200,8 +217,6 @@ pub(super) struct ToOwner {
     pub(super) plan: Plan,
 }
 
-/// Forwarding markers (SPEC 4.4): `<hops> <route of the forwarding member>`.
-pub(super) const HOP: http::HeaderName = http::HeaderName::from_static("x-caracal-hop");
 /// A request is forwarded at most twice.
 const MAX_HOPS: u8 = 2;
 

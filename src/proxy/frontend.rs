@@ -38,6 +38,10 @@ pub struct HttpConfig {
     pub max_headers: usize,
     pub h2c: bool,
     pub trusted_proxies: Vec<IpNet>,
+    /// The request id header (`X-Request-Id`), sent to backends and on error responses.
+    pub request_id_header: Option<http::HeaderName>,
+    /// Lower-case `Upgrade` protocols passed to backends (`websocket`).
+    pub upgrades: Vec<String>,
 }
 
 /// `[https]`: the TLS listeners and their certificate.

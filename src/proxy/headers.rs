@@ -6,15 +6,23 @@
 //!   when the peer is a configured trusted proxy;
 //! - a client header with `_` in its name that reads, with `_` as `-`, as one of those
 //!   (`X_Session`, `X_Forwarded_For`, `X_Caracal_Hop`) is removed: CGI, WSGI and PHP
-//!   backends map both to `HTTP_X_SESSION`, so it would forge what the strip protects.
+//!   backends map both to `HTTP_X_SESSION`, so it would forge what the strip protects;
+//! - `Forwarded`, `X-Real-IP` and the request id header are kept only from a trusted proxy
+//!   or a member, like `X-Forwarded-*`;
+//! - an upgrade passes only for the allowed protocols (`[http] upgrades`, `websocket`);
+//!   `HTTP2-Settings` never passes (an h2c upgrade would tunnel raw requests past all of
+//!   this: #20, finding 6);
+//! - trailers, both ways: `trailers`.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; 9] = [
     // First: strip_hop_by_hop reads the Connection bit as bit 0.
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -24,11 +32,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    HeaderName::from_static("http2-settings"),
 ];
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers a hop adds to a request, written by the upstream client after the request's own.
 pub type Added = Vec<(HeaderName, HeaderValue)>;
@@ -37,6 +47,10 @@ pub type Added = Vec<(HeaderName, HeaderValue)>;
 const XFF: u8 = 1;
 const XFP: u8 = 2;
 const XFH: u8 = 4;
+// And the others kept only when trusted.
+const FWD: u8 = 8;
+const XRI: u8 = 16;
+const RID: u8 = 32;
 
 /// The client side of one connection.
 #[derive(Debug, Clone)]
@@ -45,6 +59,11 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The peer's IP as a header value, rendered once per connection.
     pub ip_value: HeaderValue,
+    /// An HTTP/1 request on this connection was refused as the client's fault: the
+    /// connection closes after that answer, and nothing after it on the connection is
+    /// served (hyper may read a pipelined request before the refusal's `Connection: close`
+    /// goes out; the fuzzer found one smuggled that way).
+    refused: Arc<AtomicBool>,
 }
 
 impl ClientInfo {
@@ -54,7 +73,16 @@ impl ClientInfo {
             peer,
             tls,
             ip_value: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            refused: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    pub fn refuse_rest(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 }
 
@@ -64,13 +92,32 @@ pub struct Hygiene {
     /// Lower-case session header prefix.
     prefix: String,
     trusted: Vec<IpNet>,
+    /// Lower-case protocols an `Upgrade` may name.
+    upgrades: Vec<String>,
+    request_id: Option<HeaderName>,
+}
+
+/// What [`Hygiene::request`] found worth keeping.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    /// The `Upgrade` value of an allowed protocol upgrade.
+    pub upgrade: Option<HeaderValue>,
+    /// The request id a trusted proxy or member sent (kept in the request).
+    pub request_id: Option<HeaderValue>,
 }
 
 impl Hygiene {
-    pub fn new(prefix: &str, trusted: Vec<IpNet>) -> Self {
+    pub fn new(
+        prefix: &str,
+        trusted: Vec<IpNet>,
+        upgrades: Vec<String>,
+        request_id: Option<HeaderName>,
+    ) -> Self {
         Self {
             prefix: prefix.to_ascii_lowercase(),
             trusted,
+            upgrades,
+            request_id,
         }
     }
 
@@ -86,7 +133,8 @@ impl Hygiene {
     /// `Host` header or, under HTTP/2, `:authority`). The `X-Forwarded-*` values this hop
     /// sets go to `added`, which the upstream client writes after the request's own
     /// headers: they never enter (or grow) the map. Returns the `Upgrade` value when the
-    /// request is a protocol upgrade, which is then kept as the one hop-by-hop exception.
+    /// request is an allowed protocol upgrade, which is then kept as the one hop-by-hop
+    /// exception.
     pub fn request(
         &self,
         headers: &mut HeaderMap,
@@ -94,10 +142,11 @@ impl Hygiene {
         client: &ClientInfo,
         host: Option<&HeaderValue>,
         from_member: bool,
-    ) -> Option<HeaderValue> {
-        let upgrade = upgrade_requested(headers);
+    ) -> Cleaned {
+        let upgrade = upgrade_requested(headers).filter(|u| self.upgrade_allowed(u));
         strip_hop_by_hop(headers);
-        let (prefixed, forwarded, underscored) = scan(headers, &self.prefix);
+        let (prefixed, forwarded, underscored) =
+            scan(headers, &self.prefix, self.request_id.as_ref());
         if prefixed {
             strip_prefixed(headers, &self.prefix);
         }
@@ -108,6 +157,20 @@ impl Hygiene {
         // A cluster member forwarding a request is a proxy of ours.
         let trusted =
             from_member || (forwarded != 0 && self.is_trusted(client.peer.ip().to_canonical()));
+        let mut cleaned = Cleaned::default();
+        if forwarded & (FWD | XRI | RID) != 0 {
+            if trusted {
+                if let Some(n) = &self.request_id {
+                    cleaned.request_id = headers.get(n).cloned();
+                }
+            } else {
+                headers.remove(header::FORWARDED);
+                headers.remove(X_REAL_IP);
+                if let Some(n) = &self.request_id {
+                    headers.remove(n);
+                }
+            }
+        }
         // Kept as sent: the client's values, from a trusted proxy. Else this hop's replace them.
         let keep = |bit: u8| trusted && forwarded & bit != 0;
         let replace = |headers: &mut HeaderMap, bit: u8, name: &HeaderName| {
@@ -142,7 +205,25 @@ impl Hygiene {
         if let Some(u) = &upgrade {
             set_upgrade(headers, u.clone());
         }
-        upgrade
+        cleaned.upgrade = upgrade;
+        cleaned
+    }
+
+    /// Every protocol an `Upgrade` value lists (`name` or `name/version`) is allowed.
+    fn upgrade_allowed(&self, value: &HeaderValue) -> bool {
+        let Ok(v) = value.to_str() else {
+            return false;
+        };
+        v.split(',').all(|p| {
+            let name = p.trim().split('/').next().unwrap_or_default();
+            self.upgrades.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+    }
+
+    /// Cleans trailers (either way): what the head loses, and the fields that must not
+    /// come in trailers (RFC 9110 6.5.1).
+    pub fn trailers(&self, t: &mut HeaderMap) {
+        super::trailers::clean(t, self.prefix.as_bytes());
     }
 
     /// Cleans a backend response before it goes to the client. A `101 Switching Protocols`
@@ -230,9 +311,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// One pass over the names: does any start with `prefix`, which `X-Forwarded-*` are there,
+/// One pass over the names: does any start with `prefix`, which of the headers kept only
+/// when trusted are there (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, the request id),
 /// does any contain `_`.
-fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8, bool) {
+fn scan(headers: &HeaderMap, prefix: &str, request_id: Option<&HeaderName>) -> (bool, u8, bool) {
     let mut prefixed = false;
     let mut forwarded = 0;
     let mut underscored = false;
@@ -246,6 +328,12 @@ fn scan(headers: &HeaderMap, prefix: &str) -> (bool, u8, bool) {
                 "host" => XFH,
                 _ => 0,
             };
+        } else if name == header::FORWARDED {
+            forwarded |= FWD;
+        } else if name == X_REAL_IP {
+            forwarded |= XRI;
+        } else if request_id == Some(name) {
+            forwarded |= RID;
         }
         prefixed |= n.starts_with(prefix);
     }
@@ -316,7 +404,7 @@ mod tests {
         from_member: bool,
     ) -> Option<HeaderValue> {
         let mut added = Added::new();
-        let up = h.request(m, &mut added, client, host, from_member);
+        let up = h.request(m, &mut added, client, host, from_member).upgrade;
         for (n, v) in added {
             m.append(n, v);
         }
@@ -332,7 +420,7 @@ mod tests {
 
     #[test]
     fn strips_prefix_connection_listed_and_hop_by_hop() {
-        let h = Hygiene::new("X-Session", vec![]);
+        let h = Hygiene::new("X-Session", vec![], vec!["websocket".into()], None);
         let mut m = HeaderMap::new();
         m.insert("x-session-id", HeaderValue::from_static("forged"));
         m.insert("X-SESSION", HeaderValue::from_static("{}"));
@@ -367,7 +455,12 @@ mod tests {
 
     #[test]
     fn forwarded_headers_trusted_only_from_trusted_proxies() {
-        let h = Hygiene::new("x-session", vec!["10.0.0.0/8".parse().unwrap()]);
+        let h = Hygiene::new(
+            "x-session",
+            vec!["10.0.0.0/8".parse().unwrap()],
+            vec![],
+            None,
+        );
         let mut m = HeaderMap::new();
         m.insert("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
         m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
@@ -406,7 +499,7 @@ mod tests {
 
     #[test]
     fn upgrade_is_kept_as_the_one_exception() {
-        let h = Hygiene::new("x-session", vec![]);
+        let h = Hygiene::new("x-session", vec![], vec!["websocket".into()], None);
         let mut m = HeaderMap::new();
         m.insert("connection", HeaderValue::from_static("Upgrade"));
         m.insert("upgrade", HeaderValue::from_static("websocket"));
@@ -417,8 +510,58 @@ mod tests {
     }
 
     #[test]
+    fn only_allowed_upgrades_pass_and_http2_settings_never() {
+        let h = Hygiene::new("x-session", vec![], vec!["websocket".into()], None);
+        let mut m = HeaderMap::new();
+        m.insert(
+            "connection",
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        m.insert("upgrade", HeaderValue::from_static("h2c"));
+        m.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(request(&h, &mut m, &client("127.0.0.1"), None, false).is_none());
+        for gone in ["upgrade", "connection", "http2-settings"] {
+            assert!(!m.contains_key(gone), "{gone} kept");
+        }
+        let mut m = HeaderMap::new();
+        m.insert("connection", HeaderValue::from_static("upgrade"));
+        m.insert("upgrade", HeaderValue::from_static("websocket, h2c"));
+        assert!(request(&h, &mut m, &client("127.0.0.1"), None, false).is_none());
+    }
+
+    #[test]
+    fn forwarded_real_ip_and_request_id_only_from_the_trusted() {
+        let rid = HeaderName::from_static("x-request-id");
+        let h = Hygiene::new(
+            "x-session",
+            vec!["10.0.0.0/8".parse().unwrap()],
+            vec![],
+            Some(rid.clone()),
+        );
+        let headers = || {
+            let mut m = HeaderMap::new();
+            m.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
+            m.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+            m.insert("x-request-id", HeaderValue::from_static("theirs"));
+            m
+        };
+        let mut m = headers();
+        let mut added = Added::new();
+        let c = h.request(&mut m, &mut added, &client("192.168.0.1"), None, false);
+        assert!(c.request_id.is_none());
+        assert!(m.is_empty(), "all three dropped from a client: {m:?}");
+        let mut m = headers();
+        let c = h.request(&mut m, &mut added, &client("10.0.0.1"), None, false);
+        assert_eq!(c.request_id.unwrap(), "theirs");
+        assert_eq!(m.len(), 3, "kept from a trusted proxy");
+    }
+
+    #[test]
     fn response_loses_session_directives_and_hop_by_hop() {
-        let h = Hygiene::new("x-session", vec![]);
+        let h = Hygiene::new("x-session", vec![], vec!["websocket".into()], None);
         let mut m = HeaderMap::new();
         m.insert("x-session-set", HeaderValue::from_static("{}"));
         m.insert("transfer-encoding", HeaderValue::from_static("chunked"));

@@ -2,7 +2,11 @@
 //! owning member, proxy, clean the response.
 //!
 //! - `frontend`: listeners, TLS, connection limits, HTTP/1.1 + HTTP/2 serving.
+//! - `checks`: what a request head must be before anything else looks at it (SPEC 7).
 //! - `headers`: header hygiene.
+//! - `hop`: the forwarding marker between members.
+//! - `request_id`: the id that ties a response to its log line.
+//! - `trailers`: trailer hygiene, both ways.
 //! - `sticky`: the session layer around the backend: who serves a session, directives.
 //! - `forward`: requests for a session another member owns.
 //! - `upstream`: backend pool, balancer, health, retries, the HTTP/1.1 client.
@@ -12,13 +16,17 @@
 //! - `timer`: the coarse timers of the per-request deadlines.
 
 mod body;
+mod checks;
 mod drain;
 mod error;
 mod forward;
 mod frontend;
 mod headers;
+mod hop;
+mod request_id;
 mod sticky;
 pub mod timer;
+mod trailers;
 mod tunnel;
 mod upstream;
 
@@ -34,12 +42,16 @@ use crate::tasks::Tasks;
 
 use body::{ProxyBody, UpBody};
 use error::{Blame, ProxyError};
-use forward::{ToOwner, HOP};
+use forward::ToOwner;
+use hop::HOP;
+use request_id::RequestId;
 use sticky::{Plan, SessionLayer};
 
 pub use frontend::{Frontend, HttpConfig, HttpsConfig};
 pub use headers::{Added, ClientInfo, Hygiene};
-pub use upstream::{Algorithm, BackendsConfig, HealthConfig, ServerConfig, Upstream};
+pub use upstream::{
+    Algorithm, BackendsConfig, HealthConfig, ServerConfig, Upstream, DEFAULT_MAX_HEAD,
+};
 
 /// What a node's proxy is built from (the config layer's sections).
 pub struct Settings<'a> {
@@ -55,6 +67,10 @@ pub struct Settings<'a> {
 /// Everything a request needs, shared by all connections of a node.
 pub struct Proxy {
     hygiene: Hygiene,
+    /// `[http] request_id_header`.
+    request_id: Option<http::HeaderName>,
+    /// `[http] max_header_bytes`, checked exactly (SPEC 7).
+    max_header_bytes: usize,
     pub upstream: Arc<Upstream>,
     sessions: Arc<SessionLayer>,
     pub metrics: Arc<Metrics>,
@@ -68,7 +84,14 @@ impl Proxy {
     pub fn new(s: &Settings<'_>, metrics: Arc<Metrics>, tasks: Tasks) -> Result<Self, http::Error> {
         let prefix = &s.session.header_prefix;
         Ok(Self {
-            hygiene: Hygiene::new(prefix, s.http.trusted_proxies.clone()),
+            hygiene: Hygiene::new(
+                prefix,
+                s.http.trusted_proxies.clone(),
+                s.http.upgrades.clone(),
+                s.http.request_id_header.clone(),
+            ),
+            request_id: s.http.request_id_header.clone(),
+            max_header_bytes: s.http.max_header_bytes,
             upstream: Arc::new(Upstream::new(s.backends, prefix, &metrics, tasks.clone())),
             sessions: Arc::new(SessionLayer::new(
                 s.jvm_route,
@@ -113,17 +136,36 @@ impl Proxy {
     pub fn begin(&self, req: Request<Incoming>, client: &ClientInfo) -> Begun {
         let start = Instant::now();
         let http1 = req.version() < Version::HTTP_2;
+        let mut id = RequestId::new();
+        let step = if http1 && client.is_refused() {
+            Step::Fail(ProxyError::BadRequest(
+                "the connection is closing after a refused request",
+            ))
+        } else {
+            self.prepare(req, client, &mut id)
+        };
+        if let (true, Step::Fail(e)) = (http1, &step) {
+            if e.blame() == Blame::Client {
+                client.refuse_rest();
+            }
+        }
         Begun {
             start,
             http1,
-            step: self.prepare(req, client),
+            id,
+            step,
         }
     }
 
     /// Runs a request from [`Proxy::begin`] to its response; never fails: errors become
     /// responses.
     pub async fn finish(&self, begun: Begun) -> Response<ProxyBody> {
-        let Begun { start, http1, step } = begun;
+        let Begun {
+            start,
+            http1,
+            id,
+            step,
+        } = begun;
         // One call site of `to_backend`: a forward that ends here comes back as a request
         // for this node's backends (kept inline in this future: two call sites made the
         // compiler keep it out of line, which cost every request extra moves).
@@ -142,12 +184,18 @@ impl Proxy {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
+                let id = id.to_string();
                 match e.blame() {
-                    Blame::Backend => tracing::warn!(error = %e, "backend error"),
-                    Blame::Proxy => tracing::warn!(error = %e, "cannot serve request"),
+                    Blame::Client => tracing::debug!(request_id = %id, error = %e, "bad request"),
+                    Blame::Backend => {
+                        tracing::warn!(request_id = %id, error = %e, "backend error")
+                    }
+                    Blame::Proxy => {
+                        tracing::warn!(request_id = %id, error = %e, "cannot serve request")
+                    }
                 }
                 self.metrics.proxy_error(e.reason());
-                let mut r = e.to_response();
+                let mut r = e.to_response(&id, self.request_id.as_ref());
                 if !http1 {
                     // Connection-specific headers are illegal in HTTP/2.
                     r.headers_mut().remove(header::CONNECTION);
@@ -161,25 +209,42 @@ impl Proxy {
     }
 
     /// Sanitizes the request and plans it: to this node's backends (encoded) or to the
-    /// member that owns its session.
-    fn prepare(&self, mut req: Request<Incoming>, client: &ClientInfo) -> Step {
-        let host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+    /// member that owns its session. `id` becomes the request's id (the client's, from a
+    /// trusted proxy or member).
+    fn prepare(&self, mut req: Request<Incoming>, client: &ClientInfo, id: &mut RequestId) -> Step {
+        if let Err(e) = checks::head(&req, self.max_header_bytes) {
+            return Step::Fail(e);
+        }
+        // The target's authority wins over a Host header (absolute form, HTTP/2
+        // `:authority`) and becomes the backend's Host (RFC 9112 3.2.2).
+        let authority = req.uri().authority().is_some();
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
         // A request forwarded by a member: its X-Forwarded-* are trusted, its hop count
-        // stops forwarding loops. From anyone else the marker is dropped.
-        let hops = self.hops_from_member(req.headers_mut().remove(HOP), client);
+        // stops forwarding loops, and it says whether the client came over TLS. From
+        // anyone else the marker is dropped.
+        let marker = req.headers_mut().remove(HOP);
+        let hop = self.hop_from_member(marker, client, &req);
+        let hops = hop.map(|h| h.0);
+        let tls = hop.map_or(client.tls, |h| h.1);
         // X-Forwarded-* and the session headers: written after the request's own.
-        let mut added = Added::with_capacity(7);
-        let upgrade = self.hygiene.request(
+        let mut added = Added::with_capacity(8);
+        let cleaned = self.hygiene.request(
             req.headers_mut(),
             &mut added,
             client,
             host.as_ref(),
             hops.is_some(),
         );
+        if let Some(name) = &self.request_id {
+            match cleaned.request_id {
+                Some(theirs) => *id = RequestId::Theirs(theirs),
+                None => added.push((name.clone(), id.value())),
+            }
+        }
+        let upgrade = cleaned.upgrade;
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, incoming) = req.into_parts();
@@ -189,8 +254,18 @@ impl Proxy {
         if parts.version == Version::HTTP_2 {
             join_cookies(&mut parts.headers);
         }
-        if let Some(h) = host {
-            parts.headers.entry(header::HOST).or_insert(h);
+        match host {
+            Some(h) if authority => {
+                parts.headers.insert(header::HOST, h);
+            }
+            Some(_) => {}
+            // HTTP/1.0 may omit it; backends get HTTP/1.1, which needs one (empty: RFC 9112
+            // 3.2, a target without an authority).
+            None => {
+                parts
+                    .headers
+                    .insert(header::HOST, HeaderValue::from_static(""));
+            }
         }
         parts.version = Version::HTTP_11;
         if parts.uri.authority().is_some() {
@@ -201,7 +276,7 @@ impl Proxy {
         let session = if upgrade.is_some() {
             None
         } else {
-            match self.sessions.on_request(&mut parts, &mut added, client.tls) {
+            match self.sessions.on_request(&mut parts, &mut added, tls) {
                 Plan::Static => None,
                 Plan::Local(rs) => Some(rs),
                 Plan::Refuse(why) => return Step::Fail(ProxyError::NoMajority(why.to_string())),
@@ -211,7 +286,7 @@ impl Proxy {
                         added,
                         body,
                         hops,
-                        tls: client.tls,
+                        tls,
                         plan,
                     }))
                 }
@@ -285,6 +360,7 @@ impl Proxy {
 pub struct Begun {
     start: Instant,
     http1: bool,
+    id: RequestId,
     step: Step,
 }
 

@@ -109,6 +109,10 @@ impl SessionLayer {
     /// stripped by the header hygiene).
     pub fn on_request(&self, parts: &mut request::Parts, added: &mut Added, tls: bool) -> Plan {
         if self.filter.matches(parts.uri.path()) {
+            // No session work, but no session id reaches the backend in the path either.
+            let stripped =
+                session::take_path_param(parts.uri.path(), &self.cookie.path_param).map(|p| p.1);
+            strip_path_param(parts, stripped);
             return Plan::Static;
         }
         let mut rs = RequestSession {

@@ -93,9 +93,13 @@ fn cookie_value<'h>(v: &'h [u8], name: &[u8]) -> Option<&'h str> {
 }
 
 /// Finds `;<param>=value` in a path (any segment, name case-insensitive) and returns the
-/// value and the path without that parameter. `None` when the path has none.
+/// first value and the path without any such parameter (a second one, or one on a static
+/// path, must not reach the backend either: #20, finding 9). `None` when the path has none.
 pub fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, String)> {
-    let bytes = path.as_bytes();
+    let mut first: Option<&'p str> = None;
+    let mut stripped = String::new();
+    // The end of what has been copied to `stripped` (or skipped) so far.
+    let mut copied = 0;
     let mut search = 0;
     while let Some(rel) = path[search..].find(';') {
         let semi = search + rel;
@@ -108,17 +112,23 @@ pub fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, Strin
             let vend = path[vstart..]
                 .find([';', '/', '?', '#'])
                 .map_or(path.len(), |i| vstart + i);
-            let mut stripped = String::with_capacity(path.len());
-            stripped.push_str(&path[..semi]);
-            stripped.push_str(&path[vend..]);
-            return Some((&path[vstart..vend], stripped));
+            if first.is_none() {
+                stripped.reserve(path.len());
+                first = Some(&path[vstart..vend]);
+            }
+            stripped.push_str(&path[copied..semi]);
+            copied = vend;
+            search = vend;
+        } else {
+            search = semi + 1;
         }
-        search = semi + 1;
-        if search >= bytes.len() {
+        if search >= path.len() {
             break;
         }
     }
-    None
+    let first = first?;
+    stripped.push_str(&path[copied..]);
+    Some((first, stripped))
 }
 
 #[cfg(test)]
@@ -233,6 +243,14 @@ mod tests {
             Some(("X", "/a;v=1/b".to_string()))
         );
         assert_eq!(take_path_param("/a;foo=1", "jsessionid"), None);
+        assert_eq!(
+            take_path_param(
+                "/a;jsessionid=A.n1;jsessionid=B.n2/b;JSESSIONID=C",
+                "jsessionid"
+            ),
+            Some(("A.n1", "/a/b".to_string())),
+            "every one is stripped, the first is read"
+        );
         assert_eq!(take_path_param("/a;jsessionid", "jsessionid"), None);
         assert_eq!(take_path_param("/;", "jsessionid"), None);
     }

@@ -24,6 +24,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
+pub mod recorder;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_caracal");
 
 /// A running caracal process.

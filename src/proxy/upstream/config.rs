@@ -21,6 +21,9 @@ pub struct BackendsConfig {
     pub retries: usize,
     pub fail_timeout: Duration,
     pub health: HealthConfig,
+    /// Largest response head taken from a backend: room for a whole session write
+    /// (`X-Session-Set`), so it follows `[session] max_session_bytes`.
+    pub max_response_head: usize,
 }
 
 #[derive(Debug, Clone)]

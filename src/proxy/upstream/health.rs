@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::{header, Request};
 
-use super::{pool, Backend, UpBody, Upstream, DOWN_UNTIL_CHECKED};
+use super::{client, pool, Backend, UpBody, Upstream, DOWN_UNTIL_CHECKED};
 use crate::tasks::Tasks;
 
 /// Runs the checks (and the idle-connection reaper) until the upstream's tasks stop.
@@ -76,7 +76,7 @@ async fn probe(
     connect_timeout: std::time::Duration,
     tasks: &Tasks,
 ) -> Result<(), String> {
-    let mut conn = pool::connect(&b.authority, connect_timeout)
+    let mut conn = pool::connect(&b.authority, connect_timeout, client::DEFAULT_MAX_HEAD)
         .await
         .map_err(|e| e.to_string())?;
     let req = Request::get(path)

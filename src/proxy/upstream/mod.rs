@@ -31,7 +31,7 @@ use crate::tasks::Tasks;
 use balancer::Balancer;
 use client::Conn;
 
-pub use client::{Encoded, ResponseBody, SendError};
+pub use client::{Encoded, Fault, ResponseBody, SendError, DEFAULT_MAX_HEAD};
 pub use config::{Algorithm, BackendsConfig, HealthConfig, ServerConfig};
 pub use request_body::UpBody;
 
@@ -125,6 +125,12 @@ pub enum UpstreamError {
     Failed(Box<Failure>),
     #[error("timeout")]
     Timeout,
+    /// The backend answered with a response that cannot be passed on (its own 502).
+    #[error("{0}")]
+    Refused(Box<Failure>),
+    /// The client's request body failed: the client's error, no backend's.
+    #[error("{0}")]
+    Client(String),
 }
 
 /// A backend that failed: `backend` names the server (for the log); `reason` says what
@@ -161,8 +167,11 @@ pub struct Upstream {
     cfg: BackendsConfig,
     epoch: Instant,
     /// The lower-case session header prefix: response headers named with it are the
-    /// backend's session directives, set aside in [`Exchange::session`].
-    divert: Box<[u8]>,
+    /// backend's session directives, set aside in [`Exchange::session`]. Leaked once per
+    /// node: the request bodies' writer tasks and the response bodies need it for
+    /// trailers, and a `'static` costs them nothing where an `Arc` would cost two atomic
+    /// operations per request.
+    divert: &'static [u8],
     /// Own the request-body writers and the health checks.
     tasks: Tasks,
 }
@@ -195,7 +204,12 @@ impl Upstream {
             peers: dashmap::DashMap::new(),
             cfg: cfg.clone(),
             epoch: Instant::now(),
-            divert: session_prefix.to_ascii_lowercase().into_bytes().into(),
+            divert: Box::leak(
+                session_prefix
+                    .to_ascii_lowercase()
+                    .into_bytes()
+                    .into_boxed_slice(),
+            ),
             tasks,
         }
     }
@@ -255,19 +269,21 @@ impl Upstream {
                 return Err(SendError {
                     unsent: true,
                     reason: e.to_string(),
+                    fault: Fault::Backend,
                 })
             }
         };
         // The owner answers within its own backend timeout; this only guards against a
         // member that accepted and hung.
         let limit = self.cfg.response_timeout + std::time::Duration::from_secs(1);
-        let send = conn.send(req, extra, &self.divert, body, &self.tasks);
+        let send = conn.send(req, extra, self.divert, body, &self.tasks);
         match tokio::time::timeout(limit, send).await {
             Err(_) => Err(SendError {
                 unsent: false,
                 reason: "no answer in time".into(),
+                fault: Fault::Backend,
             }),
-            Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease)),
+            Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease, self.divert)),
             Ok(Err(e)) => Err(e),
         }
     }
@@ -304,7 +320,7 @@ impl Upstream {
             };
             match super::timer::timeout(
                 self.cfg.response_timeout,
-                conn.send_encoded(req, &self.divert, body, &self.tasks),
+                conn.send_encoded(req, self.divert, body, &self.tasks),
             )
             .await
             {
@@ -314,7 +330,19 @@ impl Upstream {
                 }
                 Ok(Ok(head)) => {
                     backend.counters.responses.inc();
-                    return Ok(Exchange::new(conn, head, lease));
+                    return Ok(Exchange::new(conn, head, lease, self.divert));
+                }
+                Ok(Err(e)) if e.fault == Fault::Client => {
+                    // Not the backend's doing: no health change, no retry (the body is
+                    // spent); the half-sent connection is dropped with `conn`.
+                    return Err(UpstreamError::Client(e.reason));
+                }
+                Ok(Err(e)) if e.fault == Fault::Response => {
+                    backend.counters.errors.inc();
+                    return Err(UpstreamError::Refused(Failure::new(
+                        backend.url.clone(),
+                        e.reason,
+                    )));
                 }
                 Ok(Err(e)) => {
                     backend.counters.errors.inc();
@@ -345,12 +373,12 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    fn new(conn: Conn, head: client::Head, lease: Lease) -> Self {
+    fn new(conn: Conn, head: client::Head, lease: Lease, strip: &'static [u8]) -> Self {
         let (head, session, plan) = head.into_parts();
         Self {
             head,
             session,
-            body: ResponseBody::new(conn, plan, lease),
+            body: ResponseBody::new(conn, plan, lease, strip),
         }
     }
 }

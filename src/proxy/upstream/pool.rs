@@ -30,9 +30,13 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
 }
 
-/// Opens a new connection to `authority` within `timeout`.
-pub async fn connect(authority: &str, timeout: Duration) -> Result<Conn, ConnectError> {
-    tokio::time::timeout(timeout, Conn::connect(authority))
+/// Opens a new connection to `authority` within `timeout`; `max_head` caps its response heads.
+pub async fn connect(
+    authority: &str,
+    timeout: Duration,
+    max_head: usize,
+) -> Result<Conn, ConnectError> {
+    tokio::time::timeout(timeout, Conn::connect(authority, max_head))
         .await
         .map_err(|_| ConnectError::Timeout)?
         .map_err(ConnectError::Io)
@@ -55,7 +59,7 @@ impl Backend {
                 return Ok((idle.conn, false));
             }
         }
-        let c = connect(&self.authority, cfg.connect_timeout).await?;
+        let c = connect(&self.authority, cfg.connect_timeout, cfg.max_response_head).await?;
         Ok((c, true))
     }
 

@@ -21,14 +21,17 @@ pub struct ResponseBody {
     conn: Option<Conn>,
     plan: Plan,
     lease: Option<Lease>,
+    /// The lower-case session prefix: trailers lose what a head would (#20, finding 5).
+    strip: &'static [u8],
 }
 
 impl ResponseBody {
-    pub fn new(conn: Conn, plan: Plan, lease: Lease) -> Self {
+    pub fn new(conn: Conn, plan: Plan, lease: Lease, strip: &'static [u8]) -> Self {
         let mut b = Self {
             conn: Some(conn),
             plan,
             lease: Some(lease),
+            strip,
         };
         if matches!(plan.framing, Framing::Done) {
             // Nothing to read: hyper will not poll an empty body, so return it now.
@@ -191,7 +194,10 @@ impl Body for ResponseBody {
                     }
                     if let Some(end) = find(&conn.rbuf, b"\r\n\r\n") {
                         let block = conn.rbuf.split_to(end + 4);
-                        let trailers = parse_trailers(&block);
+                        let mut trailers = parse_trailers(&block);
+                        if let Some(t) = &mut trailers {
+                            crate::proxy::trailers::clean(t, this.strip);
+                        }
                         this.finish();
                         return match trailers {
                             Some(t) if !t.is_empty() => Poll::Ready(Some(Ok(Frame::trailers(t)))),

@@ -10,6 +10,7 @@ use http_body::{Body, Frame};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::head::content_length;
+use crate::proxy::trailers;
 use crate::proxy::upstream::request_body::UpBody;
 
 /// A request head encoded for a backend, with what sending it needs. Owned: it keeps
@@ -63,6 +64,8 @@ pub(super) enum ReqFraming {
 
 /// The request body's framing as it is written.
 pub(super) struct BodyOut {
+    /// The lower-case session prefix: trailers lose what a head would (#20, finding 5).
+    pub(super) strip: &'static [u8],
     pub(super) framing: ReqFraming,
     /// Bytes still owed under `Content-Length`.
     pub(super) remaining: u64,
@@ -111,7 +114,7 @@ impl BodyOut {
     pub(super) fn finish(
         &mut self,
         buf: &mut Vec<u8>,
-        trailers: Option<&HeaderMap>,
+        trailers: Option<HeaderMap>,
     ) -> Result<(), String> {
         match self.framing {
             ReqFraming::Length(_) if self.remaining > 0 => {
@@ -119,8 +122,11 @@ impl BodyOut {
             }
             ReqFraming::Chunked => {
                 buf.extend_from_slice(b"0\r\n");
-                for (n, v) in trailers.into_iter().flatten() {
-                    put_header(buf, n, v);
+                if let Some(mut t) = trailers {
+                    trailers::clean(&mut t, self.strip);
+                    for (n, v) in &t {
+                        put_header(buf, n, v);
+                    }
                 }
                 buf.extend_from_slice(b"\r\n");
             }
@@ -131,6 +137,21 @@ impl BodyOut {
     }
 }
 
+/// Why a request body could not be written: the client's body failed (broke off, or did
+/// not match its length), or the connection to the backend did.
+#[derive(Debug)]
+pub(super) enum BodyError {
+    Client(String),
+    Backend(String),
+}
+
+impl From<String> for BodyError {
+    /// The framing checks of [`BodyOut`] fail on what the client sent.
+    fn from(why: String) -> Self {
+        BodyError::Client(why)
+    }
+}
+
 /// Streams the rest of the client's body (starting with `first`, if taken already).
 pub(super) async fn write_body<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -138,8 +159,8 @@ pub(super) async fn write_body<W: AsyncWrite + Unpin>(
     body: &mut UpBody,
     mut out: BodyOut,
     first: Option<Bytes>,
-) -> Result<(), String> {
-    let io_err = |e: io::Error| format!("writing the request body: {e}");
+) -> Result<(), BodyError> {
+    let io_err = |e: io::Error| BodyError::Backend(format!("writing the request body: {e}"));
     let mut next = first.map(|d| Ok(Frame::data(d)));
     loop {
         let frame = match next.take() {
@@ -152,7 +173,7 @@ pub(super) async fn write_body<W: AsyncWrite + Unpin>(
                 out.finish(scratch, None)?;
                 return wr.write_all(scratch).await.map_err(io_err);
             }
-            Some(Err(e)) => return Err(format!("client body: {e}")),
+            Some(Err(e)) => return Err(BodyError::Client(format!("client body: {e}"))),
             Some(Ok(f)) => match f.into_data() {
                 Ok(data) if data.is_empty() => {}
                 Ok(data) => {
@@ -167,7 +188,7 @@ pub(super) async fn write_body<W: AsyncWrite + Unpin>(
                 }
                 Err(f) => {
                     scratch.clear();
-                    out.finish(scratch, f.into_trailers().ok().as_ref())?;
+                    out.finish(scratch, f.into_trailers().ok())?;
                     return wr.write_all(scratch).await.map_err(io_err);
                 }
             },

@@ -9,14 +9,16 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Ver
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{Chunk, Diverted, Framing, Head, Plan, SendError};
-use super::{MAX_HEAD, MAX_HEADERS, READ_MIN_SPARE, READ_RESERVE};
+use super::{MAX_HEADERS, READ_MIN_SPARE, READ_RESERVE};
 
-/// Reads until a final response head (interim 1xx answers are skipped).
+/// Reads until a final response head (interim 1xx answers are skipped). A head over
+/// `max_head` bytes is refused: that response's 502, not a failure of the backend.
 pub(super) async fn read_head<R: AsyncRead + Unpin>(
     rd: &mut R,
     rbuf: &mut BytesMut,
     no_body: bool,
     divert: &[u8],
+    max_head: usize,
 ) -> Result<Head, SendError> {
     loop {
         if !rbuf.is_empty() {
@@ -27,9 +29,9 @@ pub(super) async fn read_head<R: AsyncRead + Unpin>(
                 }
                 return Ok(head);
             }
-            if rbuf.len() >= MAX_HEAD {
-                return Err(SendError::sent(format!(
-                    "response head larger than {MAX_HEAD} bytes"
+            if rbuf.len() >= max_head {
+                return Err(SendError::response(format!(
+                    "response head larger than {max_head} bytes"
                 )));
             }
         }
@@ -147,9 +149,16 @@ pub(super) fn parse_head(
         } else if is_name(name, b"keep-alive") {
             continue;
         } else if is_name(name, b"transfer-encoding") {
-            // The last coding of the last header decides.
-            let last = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            chunked_last = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // Only `chunked` can be carried: another coding (gzip, ...) would reach the
+            // client as coded bytes with nothing saying so (#20, finding 9).
+            let only_chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if !only_chunked || chunked_last.is_some() {
+                return Err(SendError::response(format!(
+                    "the response's transfer coding {:?} cannot be forwarded",
+                    String::from_utf8_lossy(value)
+                )));
+            }
+            chunked_last = Some(true);
             continue;
         } else if is_name(name, b"content-length") {
             length = length.and_then(|found| add_length(found, value));

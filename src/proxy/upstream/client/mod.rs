@@ -38,11 +38,13 @@ mod tests;
 
 pub use body::ResponseBody;
 pub use encode::Encoded;
-use encode::{encode_head, request_framing, write_body, BodyOut, ReqFraming};
+use encode::{encode_head, request_framing, write_body, BodyError, BodyOut, ReqFraming};
 use head::read_head;
 
-/// Largest response head (status line and headers) accepted from a backend.
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest response head (status line and headers) accepted from a backend when the config
+/// does not say (health checks); requests use `[backends]`' `max_response_head`, which
+/// follows `max_session_bytes` (a session write travels in a response header).
+pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
 /// Most headers accepted in a response head (hyper's client allows 100).
 const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line or trailer block accepted in a chunked body.
@@ -61,6 +63,8 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The request head being written (kept for its capacity).
     wbuf: Vec<u8>,
+    /// Largest response head accepted.
+    max_head: usize,
 }
 
 #[derive(Debug)]
@@ -74,41 +78,92 @@ enum Io {
 
 /// The task writing the rest of a request body; aborted when the exchange is dropped.
 #[derive(Debug)]
-struct Writer(Option<tokio::task::JoinHandle<Result<OwnedWriteHalf, String>>>);
+struct Writer {
+    task: Option<tokio::task::JoinHandle<Result<OwnedWriteHalf, BodyError>>>,
+    /// The write half, once the task wrote the whole body.
+    done: Option<OwnedWriteHalf>,
+}
 
 impl Writer {
+    fn new(task: tokio::task::JoinHandle<Result<OwnedWriteHalf, BodyError>>) -> Self {
+        Self {
+            task: Some(task),
+            done: None,
+        }
+    }
+
     /// The write half back, if the body was written completely.
     fn finished(&mut self) -> Option<OwnedWriteHalf> {
-        let h = self.0.as_mut()?;
+        if let Some(wr) = self.done.take() {
+            return Some(wr);
+        }
+        let h = self.task.as_mut()?;
         if !h.is_finished() {
             return None;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         match std::future::Future::poll(Pin::new(h), &mut cx) {
             Poll::Ready(Ok(Ok(wr))) => {
-                self.0 = None;
+                self.task = None;
                 Some(wr)
             }
             _ => None,
+        }
+    }
+
+    /// Waits for the writer to end: `Some(reason)` if the client's body failed; `None` if
+    /// it ended otherwise (then it waits no more: pending for ever).
+    async fn client_failure(&mut self) -> Option<String> {
+        let Some(h) = self.task.as_mut() else {
+            return std::future::pending().await;
+        };
+        let ended = h.await;
+        self.task = None;
+        match ended {
+            Ok(Ok(wr)) => {
+                self.done = Some(wr);
+                None
+            }
+            Ok(Err(BodyError::Client(why))) => Some(why),
+            // The backend's side broke: the response read reports it.
+            Ok(Err(BodyError::Backend(why))) => {
+                tracing::debug!(error = %why, "request body not written");
+                None
+            }
+            Err(_) => None,
         }
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
+        if let Some(h) = &self.task {
             h.abort();
         }
     }
 }
 
 /// Why an exchange failed. `unsent`: nothing of the request reached the backend, so it may
-/// go to another one as it is.
+/// go to another one as it is. `fault` says whose it is: only the backend's own failures
+/// count against its health (#20, findings 1 and 10).
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub struct SendError {
     pub unsent: bool,
     pub reason: String,
+    pub fault: Fault,
+}
+
+/// Whose failure an exchange's error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The backend or the connection to it broke: the passive health check counts it.
+    Backend,
+    /// The backend answered, with a response this proxy will not pass on (a head over the
+    /// limit, a transfer coding it cannot carry): that response's 502, no health change.
+    Response,
+    /// The client's request body broke off or was malformed: the client's 400.
+    Client,
 }
 
 impl SendError {
@@ -116,6 +171,28 @@ impl SendError {
         Self {
             unsent: false,
             reason: reason.into(),
+            fault: Fault::Backend,
+        }
+    }
+
+    fn unsent(reason: impl Into<String>) -> Self {
+        Self {
+            unsent: true,
+            ..Self::sent(reason)
+        }
+    }
+
+    pub(super) fn response(reason: impl Into<String>) -> Self {
+        Self {
+            fault: Fault::Response,
+            ..Self::sent(reason)
+        }
+    }
+
+    pub(super) fn client(reason: impl Into<String>) -> Self {
+        Self {
+            fault: Fault::Client,
+            ..Self::sent(reason)
         }
     }
 }
@@ -168,14 +245,15 @@ enum Chunk {
 }
 
 impl Conn {
-    /// Opens a connection; `authority` is `host:port`.
-    pub async fn connect(authority: &str) -> io::Result<Self> {
+    /// Opens a connection; `authority` is `host:port`; `max_head` caps response heads.
+    pub async fn connect(authority: &str, max_head: usize) -> io::Result<Self> {
         let io = TcpStream::connect(authority).await?;
         io.set_nodelay(true)?;
         Ok(Self {
             io: Io::Whole(io),
             rbuf: BytesMut::with_capacity(READ_RESERVE),
             wbuf: Vec::with_capacity(1024),
+            max_head,
         })
     }
 
@@ -209,11 +287,11 @@ impl Conn {
         &mut self,
         req: &request::Parts,
         extra: &[(HeaderName, HeaderValue)],
-        divert: &[u8],
+        divert: &'static [u8],
         body: &mut UpBody,
         tasks: &Tasks,
     ) -> Result<Head, SendError> {
-        let framing = request_framing(&req.headers, body).map_err(SendError::sent)?;
+        let framing = request_framing(&req.headers, body).map_err(SendError::client)?;
         self.wbuf.clear();
         encode_head(&mut self.wbuf, req, extra, framing);
         self.send_buffered(framing, req.method == Method::HEAD, divert, body, tasks)
@@ -224,11 +302,11 @@ impl Conn {
     pub async fn send_encoded(
         &mut self,
         req: &Encoded,
-        divert: &[u8],
+        divert: &'static [u8],
         body: &mut UpBody,
         tasks: &Tasks,
     ) -> Result<Head, SendError> {
-        let framing = req.framing.map_err(SendError::sent)?;
+        let framing = req.framing.map_err(SendError::client)?;
         self.wbuf.clear();
         self.wbuf.extend_from_slice(&req.head);
         self.send_buffered(framing, req.method == Method::HEAD, divert, body, tasks)
@@ -241,11 +319,12 @@ impl Conn {
         &mut self,
         framing: ReqFraming,
         no_body: bool,
-        divert: &[u8],
+        divert: &'static [u8],
         body: &mut UpBody,
         tasks: &Tasks,
     ) -> Result<Head, SendError> {
         let mut out = BodyOut {
+            strip: divert,
             framing,
             remaining: match framing {
                 ReqFraming::Length(n) => n,
@@ -263,42 +342,41 @@ impl Conn {
             if let Poll::Ready(frame) = first {
                 started = true;
                 match frame {
-                    None => out.finish(&mut self.wbuf, None).map_err(SendError::sent)?,
-                    Some(Err(e)) => return Err(SendError::sent(format!("client body: {e}"))),
+                    None => out
+                        .finish(&mut self.wbuf, None)
+                        .map_err(SendError::client)?,
+                    Some(Err(e)) => return Err(SendError::client(format!("client body: {e}"))),
                     Some(Ok(f)) => match f.into_data() {
                         Ok(d) if d.len() <= COALESCE_MAX => {
-                            out.push(&mut self.wbuf, &d).map_err(SendError::sent)?;
+                            out.push(&mut self.wbuf, &d).map_err(SendError::client)?;
                             if body.is_end_stream() {
-                                out.finish(&mut self.wbuf, None).map_err(SendError::sent)?;
+                                out.finish(&mut self.wbuf, None)
+                                    .map_err(SendError::client)?;
                             }
                         }
                         Ok(d) => big_first = Some(d),
                         Err(f) => {
                             let t = f.into_trailers().ok();
-                            out.finish(&mut self.wbuf, t.as_ref())
-                                .map_err(SendError::sent)?;
+                            out.finish(&mut self.wbuf, t).map_err(SendError::client)?;
                         }
                     },
                 }
             }
         }
         let Io::Whole(io) = &mut self.io else {
-            return Err(SendError {
-                unsent: true,
-                reason: "connection busy".into(),
-            });
+            return Err(SendError::unsent("connection busy"));
         };
         if let Err(e) = io.write_all(&self.wbuf).await {
-            return Err(SendError {
-                // A write that fails at once (a reset connection) sent nothing; a body frame
-                // taken from the client cannot be given back.
-                unsent: !started,
-                reason: format!("writing the request: {e}"),
-            });
+            // A write that fails at once (a reset connection) sent nothing; a body frame
+            // taken from the client cannot be given back.
+            let mut e = SendError::sent(format!("writing the request: {e}"));
+            e.unsent = !started;
+            return Err(e);
         }
 
+        let max_head = self.max_head;
         let mut head = if out.done {
-            read_head(io, &mut self.rbuf, no_body, divert).await?
+            read_head(io, &mut self.rbuf, no_body, divert, max_head).await?
         } else {
             let stream = match std::mem::replace(&mut self.io, Io::Gone) {
                 Io::Whole(s) => s,
@@ -314,11 +392,39 @@ impl Conn {
                 write_body(&mut wr, &mut scratch, &mut body, out, big_first).await?;
                 Ok(wr)
             });
-            self.io = Io::Split(rd, Writer(Some(writer)));
-            let Io::Split(rd, _) = &mut self.io else {
+            self.io = Io::Split(rd, Writer::new(writer));
+            let Io::Split(rd, writer) = &mut self.io else {
                 return Err(SendError::sent("connection busy"));
             };
-            read_head(rd, &mut self.rbuf, no_body, divert).await?
+            // The response is read while the body goes out; a client body that breaks off
+            // first is the client's failure, not the backend's (which then sees a cut body
+            // and closes): #20, finding 1.
+            let read = read_head(rd, &mut self.rbuf, no_body, divert, max_head);
+            tokio::pin!(read);
+            // The writer first: a body that broke off also breaks the backend's answer
+            // (it sees a cut request and closes), and the cause is the client's.
+            loop {
+                tokio::select! {
+                    biased;
+                    failed = writer.client_failure() => {
+                        if let Some(why) = failed {
+                            return Err(SendError::client(why));
+                        }
+                    }
+                    r = &mut read => match r {
+                        Ok(h) => break h,
+                        Err(e) => {
+                            let ended = writer.task.as_ref().is_some_and(|t| t.is_finished());
+                            if ended {
+                                if let Some(why) = writer.client_failure().await {
+                                    return Err(SendError::client(why));
+                                }
+                            }
+                            return Err(e);
+                        }
+                    },
+                }
+            }
         };
         if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
             head.plan.keep_alive = false;

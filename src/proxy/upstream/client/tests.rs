@@ -22,7 +22,7 @@ fn framing_follows_rfc_9112() {
         .unwrap();
     assert!(matches!(h.plan.framing, Framing::Done));
     let h = parse(
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
         false,
     )
     .unwrap()
@@ -53,6 +53,16 @@ fn framing_follows_rfc_9112() {
         .unwrap()
         .is_none());
     assert!(parse(b"garbage\r\n\r\n", false).is_err());
+    // A coding the proxy cannot carry is that response's 502, not the backend's failure.
+    for te in [
+        "gzip",
+        "gzip, chunked",
+        "chunked\r\nTransfer-Encoding: chunked",
+    ] {
+        let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+        let e = parse(raw.as_bytes(), false).unwrap_err();
+        assert_eq!(e.fault, super::Fault::Response, "{te}");
+    }
 }
 
 #[test]
