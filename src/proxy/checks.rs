@@ -11,10 +11,11 @@
 //!   it (request line, `name: value` lines): hyper's own cap is its read buffer, which let
 //!   a 40 KiB head through a 32 KiB limit.
 //!
-//! Not visible here: a `Content-Length` next to `Transfer-Encoding`, or a second identical
-//! `Content-Length`. hyper drops those before the application sees the head (it frames by
-//! the chunked coding, or the one length, and closes the connection after a CL+TE
-//! request), so neither can smuggle; docs/SECURITY.md says so.
+//! - more than one `Content-Length` (HTTP/2 can bring two).
+//!
+//! Not visible here: an HTTP/1 `Content-Length` next to `Transfer-Encoding`, or a second
+//! identical one: hyper drops those before the application sees the head. The framing
+//! guard (`framing`) refuses them in the byte stream instead.
 
 use http::{header, Method, Request, Version};
 use hyper::body::Incoming;
@@ -34,6 +35,7 @@ pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), Prox
     let http1 = req.version() < Version::HTTP_2;
     let mut hosts = 0usize;
     let mut te = 0usize;
+    let mut lengths = 0usize;
     // The request line as the backend gets it: "METHOD TARGET HTTP/1.1\r\n", and "\r\n".
     let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     let mut size = req.method().as_str().len() + 1 + target + 11 + 2;
@@ -43,6 +45,13 @@ pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), Prox
             hosts += 1;
             if !is_authority(value.as_bytes()) {
                 return Err(ProxyError::BadRequest("Host is not a valid authority"));
+            }
+        } else if name == header::CONTENT_LENGTH {
+            // HTTP/1 ones hyper merged already (and the framing guard refused); an
+            // HTTP/2 request can still bring two, or a list.
+            lengths += 1;
+            if lengths > 1 || value.as_bytes().contains(&b',') {
+                return Err(ProxyError::BadRequest("more than one Content-Length"));
             }
         } else if http1 && name == header::TRANSFER_ENCODING {
             te += 1;

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::drain::{Drain, Signal};
+use super::framing::Guarded;
 use super::headers::ClientInfo;
 use super::timer::CoarseTimer;
 use super::Proxy;
@@ -186,7 +187,8 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, false);
-                self.serve_io(TokioIo::new(stream), client, protocol).await
+                let io = Guarded::new(stream, matches!(protocol, Protocol::Http1));
+                self.serve_io(TokioIo::new(io), client, protocol).await
             }
             Some(acceptor) => {
                 let hs = tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream));
@@ -207,8 +209,8 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, true);
-                self.serve_io(TokioIo::new(tls_stream), client, protocol)
-                    .await
+                let io = Guarded::new(tls_stream, matches!(protocol, Protocol::Http1));
+                self.serve_io(TokioIo::new(io), client, protocol).await
             }
         }
     }

@@ -2,6 +2,7 @@
 //! owning member, proxy, clean the response.
 //!
 //! - `frontend`: listeners, TLS, connection limits, HTTP/1.1 + HTTP/2 serving.
+//! - `framing`: the HTTP/1 framing guard (the duplicate lengths hyper hides).
 //! - `checks`: what a request head must be before anything else looks at it (SPEC 7).
 //! - `headers`: header hygiene.
 //! - `hop`: the forwarding marker between members.
@@ -20,6 +21,7 @@ mod checks;
 mod drain;
 mod error;
 mod forward;
+mod framing;
 mod frontend;
 mod headers;
 mod hop;
