@@ -15,10 +15,7 @@ mod harness;
 use harness::{Cluster, Fault, Lab, Outcome, Setup};
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    common::env_num(name, default as u64) as usize
 }
 
 fn main() {
@@ -29,17 +26,7 @@ fn main() {
     let rounds = env_num("ROUNDS", 5);
     let clients = env_num("CLIENTS", 6);
     let only = std::env::var("ONLY").unwrap_or_default();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!("no runtime: {e}");
-            return;
-        }
-    };
+    let rt = common::bench_runtime();
     println!(
         "machine: {} cores; 3 nodes in network namespaces, frequency 200ms, drop_time 1s, \
          verify_timeout 500ms, ack_timeout 500ms, lease 600ms; {clients} clients, client \

@@ -31,12 +31,7 @@ use tokio::net::TcpListener;
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-fn env_num(k: &str, d: u64) -> u64 {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
+use common::env_num;
 
 // ---- a backend that keeps a counter (and padding) in the session ----------------------
 
@@ -443,10 +438,7 @@ async fn restore(sessions: u64, b: SocketAddr) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::bench_runtime();
     rt.block_on(async {
         let secs = env_num("BENCH_SECS", 5);
         let b = backend().await;

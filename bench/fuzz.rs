@@ -5,32 +5,18 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
 #[path = "../tests/fuzz/edge.rs"]
 mod edge;
 
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::env_num as env;
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is taken.
     let cases = env("CASES", 100_000) as usize;
     let seed = env("SEED", 1);
     let parallel = env("PARALLEL", 64) as usize;
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fuzz: no runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let rt = common::bench_runtime();
     let r = rt.block_on(edge::run(seed, cases, parallel));
     let mut statuses: Vec<_> = r.statuses.iter().collect();
     statuses.sort();

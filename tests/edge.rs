@@ -3,6 +3,9 @@
 //! the status it gets, whether the node closes, and what reached the backend.
 
 mod common;
+#[allow(dead_code)]
+#[path = "fuzz/edge.rs"]
+mod fuzz_edge;
 
 use std::time::Duration;
 
@@ -533,4 +536,52 @@ async fn http2_trailers_are_cleaned_both_ways() {
         Some(&b"abc"[..])
     );
     assert_eq!(got.to_bytes(), "ok");
+}
+
+/// Finding 9 over HTTP/2: `:path *` with GET is 400 and reaches no backend; so are two
+/// `content-length`s (HTTP/2 leaves both in the head) and CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_heads_get_the_same_checks() {
+    let b = Recorder::start().await;
+    let node = node_for(&b, "").await;
+    let base: [(&[u8], &[u8]); 3] = [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"a"),
+    ];
+    let with = |extra: &[(&'static [u8], &'static [u8])]| {
+        let mut h: Vec<(&[u8], &[u8])> = base.to_vec();
+        h.extend_from_slice(extra);
+        fuzz_edge::h2_request(&h)
+    };
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        ("a plain GET", with(&[(b":path", b"/ok")]), 200),
+        ("GET *", with(&[(b":path", b"*")]), 400),
+        (
+            "two content-lengths",
+            with(&[
+                (b":path", b"/cl"),
+                (b"content-length", b"0"),
+                (b"content-length", b"0"),
+            ]),
+            400,
+        ),
+        (
+            "a forged session header",
+            with(&[(b":path", b"/f"), (b"x-session", b"{}")]),
+            200,
+        ),
+    ];
+    for (name, bytes, want) in cases {
+        b.clear();
+        let out = fuzz_edge::exchange(node.http, &bytes, true, Duration::from_secs(3)).await;
+        assert_eq!(fuzz_edge::h2_status(&out), Some(want), "{name}");
+        let seen = b.requests();
+        if want == 200 {
+            let r = one(&seen).unwrap();
+            assert!(r.header("x-session").is_none(), "{name}");
+        } else {
+            assert!(seen.is_empty(), "{name}: reached the backend");
+        }
+    }
 }

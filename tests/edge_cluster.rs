@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use http_body_util::Full;
 
 const KEY: &str =
     "key = \"an-edge-test-cluster-key-0123456789\"\npartition_handling = \"available\"";
@@ -87,43 +84,12 @@ async fn with_a_key_only_a_signed_hop_marker_is_trusted() {
 /// (a renew here); the owner reads the scheme from the marker, not its own connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_scheme_travels_with_a_forward() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let https = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let (ck, https, _dir) = self_signed_https("");
     for (port, cluster) in [(46702, "partition_handling = \"available\""), (46703, KEY)] {
         let (_b, n1, n2) = pair(port, &format!("edge-secure-{port}"), cluster, &https).await;
         let made = http(n2.http, get("/count")).await;
         let id = set_cookie_id(&made).expect("session");
 
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from(ck.cert.der().to_vec()))
-            .unwrap();
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = tokio::net::TcpStream::connect(n1.https.expect("https"))
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         let req = http::Request::get("/renew")
             .header("host", "localhost")
             .header("x-reflect", "1")
@@ -131,16 +97,15 @@ async fn the_clients_scheme_travels_with_a_forward() {
             .header("cookie", format!("JSESSIONID={id}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let resp = sender.send_request(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = https_http1(n1.https.expect("https"), ck.cert.der().to_vec(), req).await;
+        assert_eq!(resp.status, 200);
         let set: Vec<String> = resp
-            .headers()
+            .headers
             .get_all("set-cookie")
             .iter()
             .map(|v| v.to_str().unwrap().to_string())
             .collect();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let seen = resp.json();
         assert_eq!(
             seen["headers"]["x-session-node"],
             serde_json::json!(["n2"]),

@@ -3,6 +3,7 @@
 //! `cargo bench --bench fuzz` runs the long version with a count and a seed.
 
 mod common;
+#[allow(dead_code)]
 #[path = "fuzz/edge.rs"]
 mod edge;
 
@@ -12,14 +13,8 @@ const RSS_BOUND_KB: u64 = 48 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutated_requests_never_get_past_the_edge() {
-    let seed = std::env::var("FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_201);
-    let cases = std::env::var("FUZZ_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3000);
+    let seed = common::env_num("FUZZ_SEED", 20_201);
+    let cases = common::env_num("FUZZ_CASES", 3000) as usize;
     let r = edge::run(seed, cases, 64).await;
     println!(
         "fuzz: seed {seed}, {} cases ({} h2) in {:.1?}, backend got {} requests, statuses {:?}, RSS {} -> {} KiB",

@@ -59,16 +59,7 @@ async fn cookie_format_and_flags_over_plain_http() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cookie_is_secure_under_tls() {
     let b = TestBackend::start("b").await;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\nhttp2 = false\n",
-        cert.display(),
-        key.display()
-    );
+    let (ck, extra, _dir) = self_signed_https("http2 = false\n");
     let node = Node::start(&conf("n1", &[b.url()], &extra)).await;
     let r = https_http1(
         node.https.unwrap(),
@@ -78,45 +69,6 @@ async fn cookie_is_secure_under_tls() {
     .await;
     let sc = r.header("set-cookie").unwrap();
     assert!(sc.contains("; Secure"), "{sc}");
-}
-
-async fn https_http1(
-    addr: std::net::SocketAddr,
-    root: Vec<u8>,
-    req: http::Request<Full<Bytes>>,
-) -> Resp {
-    use http_body_util::BodyExt;
-    use std::sync::Arc;
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(root))
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let resp = s.send_request(req).await.unwrap();
-    let (parts, body) = resp.into_parts();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,16 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_h2_end_to_end_with_a_rustls_client() {
     let b = TestBackend::start("b").await;
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let extra = format!(
-        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n",
-        cert.display(),
-        key.display()
-    );
+    let (ck, extra, _dir) = self_signed_https("");
     let node = Node::start(&conf("n1", &[b.url()], &extra)).await;
     let https = node.https.expect("https listener");
 

@@ -22,7 +22,13 @@ use hyper::body::Incoming;
 
 use super::error::ProxyError;
 
-pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), ProxyError> {
+/// `count_size`: the head may be over `max_bytes` (the framing guard saw as much, or no
+/// guard reads this connection); HTTP/2 header lists are capped by hyper exactly.
+pub(super) fn head(
+    req: &Request<Incoming>,
+    max_bytes: usize,
+    count_size: bool,
+) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed(
             "CONNECT: this is a reverse proxy, not a tunnel",
@@ -39,8 +45,11 @@ pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), Prox
     // The request line as the backend gets it: "METHOD TARGET HTTP/1.1\r\n", and "\r\n".
     let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
     let mut size = req.method().as_str().len() + 1 + target + 11 + 2;
+    let count_size = count_size && http1;
     for (name, value) in req.headers() {
-        size += name.as_str().len() + value.len() + 4;
+        if count_size {
+            size += name.as_str().len() + value.len() + 4;
+        }
         if name == header::HOST {
             hosts += 1;
             if !is_authority(value.as_bytes()) {
@@ -66,7 +75,7 @@ pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), Prox
             }
         }
     }
-    if size > max_bytes {
+    if count_size && size > max_bytes {
         return Err(ProxyError::HeadTooLarge);
     }
     if hosts > 1 {
@@ -87,10 +96,18 @@ pub(super) fn head(req: &Request<Incoming>, max_bytes: usize) -> Result<(), Prox
 /// 3.2.2), no userinfo, no whitespace; or empty (RFC 9112 3.2: a target without an
 /// authority). Byte classes only: this runs on every request.
 fn is_authority(v: &[u8]) -> bool {
-    v.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
+    v.iter().all(|&b| AUTHORITY[usize::from(b)])
+}
+
+/// The bytes of an authority: unreserved, sub-delims, `%`, `:`, `[`, `]`.
+static AUTHORITY: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
             || matches!(
-                b,
+                c,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
@@ -109,9 +126,11 @@ fn is_authority(v: &[u8]) -> bool {
                     | b':'
                     | b'['
                     | b']'
-            )
-    })
-}
+            );
+        b += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

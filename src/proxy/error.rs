@@ -78,7 +78,7 @@ impl From<UpstreamError> for ProxyError {
             UpstreamError::Failed(f) => ProxyError::BackendFailed(f),
             UpstreamError::Timeout => ProxyError::BackendTimeout,
             UpstreamError::Refused(f) => ProxyError::Refused(f),
-            UpstreamError::Client(why) => ProxyError::ClientBody(why),
+            UpstreamError::Client(why) => ProxyError::ClientBody(why.into_string()),
         }
     }
 }

@@ -90,7 +90,7 @@ impl Proxy {
             }
             plan = self.sessions.on_request(&mut parts, &mut added, tls);
         };
-        let out = upstream::Encoded::new(&parts, &added, &body);
+        let out = upstream::Encoded::new(&parts, &added, None, &body);
         Ok(Routed::Local(ToBackend {
             out,
             body,

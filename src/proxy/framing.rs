@@ -20,7 +20,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::headers::ConnFlags;
 
 /// A connection whose reads are checked (see the module docs).
 pub struct Guarded<I> {
@@ -30,10 +35,19 @@ pub struct Guarded<I> {
 
 impl<I> Guarded<I> {
     /// `http1`: the connection speaks HTTP/1 (else the guard only passes bytes on: one
-    /// connection type for every protocol keeps the serving code instantiated once).
-    pub fn new(io: I, http1: bool) -> Self {
-        let mut scan = Scanner::default();
-        if !http1 {
+    /// connection type for every protocol keeps the serving code instantiated once). The
+    /// guard of an HTTP/1 connection also counts each head's bytes, and sets
+    /// `flags.big_head` when one may be over `max_head` (requests then count their heads
+    /// exactly; the others skip that).
+    pub fn new(io: I, http1: bool, flags: Arc<ConnFlags>, max_head: usize) -> Self {
+        let mut scan = Scanner {
+            max_head,
+            ..Scanner::default()
+        };
+        if http1 {
+            flags.big_head.store(false, Ordering::Relaxed);
+            scan.flags = Some(flags);
+        } else {
             scan.at = At::Off;
         }
         Self { io, scan }
@@ -41,6 +55,7 @@ impl<I> Guarded<I> {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
+    #[inline]
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -55,10 +70,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
+    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write(cx, b)
     }
 
+    #[inline]
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -67,14 +84,17 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
+    #[inline]
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
 
+    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
+    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
@@ -117,6 +137,12 @@ struct Scanner {
     size: u64,
     size_digits: bool,
     size_done: bool,
+    /// This head's bytes and lines so far, against `max_head`; `flags.big_head` is set for
+    /// one that may be over it.
+    head_bytes: usize,
+    head_lines: usize,
+    max_head: usize,
+    flags: Option<Arc<ConnFlags>>,
 }
 
 impl Default for Scanner {
@@ -134,7 +160,74 @@ impl Default for Scanner {
             size: 0,
             size_digits: false,
             size_done: false,
+            head_bytes: 0,
+            head_lines: 0,
+            max_head: usize::MAX,
+            flags: None,
         }
+    }
+}
+
+/// What a head line means for framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Blank,
+    Request {
+        connect: bool,
+    },
+    /// `Content-Length`: how many values it lists, the last one.
+    Length {
+        values: usize,
+        last: Option<u64>,
+    },
+    Coding {
+        chunked: bool,
+    },
+    Upgrade,
+    Other,
+}
+
+/// Reads one line (without its `\n`). `in_head`: the request line was read; `long`: the
+/// line was longer than [`LINE`] and `line` holds its start only.
+fn classify(line: &[u8], in_head: bool, long: bool) -> Kind {
+    match line {
+        [] | [b'\r'] => return Kind::Blank,
+        _ if !in_head => {
+            return Kind::Request {
+                connect: line.starts_with(b"CONNECT "),
+            }
+        }
+        _ => {}
+    }
+    // Most lines are decided by their first byte.
+    match line[0] | 0x20 {
+        b'c' if starts_with_ci(line, b"content-length:") => {
+            if long {
+                // Past what is kept: refuse rather than guess (hyper would not take such a
+                // value either).
+                return Kind::Length {
+                    values: 2,
+                    last: None,
+                };
+            }
+            let mut values = 0;
+            let mut last = None;
+            for p in line[15..].split(|&b| b == b',') {
+                values += 1;
+                last = std::str::from_utf8(p.trim_ascii())
+                    .ok()
+                    .and_then(|s| s.parse().ok());
+            }
+            Kind::Length { values, last }
+        }
+        b't' if starts_with_ci(line, b"transfer-encoding:") => {
+            let last = line[18..].rsplit(|&b| b == b',').next().unwrap_or_default();
+            Kind::Coding {
+                chunked: !long && last.trim_ascii().eq_ignore_ascii_case(b"chunked"),
+            }
+        }
+        b'u' if starts_with_ci(line, b"upgrade:") => Kind::Upgrade,
+        _ => Kind::Other,
     }
 }
 
@@ -144,6 +237,7 @@ fn starts_with_ci(line: &[u8], prefix: &[u8]) -> bool {
 
 impl Scanner {
     /// Follows `data` (just read); a head that must be refused gets its last `\n` set to 0.
+    #[inline(never)]
     fn feed(&mut self, data: &mut [u8]) {
         let mut i = 0;
         while i < data.len() {
@@ -204,7 +298,7 @@ impl Scanner {
                         (true, n) => At::ChunkData(n),
                     };
                 }
-                At::Head | At::Trailers => i = self.line(data, i),
+                At::Head | At::Trailers => i = self.lines(data, i),
             }
         }
     }
@@ -216,66 +310,77 @@ impl Scanner {
         self.size_done = false;
     }
 
-    /// Reads head (or trailer) bytes from `data[i..]`; returns where it stopped.
-    fn line(&mut self, data: &mut [u8], i: usize) -> usize {
-        let seg_end = memchr::memchr(b'\n', &data[i..]).map(|p| i + p);
-        let end = seg_end.unwrap_or(data.len());
-        let room = LINE.saturating_sub(self.line.len());
-        self.line.extend_from_slice(&data[i..end.min(i + room)]);
-        self.line_len += end - i;
-        let Some(e) = seg_end else {
-            return data.len();
-        };
-        let blank = self.line_len == 0 || (self.line_len == 1 && self.line[0] == b'\r');
-        if self.at == At::Trailers {
-            if blank {
-                self.at = At::Head;
+    /// Reads head (or trailer) lines from `data[i..]`, in place (only a line cut by the end
+    /// of the read is carried, at most [`LINE`] bytes of it); returns where it stopped.
+    fn lines(&mut self, data: &mut [u8], mut i: usize) -> usize {
+        loop {
+            let Some(p) = memchr::memchr(b'\n', &data[i..]) else {
+                let room = LINE.saturating_sub(self.line.len());
+                let rest = &data[i..];
+                self.line.extend_from_slice(&rest[..rest.len().min(room)]);
+                self.line_len += rest.len();
+                return data.len();
+            };
+            let e = i + p;
+            if self.at == At::Head {
+                self.head_bytes += self.line_len + p + 1;
+                self.head_lines += 1;
             }
-        } else if blank {
-            // Empty lines before a request line are skipped (RFC 9112 2.2), as hyper does.
-            if self.in_head {
-                self.end_head(data, e);
+            let kind = if self.line_len == 0 {
+                classify(&data[i..e], self.in_head, false)
+            } else {
+                let room = LINE.saturating_sub(self.line.len());
+                self.line.extend_from_slice(&data[i..e.min(i + room)]);
+                let long = self.line_len + p > LINE;
+                let k = classify(&self.line, self.in_head, long);
+                self.line.clear();
+                self.line_len = 0;
+                k
+            };
+            i = e + 1;
+            if self.at == At::Trailers {
+                if kind == Kind::Blank {
+                    self.at = At::Head;
+                    return i;
+                }
+                continue;
             }
-        } else if !self.in_head {
-            self.in_head = true;
-            self.leaves = self.line.starts_with(b"CONNECT ");
-        } else {
-            self.header_line();
-        }
-        self.line.clear();
-        self.line_len = 0;
-        e + 1
-    }
-
-    fn header_line(&mut self) {
-        let line = &self.line;
-        if self.line_len > LINE {
-            // A framing header this long is not one hyper takes as such: only a name counts.
-            if starts_with_ci(line, b"content-length:") {
-                self.lengths += 2;
-            } else if starts_with_ci(line, b"transfer-encoding:") {
-                self.codings += 1;
+            match kind {
+                // Empty lines before a request line are skipped (RFC 9112 2.2), as hyper does.
+                Kind::Blank if !self.in_head => {}
+                Kind::Blank => {
+                    self.end_head(data, e);
+                    return i;
+                }
+                Kind::Request { connect } => {
+                    self.in_head = true;
+                    self.leaves = connect;
+                }
+                Kind::Length { values, last } => {
+                    self.lengths += values;
+                    self.length = last;
+                }
+                Kind::Coding { chunked } => {
+                    self.codings += 1;
+                    self.chunked = chunked;
+                }
+                Kind::Upgrade => self.leaves = true,
+                Kind::Other => {}
             }
-            return;
-        }
-        if starts_with_ci(line, b"content-length:") {
-            for p in line[15..].split(|&b| b == b',') {
-                self.lengths += 1;
-                self.length = std::str::from_utf8(p.trim_ascii())
-                    .ok()
-                    .and_then(|s| s.parse().ok());
-            }
-        } else if starts_with_ci(line, b"transfer-encoding:") {
-            let last = line[18..].rsplit(|&b| b == b',').next().unwrap_or_default();
-            self.codings += 1;
-            self.chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if starts_with_ci(line, b"upgrade:") {
-            self.leaves = true;
         }
     }
 
     /// The blank line ending at `data[end]` ends a head: refuse it, or frame its body.
     fn end_head(&mut self, data: &mut [u8], end: usize) {
+        // Counted as the backend gets it a head can be longer than its raw bytes by a `\r`
+        // and a space a line (bare LF, `name:value`): past that margin it may be too big.
+        if self.head_bytes + 2 * self.head_lines > self.max_head {
+            if let Some(f) = &self.flags {
+                f.big_head.store(true, Ordering::Relaxed);
+            }
+        }
+        self.head_bytes = 0;
+        self.head_lines = 0;
         let refuse = self.lengths > 1 || (self.lengths > 0 && self.codings > 0);
         self.at = if refuse {
             data[end] = 0;

@@ -102,6 +102,8 @@ pub struct Frontend {
     http2: http2::Builder<TokioExecutor>,
     h2c: bool,
     handshake_timeout: Duration,
+    /// `max_header_bytes`, for the framing guard's count.
+    max_head: usize,
     permits: Arc<Semaphore>,
     drain: Arc<Drain>,
 }
@@ -122,6 +124,7 @@ impl Frontend {
             http2,
             h2c: cfg.h2c,
             handshake_timeout: cfg.header_read_timeout,
+            max_head: cfg.max_header_bytes,
             permits: Arc::new(Semaphore::new(cfg.max_connections)),
             drain: Arc::new(Drain::default()),
         }
@@ -187,7 +190,8 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, false);
-                let io = Guarded::new(stream, matches!(protocol, Protocol::Http1));
+                let http1 = matches!(protocol, Protocol::Http1);
+                let io = Guarded::new(stream, http1, client.flags.clone(), self.max_head);
                 self.serve_io(TokioIo::new(io), client, protocol).await
             }
             Some(acceptor) => {
@@ -209,7 +213,8 @@ impl Frontend {
                     Protocol::Http1
                 };
                 let client = ClientInfo::new(peer, true);
-                let io = Guarded::new(tls_stream, matches!(protocol, Protocol::Http1));
+                let http1 = matches!(protocol, Protocol::Http1);
+                let io = Guarded::new(tls_stream, http1, client.flags.clone(), self.max_head);
                 self.serve_io(TokioIo::new(io), client, protocol).await
             }
         }

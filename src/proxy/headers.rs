@@ -14,15 +14,17 @@
 //!   this: #20, finding 6);
 //! - trailers, both ways: `trailers`.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
+pub use super::client::{ClientInfo, ConnFlags};
+
 /// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// A `static`, not a `const`: a `const` array of `HeaderName`s is built and dropped at every
+/// use (callgrind: ~300 instructions a request).
+static HOP_BY_HOP: [HeaderName; 9] = [
     // First: strip_hop_by_hop reads the Connection bit as bit 0.
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -51,40 +53,6 @@ const XFH: u8 = 4;
 const FWD: u8 = 8;
 const XRI: u8 = 16;
 const RID: u8 = 32;
-
-/// The client side of one connection.
-#[derive(Debug, Clone)]
-pub struct ClientInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-    /// The peer's IP as a header value, rendered once per connection.
-    pub ip_value: HeaderValue,
-    /// An HTTP/1 request on this connection was refused as the client's fault: the
-    /// connection closes after that answer, and nothing after it on the connection is
-    /// served (hyper may read a pipelined request before the refusal's `Connection: close`
-    /// goes out; the fuzzer found one smuggled that way).
-    refused: Arc<AtomicBool>,
-}
-
-impl ClientInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Self {
-        let ip = peer.ip().to_canonical().to_string();
-        Self {
-            peer,
-            tls,
-            ip_value: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
-            refused: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    pub fn refuse_rest(&self) {
-        self.refused.store(true, Ordering::Relaxed);
-    }
-
-    pub fn is_refused(&self) -> bool {
-        self.refused.load(Ordering::Relaxed)
-    }
-}
 
 /// Header rules configured for a node.
 #[derive(Debug, Clone)]
@@ -264,16 +232,33 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     listed.then(|| up.clone())
 }
 
+/// The index in [`HOP_BY_HOP`] of a (lower-case) name, or `HOP_BY_HOP.len()` for
+/// `Upgrade`. By length first: comparing each name with every entry cost ~700 instructions
+/// a request (callgrind) once the list grew past what the compiler unrolls.
+fn hop_index(n: &str) -> Option<usize> {
+    Some(match n.len() {
+        2 if n == "te" => 5,
+        7 if n == "trailer" => 6,
+        7 if n == "upgrade" => HOP_BY_HOP.len(),
+        10 if n == "connection" => 0,
+        10 if n == "keep-alive" => 1,
+        14 if n == "http2-settings" => 8,
+        16 if n == "proxy-connection" => 2,
+        17 if n == "transfer-encoding" => 7,
+        18 if n == "proxy-authenticate" => 3,
+        19 if n == "proxy-authorization" => 4,
+        _ => return None,
+    })
+}
+
 /// Removes the standard hop-by-hop headers and every header named in `Connection`.
 /// One pass over the names; nothing is allocated unless `Connection` names other headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Bit i: HOP_BY_HOP[i] is present; the bit past them: Upgrade.
     let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_index(name.as_str()) {
             present |= 1 << i;
-        } else if name == header::UPGRADE {
-            present |= 1 << HOP_BY_HOP.len();
         }
     }
     if present == 0 {
@@ -507,6 +492,15 @@ mod tests {
         assert_eq!(up.unwrap(), "websocket");
         assert_eq!(m["upgrade"], "websocket");
         assert_eq!(m["connection"], "upgrade");
+    }
+
+    #[test]
+    fn hop_index_matches_the_list() {
+        for (i, h) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(h.as_str()), Some(i), "{h}");
+        }
+        assert_eq!(hop_index("upgrade"), Some(HOP_BY_HOP.len()));
+        assert_eq!(hop_index("accept"), None);
     }
 
     #[test]

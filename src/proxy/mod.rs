@@ -4,6 +4,7 @@
 //! - `frontend`: listeners, TLS, connection limits, HTTP/1.1 + HTTP/2 serving.
 //! - `framing`: the HTTP/1 framing guard (the duplicate lengths hyper hides).
 //! - `checks`: what a request head must be before anything else looks at it (SPEC 7).
+//! - `client`: the client side of a connection (`ClientInfo`, `ConnFlags`).
 //! - `headers`: header hygiene.
 //! - `hop`: the forwarding marker between members.
 //! - `request_id`: the id that ties a response to its log line.
@@ -18,6 +19,7 @@
 
 mod body;
 mod checks;
+mod client;
 mod drain;
 mod error;
 mod forward;
@@ -185,25 +187,7 @@ impl Proxy {
         };
         let resp = match resp {
             Ok(r) => r,
-            Err(e) => {
-                let id = id.to_string();
-                match e.blame() {
-                    Blame::Client => tracing::debug!(request_id = %id, error = %e, "bad request"),
-                    Blame::Backend => {
-                        tracing::warn!(request_id = %id, error = %e, "backend error")
-                    }
-                    Blame::Proxy => {
-                        tracing::warn!(request_id = %id, error = %e, "cannot serve request")
-                    }
-                }
-                self.metrics.proxy_error(e.reason());
-                let mut r = e.to_response(&id, self.request_id.as_ref());
-                if !http1 {
-                    // Connection-specific headers are illegal in HTTP/2.
-                    r.headers_mut().remove(header::CONNECTION);
-                }
-                r
-            }
+            Err(e) => self.answer_error(&e, &id, http1),
         };
         self.metrics.count_status(resp.status().as_u16());
         self.metrics.latency.observe(start.elapsed().as_secs_f64());
@@ -214,7 +198,7 @@ impl Proxy {
     /// member that owns its session. `id` becomes the request's id (the client's, from a
     /// trusted proxy or member).
     fn prepare(&self, mut req: Request<Incoming>, client: &ClientInfo, id: &mut RequestId) -> Step {
-        if let Err(e) = checks::head(&req, self.max_header_bytes) {
+        if let Err(e) = checks::head(&req, self.max_header_bytes, client.may_have_big_head()) {
             return Step::Fail(e);
         }
         // The target's authority wins over a Host header (absolute form, HTTP/2
@@ -240,10 +224,13 @@ impl Proxy {
             host.as_ref(),
             hops.is_some(),
         );
-        if let Some(name) = &self.request_id {
+        // This hop's own id goes into the backend's head as bytes (below), or with the
+        // request to the owner (as a header value: the rare path).
+        let mut own_id = None;
+        if self.request_id.is_some() {
             match cleaned.request_id {
-                Some(theirs) => *id = RequestId::Theirs(theirs),
-                None => added.push((name.clone(), id.value())),
+                Some(theirs) => *id = RequestId::Theirs(Box::new(theirs)),
+                None => own_id = id.hex(),
             }
         }
         let upgrade = cleaned.upgrade;
@@ -283,6 +270,9 @@ impl Proxy {
                 Plan::Local(rs) => Some(rs),
                 Plan::Refuse(why) => return Step::Fail(ProxyError::NoMajority(why.to_string())),
                 plan @ (Plan::Forward(_) | Plan::Claim { .. }) => {
+                    if let (Some(name), Some(_)) = (&self.request_id, own_id) {
+                        added.push((name.clone(), id.value()));
+                    }
                     return Step::Forward(Box::new(ToOwner {
                         parts,
                         added,
@@ -290,12 +280,19 @@ impl Proxy {
                         hops,
                         tls,
                         plan,
-                    }))
+                    }));
                 }
             }
         };
         Step::Backend(ToBackend {
-            out: upstream::Encoded::new(&parts, &added, &body),
+            out: upstream::Encoded::new(
+                &parts,
+                &added,
+                self.request_id
+                    .as_ref()
+                    .zip(own_id.as_ref().map(|h| &h[..])),
+                &body,
+            ),
             body,
             session,
             client_upgrade,
@@ -334,6 +331,26 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// The proxy's own answer to a failed request, logged with its request id. Out of line
+    /// and cold: inlined, it grew the request path's future (more bytes moved per request).
+    #[cold]
+    #[inline(never)]
+    fn answer_error(&self, e: &ProxyError, id: &RequestId, http1: bool) -> Response<ProxyBody> {
+        let id = id.to_string();
+        match e.blame() {
+            Blame::Client => tracing::debug!(request_id = %id, error = %e, "bad request"),
+            Blame::Backend => tracing::warn!(request_id = %id, error = %e, "backend error"),
+            Blame::Proxy => tracing::warn!(request_id = %id, error = %e, "cannot serve request"),
+        }
+        self.metrics.proxy_error(e.reason());
+        let mut r = e.to_response(&id, self.request_id.as_ref());
+        if !http1 {
+            // Connection-specific headers are illegal in HTTP/2.
+            r.headers_mut().remove(header::CONNECTION);
+        }
+        r
+    }
+
     /// A `101` to an upgrade request: the tunnel joins the two connections. Out of line and
     /// cold: inlined, its code made the request path's future too large to be inlined
     /// itself, which cost every request extra moves (callgrind, bench/RESULTS.md).

@@ -8,11 +8,12 @@ use std::fmt;
 use http::HeaderValue;
 
 /// One request's id: 64 random bits (no shared counter: nothing to contend on), written as
-/// 16 hex digits only when needed.
+/// 16 hex digits only when needed. A kept one is boxed: the id lives in every request's
+/// future, which is moved whole, so it stays two words.
 #[derive(Debug, Clone)]
 pub(super) enum RequestId {
     Own(u64),
-    Theirs(HeaderValue),
+    Theirs(Box<HeaderValue>),
 }
 
 impl RequestId {
@@ -29,13 +30,21 @@ impl RequestId {
         out
     }
 
+    /// This hop's own id, as 16 hex digits.
+    pub(super) fn hex(&self) -> Option<[u8; 16]> {
+        match self {
+            RequestId::Own(n) => Some(Self::own_hex(*n)),
+            RequestId::Theirs(_) => None,
+        }
+    }
+
     /// The id as a header value.
     pub(super) fn value(&self) -> HeaderValue {
         match self {
             RequestId::Own(n) => {
                 HeaderValue::from_bytes(&Self::own_hex(*n)).unwrap_or(HeaderValue::from_static("-"))
             }
-            RequestId::Theirs(v) => v.clone(),
+            RequestId::Theirs(v) => (**v).clone(),
         }
     }
 }
@@ -67,7 +76,7 @@ mod tests {
         let id = RequestId::Own(0x0123_4567_89ab_cdef);
         assert_eq!(id.to_string(), "0123456789abcdef");
         assert_eq!(id.value(), "0123456789abcdef");
-        let theirs = RequestId::Theirs(HeaderValue::from_static("a b<c>"));
+        let theirs = RequestId::Theirs(Box::new(HeaderValue::from_static("a b<c>")));
         assert_eq!(theirs.to_string(), "ab<c>");
     }
 }

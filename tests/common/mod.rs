@@ -615,6 +615,93 @@ pub async fn garbage_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     (addr, task)
 }
 
+/// A number from the environment (bench and fuzz knobs), else `default`.
+pub fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A self-signed certificate for `localhost`, written to a temporary directory, and the
+/// `[https]` section serving it on a loopback port (`extra` lines appended to it).
+pub fn self_signed_https(
+    extra: &str,
+) -> (
+    rcgen::CertifiedKey<rcgen::KeyPair>,
+    String,
+    tempfile::TempDir,
+) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let conf = format!(
+        "[https]\nlisten = [\"127.0.0.1:0\"]\ncert = \"{}\"\nkey = \"{}\"\n{extra}",
+        cert.display(),
+        key.display()
+    );
+    (ck, conf, dir)
+}
+
+/// One HTTP/1.1 request over TLS to `addr` (server name `localhost`), trusting `root`
+/// (a certificate in DER).
+pub async fn https_http1(
+    addr: std::net::SocketAddr,
+    root: Vec<u8>,
+    req: http::Request<Full<Bytes>>,
+) -> Resp {
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let resp = s.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// The runtime of a bench's `main` (two workers, as the machine has two cores); exits 1
+/// with the reason when there is none.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("no runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

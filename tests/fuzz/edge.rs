@@ -281,10 +281,45 @@ fn h2_case(rng: &mut fastrand::Rng, id: usize) -> Vec<u8> {
     out
 }
 
+/// An h2c connection with one bodyless request of `headers` (pseudo-headers first).
+pub fn h2_request(headers: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]);
+    let mut block = Vec::new();
+    for (n, v) in headers {
+        hpack(&mut block, n, v);
+    }
+    frame(&mut out, 1, 0x4 | 0x1, 1, &block);
+    out
+}
+
+/// The `:status` of stream 1's response in `buf`, when the server sent it from HPACK's
+/// static table (200, 204, 206, 304, 400, 404, 500), as hyper does.
+pub fn h2_status(buf: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while buf.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        let stream = u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]);
+        if buf[at + 3] == 1 && stream == 1 {
+            let first = *buf.get(at + 9)?;
+            let table = [200, 204, 206, 304, 400, 404, 500];
+            return (first & 0x80 != 0)
+                .then(|| {
+                    table
+                        .get(usize::from(first & 0x7f).checked_sub(8)?)
+                        .copied()
+                })
+                .flatten();
+        }
+        at += 9 + len;
+    }
+    None
+}
+
 /// Reads what the node answers until it closes, a complete HTTP/1 response without
 /// keep-alive... or `wait` passes. Stops early on a complete HTTP/1 response (the node keeps
 /// the connection open for the next request) or an HTTP/2 stream end.
-async fn exchange(addr: SocketAddr, bytes: &[u8], h2: bool, wait: Duration) -> Vec<u8> {
+pub async fn exchange(addr: SocketAddr, bytes: &[u8], h2: bool, wait: Duration) -> Vec<u8> {
     let Ok(mut s) = TcpStream::connect(addr).await else {
         return Vec::new();
     };

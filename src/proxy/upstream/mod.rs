@@ -128,9 +128,10 @@ pub enum UpstreamError {
     /// The backend answered with a response that cannot be passed on (its own 502).
     #[error("{0}")]
     Refused(Box<Failure>),
-    /// The client's request body failed: the client's error, no backend's.
+    /// The client's request body failed: the client's error, no backend's (boxed: this
+    /// error is in every request's future).
     #[error("{0}")]
-    Client(String),
+    Client(Box<str>),
 }
 
 /// A backend that failed: `backend` names the server (for the log); `reason` says what
@@ -335,7 +336,7 @@ impl Upstream {
                 Ok(Err(e)) if e.fault == Fault::Client => {
                     // Not the backend's doing: no health change, no retry (the body is
                     // spent); the half-sent connection is dropped with `conn`.
-                    return Err(UpstreamError::Client(e.reason));
+                    return Err(UpstreamError::Client(e.reason.into_boxed_str()));
                 }
                 Ok(Err(e)) if e.fault == Fault::Response => {
                     backend.counters.errors.inc();

@@ -26,10 +26,23 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    pub fn new(req: &request::Parts, extra: &[(HeaderName, HeaderValue)], body: &UpBody) -> Self {
+    /// `line`: one more header, written from its bytes (the request id: no `HeaderValue`
+    /// allocated per request for it).
+    pub fn new(
+        req: &request::Parts,
+        extra: &[(HeaderName, HeaderValue)],
+        line: Option<(&HeaderName, &[u8])>,
+        body: &UpBody,
+    ) -> Self {
         let framing = request_framing(&req.headers, body);
         let mut head = Vec::with_capacity(512);
-        encode_head(&mut head, req, extra, framing.unwrap_or(ReqFraming::None));
+        encode_head(
+            &mut head,
+            req,
+            extra,
+            line,
+            framing.unwrap_or(ReqFraming::None),
+        );
         Self {
             head,
             framing,
@@ -217,6 +230,7 @@ pub(super) fn encode_head(
     buf: &mut Vec<u8>,
     req: &request::Parts,
     extra: &[(HeaderName, HeaderValue)],
+    line: Option<(&HeaderName, &[u8])>,
     framing: ReqFraming,
 ) {
     buf.extend_from_slice(req.method.as_str().as_bytes());
@@ -226,6 +240,12 @@ pub(super) fn encode_head(
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers.iter().chain(extra.iter().map(|(n, v)| (n, v))) {
         put_header(buf, name, value);
+    }
+    if let Some((name, value)) = line {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value);
+        buf.extend_from_slice(b"\r\n");
     }
     if framing == ReqFraming::Chunked {
         buf.extend_from_slice(b"transfer-encoding: chunked\r\n");

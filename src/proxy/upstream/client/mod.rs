@@ -293,7 +293,7 @@ impl Conn {
     ) -> Result<Head, SendError> {
         let framing = request_framing(&req.headers, body).map_err(SendError::client)?;
         self.wbuf.clear();
-        encode_head(&mut self.wbuf, req, extra, framing);
+        encode_head(&mut self.wbuf, req, extra, None, framing);
         self.send_buffered(framing, req.method == Method::HEAD, divert, body, tasks)
             .await
     }
@@ -393,43 +393,54 @@ impl Conn {
                 Ok(wr)
             });
             self.io = Io::Split(rd, Writer::new(writer));
-            let Io::Split(rd, writer) = &mut self.io else {
-                return Err(SendError::sent("connection busy"));
-            };
-            // The response is read while the body goes out; a client body that breaks off
-            // first is the client's failure, not the backend's (which then sees a cut body
-            // and closes): #20, finding 1.
-            let read = read_head(rd, &mut self.rbuf, no_body, divert, max_head);
-            tokio::pin!(read);
-            // The writer first: a body that broke off also breaks the backend's answer
-            // (it sees a cut request and closes), and the cause is the client's.
-            loop {
-                tokio::select! {
-                    biased;
-                    failed = writer.client_failure() => {
-                        if let Some(why) = failed {
-                            return Err(SendError::client(why));
-                        }
-                    }
-                    r = &mut read => match r {
-                        Ok(h) => break h,
-                        Err(e) => {
-                            let ended = writer.task.as_ref().is_some_and(|t| t.is_finished());
-                            if ended {
-                                if let Some(why) = writer.client_failure().await {
-                                    return Err(SendError::client(why));
-                                }
-                            }
-                            return Err(e);
-                        }
-                    },
-                }
-            }
+            // Boxed: this path (a body still arriving) is the rare one, and its future
+            // inlined would grow every request's by the select below.
+            Box::pin(self.read_while_writing(no_body, divert)).await?
         };
         if head.parts.status == StatusCode::SWITCHING_PROTOCOLS {
             head.plan.keep_alive = false;
         }
         Ok(head)
+    }
+
+    /// Reads the response head while the body's task writes the rest of the request. A
+    /// client body that breaks off first is the client's failure, not the backend's (which
+    /// then sees a cut body and closes): #20, finding 1.
+    async fn read_while_writing(
+        &mut self,
+        no_body: bool,
+        divert: &'static [u8],
+    ) -> Result<Head, SendError> {
+        let max_head = self.max_head;
+        let Io::Split(rd, writer) = &mut self.io else {
+            return Err(SendError::sent("connection busy"));
+        };
+        let read = read_head(rd, &mut self.rbuf, no_body, divert, max_head);
+        tokio::pin!(read);
+        // The writer first: a body that broke off also breaks the backend's answer, and
+        // the cause is the client's.
+        loop {
+            tokio::select! {
+                biased;
+                failed = writer.client_failure() => {
+                    if let Some(why) = failed {
+                        return Err(SendError::client(why));
+                    }
+                }
+                r = &mut read => match r {
+                    Ok(h) => return Ok(h),
+                    Err(e) => {
+                        let ended = writer.task.as_ref().is_some_and(|t| t.is_finished());
+                        if ended {
+                            if let Some(why) = writer.client_failure().await {
+                                return Err(SendError::client(why));
+                            }
+                        }
+                        return Err(e);
+                    }
+                },
+            }
+        }
     }
 
     /// After a request body written by its own task: the whole stream again, if the body
