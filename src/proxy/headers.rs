@@ -7,8 +7,8 @@
 //! - a client header with `_` in its name that reads, with `_` as `-`, as one of those
 //!   (`X_Session`, `X_Forwarded_For`, `X_Caracal_Hop`) is removed: CGI, WSGI and PHP
 //!   backends map both to `HTTP_X_SESSION`, so it would forge what the strip protects;
-//! - `Forwarded`, `X-Real-IP` and the request id header are kept only from a trusted proxy
-//!   or a member, like `X-Forwarded-*`;
+//! - `Forwarded`, `X-Real-IP`, the request id header and every other `X-Forwarded-*`
+//!   (`-Port`, `-Prefix`) are kept only from a trusted proxy or a member;
 //! - an upgrade passes only for the allowed protocols (`[http] upgrades`, `websocket`);
 //!   `HTTP2-Settings` never passes (an h2c upgrade would tunnel raw requests past all of
 //!   this: #20, finding 6);
@@ -53,6 +53,8 @@ const XFH: u8 = 4;
 const FWD: u8 = 8;
 const XRI: u8 = 16;
 const RID: u8 = 32;
+/// Any other `X-Forwarded-*` (`-Port`, `-Prefix`, ...: Spring and others read them).
+const XFO: u8 = 64;
 
 /// Header rules configured for a node.
 #[derive(Debug, Clone)]
@@ -126,6 +128,19 @@ impl Hygiene {
         let trusted =
             from_member || (forwarded != 0 && self.is_trusted(client.peer.ip().to_canonical()));
         let mut cleaned = Cleaned::default();
+        if forwarded & XFO != 0 && !trusted {
+            let others: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| {
+                    k.as_str().starts_with("x-forwarded-")
+                        && !matches!(&k.as_str()[12..], "for" | "proto" | "host")
+                })
+                .cloned()
+                .collect();
+            for n in others {
+                headers.remove(n);
+            }
+        }
         if forwarded & (FWD | XRI | RID) != 0 {
             if trusted {
                 if let Some(n) = &self.request_id {
@@ -311,7 +326,7 @@ fn scan(headers: &HeaderMap, prefix: &str, request_id: Option<&HeaderName>) -> (
                 "for" => XFF,
                 "proto" => XFP,
                 "host" => XFH,
-                _ => 0,
+                _ => XFO,
             };
         } else if name == header::FORWARDED {
             forwarded |= FWD;
@@ -540,17 +555,18 @@ mod tests {
             m.insert("forwarded", HeaderValue::from_static("for=1.2.3.4"));
             m.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
             m.insert("x-request-id", HeaderValue::from_static("theirs"));
+            m.insert("x-forwarded-prefix", HeaderValue::from_static("/admin"));
             m
         };
         let mut m = headers();
         let mut added = Added::new();
         let c = h.request(&mut m, &mut added, &client("192.168.0.1"), None, false);
         assert!(c.request_id.is_none());
-        assert!(m.is_empty(), "all three dropped from a client: {m:?}");
+        assert!(m.is_empty(), "all four dropped from a client: {m:?}");
         let mut m = headers();
         let c = h.request(&mut m, &mut added, &client("10.0.0.1"), None, false);
         assert_eq!(c.request_id.unwrap(), "theirs");
-        assert_eq!(m.len(), 3, "kept from a trusted proxy");
+        assert_eq!(m.len(), 4, "kept from a trusted proxy");
     }
 
     #[test]
