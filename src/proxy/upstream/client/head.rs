@@ -134,7 +134,8 @@ pub(super) fn parse_head(
     // The framing headers are read from the raw bytes as the map is built; the hop-by-hop
     // ones the proxy would strip anyway never enter it.
     let mut conn = ConnectionTokens::default();
-    let mut chunked_last: Option<bool> = None;
+    // A `Transfer-Encoding: chunked` came (any other coding is refused as it is read).
+    let mut chunked = false;
     let mut length: Result<Option<u64>, ()> = Ok(None);
     let mut headers = HeaderMap::with_capacity(count);
     let mut diverted = Diverted::new();
@@ -152,13 +153,13 @@ pub(super) fn parse_head(
             // Only `chunked` can be carried: another coding (gzip, ...) would reach the
             // client as coded bytes with nothing saying so (#20, finding 9).
             let only_chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            if !only_chunked || chunked_last.is_some() {
+            if !only_chunked || chunked {
                 return Err(SendError::response(format!(
                     "the response's transfer coding {:?} cannot be forwarded",
                     String::from_utf8_lossy(value)
                 )));
             }
-            chunked_last = Some(true);
+            chunked = true;
             continue;
         } else if is_name(name, b"content-length") {
             length = length.and_then(|found| add_length(found, value));
@@ -194,18 +195,13 @@ pub(super) fn parse_head(
         || status == StatusCode::NOT_MODIFIED
     {
         Framing::Done
-    } else if let Some(chunked) = chunked_last {
+    } else if chunked {
         // Transfer-Encoding wins over Content-Length, and such a message must not be
         // followed by another on this connection (RFC 9112 6.3).
         if headers.remove(header::CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
-        if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            keep_alive = false;
-            Framing::Close
-        }
+        Framing::Chunked(Chunk::Size)
     } else {
         match length {
             Ok(Some(0)) => Framing::Done,
