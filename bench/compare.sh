@@ -13,7 +13,7 @@
 #      in the same minutes (alternating with the cluster runs)
 #   4. HTTP/2 over TLS with h2load
 #
-# Usage: bench/compare.sh            (DURATION=10 RUNS=3 CONNS=64 by default)
+# Usage: bench/compare.sh            (DURATION=10 RUNS=3 CONNS=64 by default; BIN=path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
@@ -26,8 +26,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: nginx haproxy wrk nghttp2-client (h2load) util-linux openssl curl" >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx haproxy wrk nghttp2-client util-linux openssl curl >/dev/null
 fi
-cargo build --release --quiet
-BIN=$PWD/target/release/caracal
+# BIN=path: measure that binary (e.g. an older build, for a before/after) instead of this
+# tree's release build.
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet
+  BIN=$PWD/target/release/caracal
+fi
 
 W=$(mktemp -d /tmp/caracal-compare.XXXXXX)
 PIDS=()

@@ -312,22 +312,28 @@ impl Scanner {
 
     /// Reads head (or trailer) lines from `data[i..]`, in place (only a line cut by the end
     /// of the read is carried, at most [`LINE`] bytes of it); returns where it stopped.
-    fn lines(&mut self, data: &mut [u8], mut i: usize) -> usize {
-        loop {
-            let Some(p) = memchr::memchr(b'\n', &data[i..]) else {
-                let room = LINE.saturating_sub(self.line.len());
-                let rest = &data[i..];
-                self.line.extend_from_slice(&rest[..rest.len().min(room)]);
-                self.line_len += rest.len();
-                return data.len();
-            };
+    fn lines(&mut self, data: &mut [u8], start: usize) -> usize {
+        let mut i = start;
+        let mut head_end = None;
+        while let Some(p) = memchr::memchr(b'\n', &data[i..]) {
             let e = i + p;
             if self.at == At::Head {
                 self.head_bytes += self.line_len + p + 1;
                 self.head_lines += 1;
             }
             let kind = if self.line_len == 0 {
-                classify(&data[i..e], self.in_head, false)
+                let line = &data[i..e];
+                // Most lines are decided here, without a call: a blank one, the request
+                // line, and header lines that cannot be `Content-Length`,
+                // `Transfer-Encoding` or `Upgrade` by their first byte.
+                match line {
+                    [] | [b'\r'] => Kind::Blank,
+                    _ if !self.in_head => Kind::Request {
+                        connect: line.starts_with(b"CONNECT "),
+                    },
+                    [b, ..] if !matches!(b | 0x20, b'c' | b't' | b'u') => Kind::Other,
+                    _ => classify(line, true, false),
+                }
             } else {
                 let room = LINE.saturating_sub(self.line.len());
                 self.line.extend_from_slice(&data[i..e.min(i + room)]);
@@ -349,8 +355,8 @@ impl Scanner {
                 // Empty lines before a request line are skipped (RFC 9112 2.2), as hyper does.
                 Kind::Blank if !self.in_head => {}
                 Kind::Blank => {
-                    self.end_head(data, e);
-                    return i;
+                    head_end = Some(e);
+                    break;
                 }
                 Kind::Request { connect } => {
                     self.in_head = true;
@@ -368,6 +374,16 @@ impl Scanner {
                 Kind::Other => {}
             }
         }
+        if let Some(e) = head_end {
+            self.end_head(data, e);
+            return e + 1;
+        }
+        // A line cut by the end of the read: its start is kept for the next one.
+        let room = LINE.saturating_sub(self.line.len());
+        let rest = &data[i..];
+        self.line.extend_from_slice(&rest[..rest.len().min(room)]);
+        self.line_len += rest.len();
+        data.len()
     }
 
     /// The blank line ending at `data[end]` ends a head: refuse it, or frame its body.

@@ -5,7 +5,6 @@
 //! Shutdown: on cancel the accept loop stops and every connection is asked to finish its
 //! in-flight requests (`graceful_shutdown`); the caller waits on the [`TaskTracker`].
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -227,12 +226,9 @@ impl Frontend {
         let proxy = self.proxy.clone();
         let peer = client.peer;
         let shutdown = self.drain.register();
-        // `begin` runs in the call, before hyper goes on reading the connection (see there).
-        let handle = move |req| {
-            let proxy = proxy.clone();
-            let begun = proxy.begin(req, &client);
-            async move { Ok::<_, Infallible>(proxy.finish(begun).await) }
-        };
+        // `handle` starts in the call, before hyper goes on reading the connection (see
+        // there); its future is handed to hyper as it is (a wrapper is one more move).
+        let handle = move |req| proxy.handle(req, &client);
         let result = match protocol {
             Protocol::Http1 => {
                 let conn = self

@@ -20,22 +20,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 pub use super::client::{ClientInfo, ConnFlags};
-
-/// Headers that describe one hop, never forwarded (RFC 9110 7.6.1, plus the legacy ones).
-/// A `static`, not a `const`: a `const` array of `HeaderName`s is built and dropped at every
-/// use (callgrind: ~300 instructions a request).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    // First: strip_hop_by_hop reads the Connection bit as bit 0.
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    HeaderName::from_static("http2-settings"),
-];
+use super::survey::{
+    hop_index, Survey, FWD, HOP_BY_HOP, RID, UPGRADE_BIT, XFF, XFH, XFO, XFP, XRI,
+};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -44,17 +31,6 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers a hop adds to a request, written by the upstream client after the request's own.
 pub type Added = Vec<(HeaderName, HeaderValue)>;
-
-// Bits of [`scan`]: which `X-Forwarded-*` the request carries.
-const XFF: u8 = 1;
-const XFP: u8 = 2;
-const XFH: u8 = 4;
-// And the others kept only when trusted.
-const FWD: u8 = 8;
-const XRI: u8 = 16;
-const RID: u8 = 32;
-/// Any other `X-Forwarded-*` (`-Port`, `-Prefix`, ...: Spring and others read them).
-const XFO: u8 = 64;
 
 /// Header rules configured for a node.
 #[derive(Debug, Clone)]
@@ -113,10 +89,31 @@ impl Hygiene {
         host: Option<&HeaderValue>,
         from_member: bool,
     ) -> Cleaned {
-        let upgrade = upgrade_requested(headers).filter(|u| self.upgrade_allowed(u));
-        strip_hop_by_hop(headers);
-        let (prefixed, forwarded, underscored) =
-            scan(headers, &self.prefix, self.request_id.as_ref());
+        let seen = Survey::of(headers, &self.prefix, self.request_id.as_ref(), false);
+        self.request_surveyed(headers, &seen, added, client, host, from_member)
+    }
+
+    /// [`Hygiene::request`] with the names already surveyed (the request path's one pass).
+    pub(super) fn request_surveyed(
+        &self,
+        headers: &mut HeaderMap,
+        seen: &Survey,
+        added: &mut Added,
+        client: &ClientInfo,
+        host: Option<&HeaderValue>,
+        from_member: bool,
+    ) -> Cleaned {
+        let upgrade = if seen.hop & UPGRADE_BIT != 0 {
+            upgrade_requested(headers).filter(|u| self.upgrade_allowed(u))
+        } else {
+            None
+        };
+        let (prefixed, forwarded, underscored) = if strip_present(headers, seen.hop) {
+            // `Connection` named other headers, now gone: what is left is looked at again.
+            scan(headers, &self.prefix, self.request_id.as_ref())
+        } else {
+            (seen.prefixed, seen.forwarded, seen.underscored)
+        };
         if prefixed {
             strip_prefixed(headers, &self.prefix);
         }
@@ -247,25 +244,6 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
     listed.then(|| up.clone())
 }
 
-/// The index in [`HOP_BY_HOP`] of a (lower-case) name, or `HOP_BY_HOP.len()` for
-/// `Upgrade`. By length first: comparing each name with every entry cost ~700 instructions
-/// a request (callgrind) once the list grew past what the compiler unrolls.
-fn hop_index(n: &str) -> Option<usize> {
-    Some(match n.len() {
-        2 if n == "te" => 5,
-        7 if n == "trailer" => 6,
-        7 if n == "upgrade" => HOP_BY_HOP.len(),
-        10 if n == "connection" => 0,
-        10 if n == "keep-alive" => 1,
-        14 if n == "http2-settings" => 8,
-        16 if n == "proxy-connection" => 2,
-        17 if n == "transfer-encoding" => 7,
-        18 if n == "proxy-authenticate" => 3,
-        19 if n == "proxy-authorization" => 4,
-        _ => return None,
-    })
-}
-
 /// Removes the standard hop-by-hop headers and every header named in `Connection`.
 /// One pass over the names; nothing is allocated unless `Connection` names other headers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -276,8 +254,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present |= 1 << i;
         }
     }
+    strip_present(headers, present);
+}
+
+/// [`strip_hop_by_hop`] for the `present` names (bits as [`Survey::hop`]); true when
+/// `Connection` named other headers, which were removed too.
+fn strip_present(headers: &mut HeaderMap, present: u16) -> bool {
     if present == 0 {
-        return;
+        return false;
     }
     let mut listed: Vec<HeaderName> = Vec::new();
     if present & 1 != 0 {
@@ -306,12 +290,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present & (1 << HOP_BY_HOP.len()) != 0 {
         headers.remove(header::UPGRADE);
     }
+    let named = !listed.is_empty();
     for n in listed {
         headers.remove(n);
     }
+    named
 }
 
-/// One pass over the names: does any start with `prefix`, which of the headers kept only
+/// [`Survey`]'s prefix, forwarding and `_` findings again, after `Connection` took names
+/// away. One pass over the names: does any start with `prefix`, which of the headers kept only
 /// when trusted are there (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, the request id),
 /// does any contain `_`.
 fn scan(headers: &HeaderMap, prefix: &str, request_id: Option<&HeaderName>) -> (bool, u8, bool) {

@@ -21,12 +21,11 @@ impl RequestId {
         RequestId::Own(fastrand::u64(..))
     }
 
+    /// Word operations, no loop over digits (this runs for every request).
     fn own_hex(n: u64) -> [u8; 16] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
-        }
+        out[..8].copy_from_slice(&hex8((n >> 32) as u32));
+        out[8..].copy_from_slice(&hex8(n as u32));
         out
     }
 
@@ -47,6 +46,17 @@ impl RequestId {
             RequestId::Theirs(v) => (**v).clone(),
         }
     }
+}
+
+/// The 8 hex digits of `v`, most significant first: each nibble spread into its own byte,
+/// then turned into `0`-`9` / `a`-`f` (the bytes holding 10-15 get 39 more).
+fn hex8(v: u32) -> [u8; 8] {
+    let mut x = u64::from(v);
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 impl fmt::Display for RequestId {
@@ -76,6 +86,9 @@ mod tests {
         let id = RequestId::Own(0x0123_4567_89ab_cdef);
         assert_eq!(id.to_string(), "0123456789abcdef");
         assert_eq!(id.value(), "0123456789abcdef");
+        for n in [0, u64::MAX, 0x9a0f_f0a9_1234_5678, fastrand::u64(..)] {
+            assert_eq!(RequestId::Own(n).value(), format!("{n:016x}").as_str());
+        }
         let theirs = RequestId::Theirs(Box::new(HeaderValue::from_static("a b<c>")));
         assert_eq!(theirs.to_string(), "ab<c>");
     }
