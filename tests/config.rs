@@ -200,3 +200,36 @@ fn a_running_node_refuses_a_bad_config_before_binding() {
     assert!(err.contains(":7: backends.retries:"), "{err}");
     assert!(std::net::TcpListener::bind(port).is_ok(), "port was bound");
 }
+
+/// SPEC 4.10: a cluster reachable beyond loopback needs a key, or an explicit `insecure`.
+#[test]
+fn a_cluster_beyond_loopback_fails_closed() {
+    let open =
+        format!("{BASE}[cluster]\nenabled = true\n[cluster.receiver]\naddress = \"0.0.0.0\"\n");
+    assert_config_error(
+        &open,
+        &[],
+        Some(8),
+        "cluster.receiver.address",
+        "needs cluster.key",
+    );
+    let mcast =
+        format!("{BASE}[cluster]\nenabled = true\n[cluster.membership]\nbind = \"10.1.2.3\"\n");
+    assert_config_error(
+        &mcast,
+        &[],
+        Some(8),
+        "cluster.membership.bind",
+        "needs cluster.key",
+    );
+    for ok in ["key = \"a-cluster-secret-0123\"", "insecure = true"] {
+        let conf = format!(
+            "{BASE}[cluster]\nenabled = true\n{ok}\n[cluster.receiver]\naddress = \"0.0.0.0\"\n"
+        );
+        let (code, err, _, _dir) = check_config(&conf, &[]);
+        assert_eq!(code, 0, "{ok}: {err}");
+    }
+    // The loopback default needs nothing (the demo stays zero-config).
+    let (code, err, _, _dir) = check_config(&format!("{BASE}[cluster]\nenabled = true\n"), &[]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -56,6 +56,9 @@ pub struct ClusterConfig {
     pub expected_members: usize,
     /// `[cluster] lease`: an owner serves only while it heard from a majority this recently.
     pub lease: Duration,
+    /// `[cluster] max_queue_changes` / `max_queue_bytes`: one peer's queue (SPEC 4.10).
+    pub max_queue_changes: usize,
+    pub max_queue_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,4 +88,8 @@ pub struct ReceiverConfig {
     pub port: u16,
     pub auto_bind: u16,
     pub max_frame_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
 }

@@ -90,6 +90,15 @@ impl Link {
         bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
     }
 
+    /// The `Hello` that opens a connection for anything but a ping: the receiver takes
+    /// nothing larger, and nothing else, before it (`mesh`, bounded before authentication).
+    pub fn hello(&self) -> bytes::Bytes {
+        self.seal(&MeshMessage::Hello {
+            domain: self.domain.clone(),
+            from: self.me(),
+        })
+    }
+
     /// A `Replicate` frame of changes already encoded ([`super::messages::encode_change`]).
     pub fn seal_replicate<'a>(
         &self,
@@ -137,6 +146,12 @@ impl Link {
                 .map_err(|source| MeshError::Connect { addr, source })?;
             let _ = stream.set_nodelay(true);
             let mut framed = Framed::new(stream, codec(max_frame));
+            if !matches!(msg, MeshMessage::Ping { .. }) {
+                framed
+                    .send(self.hello())
+                    .await
+                    .map_err(|source| MeshError::Send { addr, source })?;
+            }
             framed
                 .send(self.seal(msg))
                 .await

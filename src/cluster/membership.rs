@@ -28,6 +28,9 @@ use super::metrics::ClusterMetrics;
 use crate::lifecycle::State;
 use crate::tasks::Tasks;
 
+/// Node ids whose last heartbeat sequence is remembered (the replay map).
+const MAX_SEEN: usize = 4096;
+
 /// A tagged heartbeat older or newer than this (sender's wall clock) is a replay.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
@@ -146,6 +149,15 @@ impl Membership {
         }
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.len() >= MAX_SEEN && !seen.contains_key(&hb.info.node_id) {
+                // Bounded (#17): past the cap only current members' sequences are kept. A
+                // replay of a forgotten process is still refused by its tag's age (with a
+                // key) and is only a heartbeat of a gone process (without one). The table
+                // is never locked before `seen`, so this order cannot deadlock.
+                let t = self.table();
+                seen.retain(|id, _| t.contains_key(id));
+                tracing::debug!(kept = seen.len(), "heartbeat replay map pruned");
+            }
             let last = seen.entry(hb.info.node_id).or_insert(0);
             if hb.seq <= *last {
                 return Err(Reject::Replay);

@@ -2,9 +2,21 @@
 //! upward from `port`), length-delimited frames with a format version and a size cap, and
 //! ping/pong for liveness. A bad frame (truncated, oversized, wrong version, undecodable) is
 //! counted and closes that connection only.
+//!
+//! Bounded before authentication (SPEC 4.10, #17): at most `max_connections` connections,
+//! `max_connections_per_source` from one address (past either, a new one is closed at once,
+//! counted `over_limit`); the first frame must come within `handshake_timeout`, be at most
+//! [`FIRST_FRAME`] bytes (the buffer a stranger can fill), open (the tag, when there is a
+//! key) and be a `Hello` or a `Ping`; only then may frames be `max_frame_bytes`. Every
+//! opener sends one of those first ([`super::link::Link::call`], the replication peer, state
+//! transfer). A connection with no frame for `idle_timeout` is closed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -35,17 +47,86 @@ pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other("no port to try")))
 }
 
+/// The largest first frame: a `Hello` or `Ping` is a few hundred bytes.
+pub const FIRST_FRAME: usize = 4096;
+
+/// `[cluster.receiver]`'s bounds on connections.
+pub struct Limits {
+    total: Arc<Semaphore>,
+    per_source: usize,
+    open: Arc<DashMap<IpAddr, usize>>,
+    handshake: Duration,
+    idle: Duration,
+}
+
+impl Limits {
+    pub fn new(cfg: &ReceiverConfig) -> Self {
+        Self {
+            total: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_source: cfg.max_connections_per_source,
+            open: Arc::new(DashMap::new()),
+            handshake: cfg.handshake_timeout,
+            idle: cfg.idle_timeout,
+        }
+    }
+
+    /// A place for a connection from `ip`, or `None` past a cap.
+    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+        let permit = self.total.clone().try_acquire_owned().ok()?;
+        {
+            // The entry guard is dropped at the end of this block, before any await.
+            let mut n = self.open.entry(ip).or_insert(0);
+            if *n >= self.per_source {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Slot {
+            _permit: permit,
+            ip,
+            open: self.open.clone(),
+        })
+    }
+}
+
+/// A connection's place under [`Limits`], given back when it ends.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    open: Arc<DashMap<IpAddr, usize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Removed at zero: the map holds only sources with open connections.
+        self.open.remove_if_mut(&self.ip, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+}
+
 /// Accepts mesh connections until the tasks stop; each connection is a task of `tasks`.
 pub async fn serve(
     listener: TcpListener,
+    limits: Limits,
     membership: Arc<Membership>,
     replicator: Arc<Replicator>,
     tasks: Tasks,
 ) {
     let max_frame = membership.link.max_frame;
+    let limits = Arc::new(limits);
     while let Some((stream, peer)) = crate::net::accept(&listener, tasks.token(), "mesh").await {
-        let (m, r) = (membership.clone(), replicator.clone());
-        tasks.spawn_until_stopped(connection(stream, peer, m, r, max_frame));
+        let Some(slot) = limits.admit(peer.ip().to_canonical()) else {
+            membership.metrics.mesh_rejected("over_limit").inc();
+            tracing::debug!(%peer, "mesh connection over the limits: closed");
+            continue;
+        };
+        let (m, r, l) = (membership.clone(), replicator.clone(), limits.clone());
+        tasks.spawn_until_stopped(async move {
+            connection(stream, peer, m, r, max_frame, &l).await;
+            drop(slot);
+        });
     }
 }
 
@@ -55,12 +136,34 @@ async fn connection(
     m: Arc<Membership>,
     r: Arc<Replicator>,
     max_frame: usize,
+    limits: &Limits,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, codec(max_frame));
+    // Until the first frame proves the peer, it can make this node buffer a few KiB only.
+    let mut framed = Framed::new(stream, codec(FIRST_FRAME.min(max_frame)));
+    let mut authenticated = false;
     // The route a replication connection's `Hello` named: the only owner it may speak for.
     let mut sender: Option<String> = None;
-    while let Some(frame) = framed.next().await {
+    loop {
+        let wait = if authenticated {
+            limits.idle
+        } else {
+            limits.handshake
+        };
+        let frame = match tokio::time::timeout(wait, framed.next()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(_) => {
+                let reason = if authenticated {
+                    "idle"
+                } else {
+                    "handshake_timeout"
+                };
+                m.metrics.mesh_rejected(reason).inc();
+                tracing::debug!(%peer, reason, "mesh connection closed");
+                return;
+            }
+        };
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
@@ -83,6 +186,15 @@ async fn connection(
                 return;
             }
         };
+        if !authenticated {
+            if !matches!(msg, MeshMessage::Hello { .. } | MeshMessage::Ping { .. }) {
+                m.metrics.mesh_rejected("unauthenticated").inc();
+                tracing::warn!(%peer, "mesh connection began with {}: closed", msg.name());
+                return;
+            }
+            authenticated = true;
+            framed.codec_mut().set_max_frame_length(max_frame);
+        }
         let reply = match msg {
             MeshMessage::Ping { domain, from } => {
                 if domain != m.link.domain {

@@ -142,6 +142,7 @@ impl Cluster {
             cfg.send_mode,
             cfg.ack_timeout,
             lease.clone(),
+            (cfg.max_queue_changes, cfg.max_queue_bytes),
             metrics,
             tasks.clone(),
         );
@@ -154,6 +155,7 @@ impl Cluster {
         tasks.spawn(replicator.clone().rebalance());
         tasks.spawn(mesh::serve(
             mesh_listener,
+            mesh::Limits::new(&cfg.receiver),
             membership.clone(),
             replicator.clone(),
             tasks.clone(),

@@ -167,6 +167,43 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
     }
     let r = &c.receiver;
     let address = ip("cluster.receiver.address", &r.address)?;
+    // Fail closed (SPEC 4.10): reachable beyond this machine only with a key, or when the
+    // operator says so.
+    if c.enabled && c.key.is_none() && !c.insecure {
+        let open = if let MembershipKind::Multicast { bind, .. } = &kind {
+            (!bind.is_loopback()).then_some("cluster.membership.bind")
+        } else {
+            None
+        };
+        if let Some(k) = open.or((!address.is_loopback()).then_some("cluster.receiver.address")) {
+            return Err(src.error(
+                &key(k),
+                "not a loopback address: a cluster reachable from the network needs \
+                 cluster.key (or cluster.insecure = true to run it unauthenticated)",
+            ));
+        }
+    }
+    for (k, v) in [
+        ("cluster.receiver.max_connections", r.max_connections),
+        (
+            "cluster.receiver.max_connections_per_source",
+            r.max_connections_per_source,
+        ),
+        ("cluster.max_queue_changes", c.max_queue_changes),
+        ("cluster.max_queue_bytes", c.max_queue_bytes),
+    ] {
+        if v == 0 {
+            return Err(src.error(&key(k), "must be greater than 0"));
+        }
+    }
+    for (k, v) in [
+        ("cluster.receiver.handshake_timeout", r.handshake_timeout.0),
+        ("cluster.receiver.idle_timeout", r.idle_timeout.0),
+    ] {
+        if v.is_zero() {
+            return Err(src.error(&key(k), "must be greater than 0"));
+        }
+    }
     if r.max_frame_bytes < 1024 {
         return Err(src.error(
             &key("cluster.receiver.max_frame_bytes"),
@@ -195,9 +232,15 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             port: r.port,
             auto_bind: r.auto_bind.max(1),
             max_frame_bytes: r.max_frame_bytes,
+            max_connections: r.max_connections,
+            max_connections_per_source: r.max_connections_per_source,
+            handshake_timeout: r.handshake_timeout.0,
+            idle_timeout: r.idle_timeout.0,
         },
         partition_handling,
         expected_members: c.expected_members,
         lease,
+        max_queue_changes: c.max_queue_changes,
+        max_queue_bytes: c.max_queue_bytes,
     })
 }

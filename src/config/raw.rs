@@ -254,6 +254,12 @@ pub struct RawCluster {
     pub expected_members: usize,
     /// Default: halfway between `frequency` and `drop_time`.
     pub lease: Option<Dur>,
+    /// Run a cluster reachable beyond loopback without authentication (SPEC 4.10).
+    pub insecure: bool,
+    /// Per peer: changes queued or unacked, and their bytes (Tomcat's
+    /// MessageDispatchInterceptor `maxQueueSize`: 64 MiB).
+    pub max_queue_changes: usize,
+    pub max_queue_bytes: usize,
     pub membership: RawMembership,
     pub receiver: RawReceiver,
 }
@@ -274,6 +280,9 @@ impl Default for RawCluster {
             partition_handling: "quorum".into(),
             expected_members: 0,
             lease: None,
+            insecure: false,
+            max_queue_changes: 100_000,
+            max_queue_bytes: 64 * 1024 * 1024,
             membership: RawMembership::default(),
             receiver: RawReceiver::default(),
         }
@@ -320,6 +329,13 @@ pub struct RawReceiver {
     pub port: u16,
     pub auto_bind: u16,
     pub max_frame_bytes: usize,
+    /// Mesh connections open at once, in total and from one source address.
+    pub max_connections: usize,
+    pub max_connections_per_source: usize,
+    /// For a new connection's first (authenticated) frame.
+    pub handshake_timeout: Dur,
+    /// A connection with no frame for this long is closed.
+    pub idle_timeout: Dur,
 }
 
 impl Default for RawReceiver {
@@ -329,6 +345,10 @@ impl Default for RawReceiver {
             port: 4000,
             auto_bind: 100,
             max_frame_bytes: 16 * 1024 * 1024,
+            max_connections: 256,
+            max_connections_per_source: 32,
+            handshake_timeout: Dur(std::time::Duration::from_secs(5)),
+            idle_timeout: Dur(std::time::Duration::from_secs(300)),
         }
     }
 }

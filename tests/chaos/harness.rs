@@ -271,6 +271,7 @@ impl Lab {
              [backends]\nservers = [\"http://{backend}\"]\n[backends.health]\nenabled = false\n\
              [session]\nmax_session_bytes = 1048576\n\
              [cluster]\nenabled = true\nmanager = \"{}\"\nsend_options = \"{}\"\nack_timeout = \"500ms\"\n\
+             key = \"chaos-test-cluster-key\"\n\
              [cluster.membership]\nkind = \"static\"\nmembers = [{}]\ndomain = \"chaos\"\n\
              frequency = \"200ms\"\ndrop_time = \"1s\"\nverify_timeout = \"500ms\"\n\
              [cluster.receiver]\naddress = \"{ip}\"\nport = {MESH_PORT}\nauto_bind = 1\n",

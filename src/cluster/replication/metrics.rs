@@ -41,6 +41,8 @@ pub struct ReplMetrics {
     pub fenced_writes: Counter,
     pub lag: Histogram,
     depth: Family<PeerLabel, Gauge>,
+    queue_bytes: Family<PeerLabel, Gauge>,
+    overflows: Family<PeerLabel, Counter>,
     pub state_transfers: Counter,
     pub state_transfer_seconds: Histogram,
     pub rebalanced: Counter,
@@ -75,6 +77,8 @@ impl ReplMetrics {
             fenced_writes: Counter::default(),
             lag: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             depth: Family::default(),
+            queue_bytes: Family::default(),
+            overflows: Family::default(),
             state_transfers: Counter::default(),
             state_transfer_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
             rebalanced: Counter::default(),
@@ -159,6 +163,16 @@ impl ReplMetrics {
                 r.depth.clone(),
             );
             reg.register(
+                "replication_queue_bytes",
+                "Bytes of the changes queued or unacked, by peer",
+                r.queue_bytes.clone(),
+            );
+            reg.register(
+                "replication_queue_overflows",
+                "Changes not queued for a peer whose queue was full (it is resynced once drained)",
+                r.overflows.clone(),
+            );
+            reg.register(
                 "state_transfers",
                 "State transfers completed as the receiver",
                 r.state_transfers.clone(),
@@ -192,7 +206,26 @@ impl ReplMetrics {
             }),
             bytes_sent: self.bytes_sent.get_or_create_owned(&label),
             depth: self.depth.get_or_create_owned(&label),
+            bytes: self.queue_bytes.get_or_create_owned(&label),
+            overflows: self.overflows.get_or_create_owned(&label),
         }
+    }
+
+    /// Removes a peer's series (it left the cluster).
+    pub fn forget_peer(&self, peer: &str) {
+        let label = PeerLabel {
+            peer: peer.to_string(),
+        };
+        for kind in Change::KINDS {
+            self.sent.remove(&PeerKind {
+                peer: peer.to_string(),
+                kind,
+            });
+        }
+        self.bytes_sent.remove(&label);
+        self.depth.remove(&label);
+        self.queue_bytes.remove(&label);
+        self.overflows.remove(&label);
     }
 
     pub fn received(&self, c: &Change) -> &Counter {
@@ -206,6 +239,8 @@ pub struct PeerMetrics {
     sent: [Counter; 5],
     pub bytes_sent: Counter,
     pub depth: Gauge,
+    pub bytes: Gauge,
+    pub overflows: Counter,
 }
 
 impl PeerMetrics {

@@ -68,10 +68,21 @@ pub struct Wait {
     rx: oneshot::Receiver<Acked>,
 }
 
+/// One peer's queue, as the enqueuing side and the peer's task both see it: changes and
+/// bytes queued or unacked, and whether changes were dropped at the cap (SPEC 4.10).
+#[derive(Default)]
+pub struct Load {
+    pub depth: AtomicI64,
+    pub bytes: AtomicI64,
+    /// Set when a change was dropped; the peer's task resyncs the member once the queue
+    /// is down to half the cap.
+    pub overflowed: std::sync::atomic::AtomicBool,
+}
+
 struct PeerHandle {
     route: Arc<str>,
     tx: mpsc::UnboundedSender<Outgoing>,
-    depth: Arc<AtomicI64>,
+    load: Arc<Load>,
     metrics: metrics::PeerMetrics,
     cancel: CancellationToken,
 }
@@ -92,6 +103,8 @@ pub struct Replicator {
     /// Sessions this node is claiming now, one claim each at a time.
     claiming: dashmap::DashMap<u128, Arc<tokio::sync::Mutex<()>>>,
     peers: RwLock<HashMap<u64, PeerHandle>>,
+    /// `[cluster] max_queue_changes`, `max_queue_bytes`: one peer's queue.
+    max_queue: (usize, usize),
     pub metrics: ReplMetrics,
     /// Owns the peer tasks.
     tasks: Tasks,
@@ -106,6 +119,7 @@ impl Replicator {
         mode: SendMode,
         ack_timeout: Duration,
         lease: Arc<Lease>,
+        max_queue: (usize, usize),
         metrics: &crate::metrics::Metrics,
         tasks: Tasks,
     ) -> Arc<Self> {
@@ -120,6 +134,7 @@ impl Replicator {
             claiming: dashmap::DashMap::new(),
             auditing: std::sync::atomic::AtomicBool::new(false),
             peers: RwLock::new(HashMap::new()),
+            max_queue,
             metrics: ReplMetrics::register(metrics),
             tasks,
         })
@@ -168,6 +183,30 @@ impl Replicator {
             if only.is_some_and(|r| r != &*p.route) {
                 continue;
             }
+            // Past the cap a change for every peer is dropped for this one (which gets
+            // a full resync once its queue drains); one sent to this peer alone (a resync,
+            // a full copy) is not: its size is the sessions this node holds.
+            let (max_changes, max_bytes) = self.max_queue;
+            if only.is_none()
+                && (p.load.depth.load(Ordering::Relaxed) >= max_changes as i64
+                    || p.load.bytes.load(Ordering::Relaxed) + change.len() as i64
+                        > max_bytes as i64)
+            {
+                if !p.load.overflowed.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(peer = %p.route, "replication queue full: changes for this peer are dropped until it drains, then it is resynced");
+                }
+                p.metrics.overflows.inc();
+                if let Some(w) = waits.as_deref_mut() {
+                    // An ack that cannot come: in sync mode the write is unreplicated there.
+                    let (_, rx) = oneshot::channel();
+                    w.push(Wait {
+                        node_id: *id,
+                        route: p.route.clone(),
+                        rx,
+                    });
+                }
+                continue;
+            }
             let ack = match waits.as_deref_mut() {
                 Some(w) => {
                     let (tx, rx) = oneshot::channel();
@@ -188,12 +227,20 @@ impl Replicator {
                 enqueued,
             };
             // Counted before the send: the peer may ack it before this line returns.
-            let d = p.depth.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let len = change.len() as i64;
+            let d = p.load.depth.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+            let b = p
+                .load
+                .bytes
+                .fetch_add(len, Ordering::Relaxed)
+                .wrapping_add(len);
             if p.tx.send(out).is_err() {
-                p.depth.fetch_sub(1, Ordering::Relaxed);
+                p.load.depth.fetch_sub(1, Ordering::Relaxed);
+                p.load.bytes.fetch_sub(len, Ordering::Relaxed);
                 continue;
             }
             p.metrics.depth.set(d.max(0));
+            p.metrics.bytes.set(b.max(0));
         }
     }
 

@@ -8,7 +8,7 @@
 //! from 50 ms to 2 s, and every failure asks the membership to verify the member.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::PeerMetrics;
-use super::{Acked, Outgoing, Replicator};
+use super::{Acked, Load, Outgoing, Replicator};
 use crate::cluster::messages::{encode_change, MeshMessage, NodeInfo};
 use crate::session::Change;
 use crate::wire::codec;
@@ -30,7 +30,7 @@ pub async fn run(
     rep: Arc<Replicator>,
     info: NodeInfo,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    depth: Arc<AtomicI64>,
+    load: Arc<Load>,
     metrics: PeerMetrics,
     cancel: CancellationToken,
 ) {
@@ -58,11 +58,7 @@ pub async fn run(
         backoff = Duration::from_millis(50);
         let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec(rep.link.max_frame));
-        let hello = MeshMessage::Hello {
-            domain: rep.link.domain.clone(),
-            from: rep.link.me(),
-        };
-        if framed.send(rep.link.seal(&hello)).await.is_err() {
+        if framed.send(rep.link.hello()).await.is_err() {
             continue;
         }
         let (mut sink, mut stream) = framed.split();
@@ -79,8 +75,21 @@ pub async fn run(
                     frame = stream.next() => {
                         match frame {
                             Some(Ok(f)) => {
-                                on_ack(&rep, &metrics, &f, &mut inflight, &mut retry, &depth);
+                                on_ack(&rep, &metrics, &f, &mut inflight, &mut retry, &load);
+                                resync_after_overflow(&rep, &info, &load);
                                 continue;
+                            }
+                            // The member closed an idle connection (its `idle_timeout`):
+                            // not a failure. A new one when there is something to send.
+                            None if inflight.is_empty() => {
+                                tokio::select! {
+                                    _ = cancel.cancelled() => return,
+                                    next = rx.recv() => match next {
+                                        Some(o) => retry.push_back(o),
+                                        None => return,
+                                    },
+                                }
+                                break false;
                             }
                             _ => break true,
                         }
@@ -128,7 +137,7 @@ fn on_ack(
     frame: &[u8],
     inflight: &mut BTreeMap<u64, Vec<Outgoing>>,
     retry: &mut VecDeque<Outgoing>,
-    depth: &AtomicI64,
+    load: &Load,
 ) {
     let Ok(MeshMessage::Ack {
         seq,
@@ -152,7 +161,9 @@ fn on_ack(
         rep.store.refresh(copy, now);
     }
     let n = batch.len();
+    let mut bytes = 0i64;
     for o in batch {
+        bytes += o.change.len() as i64;
         rep.metrics.lag.observe(o.enqueued.elapsed().as_secs_f64());
         if let Some(tx) = o.ack {
             let _ = tx.send(if fenced_keys.contains(&o.key) {
@@ -163,20 +174,42 @@ fn on_ack(
         }
     }
     let n = n as i64;
-    let left = depth.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
+    let left = load.depth.fetch_sub(n, Ordering::Relaxed).wrapping_sub(n);
     metrics.depth.set(left.max(0));
+    let b = load
+        .bytes
+        .fetch_sub(bytes, Ordering::Relaxed)
+        .wrapping_sub(bytes);
+    metrics.bytes.set(b.max(0));
     // The peer could not apply these: it gets full copies, next in its queue.
     for key in need_full {
         if let Some(full) = rep.store.full_copy(key, now) {
-            depth.fetch_add(1, Ordering::Relaxed);
             let full = Change::Full(full);
+            let change = encode_change(&full);
+            load.depth.fetch_add(1, Ordering::Relaxed);
+            load.bytes.fetch_add(change.len() as i64, Ordering::Relaxed);
             retry.push_back(Outgoing {
                 key,
-                change: encode_change(&full),
+                change,
                 kind: full.kind_index(),
                 ack: None,
                 enqueued: now,
             });
         }
+    }
+}
+
+/// Changes were dropped at the queue's cap: once it is down to half, the member gets a full
+/// copy of what it should hold (the resync of a member back from a pause), so nothing
+/// dropped stays missing there.
+fn resync_after_overflow(rep: &Replicator, info: &NodeInfo, load: &Load) {
+    let (max_changes, max_bytes) = rep.max_queue;
+    if load.overflowed.load(Ordering::Acquire)
+        && load.depth.load(Ordering::Relaxed) <= (max_changes / 2) as i64
+        && load.bytes.load(Ordering::Relaxed) <= (max_bytes / 2) as i64
+        && load.overflowed.swap(false, Ordering::AcqRel)
+    {
+        tracing::info!(peer = %info.jvm_route, "replication queue drained after an overflow: resyncing");
+        rep.resync(info);
     }
 }

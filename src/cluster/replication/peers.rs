@@ -1,14 +1,14 @@
 //! The replicator's peers: one task per member, kept in step with membership events, and
 //! the resync of a member that was dropped while alive and comes back.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{peer, PeerHandle, Replicator};
+use super::{peer, Load, PeerHandle, Replicator};
 use crate::cluster::config::Manager;
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::messages::NodeInfo;
@@ -97,14 +97,14 @@ impl Replicator {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let depth = Arc::new(AtomicI64::new(0));
+        let load = Arc::new(Load::default());
         let cancel = shutdown.child_token();
         let metrics = self.metrics.peer(&info.jvm_route);
         self.tasks.spawn(peer::run(
             self.clone(),
             info.clone(),
             rx,
-            depth.clone(),
+            load.clone(),
             metrics.clone(),
             cancel.clone(),
         ));
@@ -113,7 +113,7 @@ impl Replicator {
             PeerHandle {
                 route: info.jvm_route.as_str().into(),
                 tx,
-                depth,
+                load,
                 metrics,
                 cancel,
             },
@@ -122,7 +122,7 @@ impl Replicator {
 
     /// A member is back after being dropped: it gets a full copy of every session this node
     /// owns that it should hold (all of them for delta; those it backs up for backup).
-    fn resync(&self, info: &NodeInfo) {
+    pub(super) fn resync(&self, info: &NodeInfo) {
         let now = Instant::now();
         if !self.lease.holds(now) {
             // It is this node that was away: what it "owns" may have been taken over, and
@@ -154,7 +154,9 @@ impl Replicator {
             .remove(&node_id);
         if let Some(p) = removed {
             p.cancel.cancel();
-            p.metrics.depth.set(0);
+            // Its series go with it: members that come and go (or are spoofed, without a
+            // key) must not grow /metrics without end.
+            self.metrics.forget_peer(&p.route);
         }
     }
 }

@@ -84,6 +84,10 @@ impl Replicator {
             from: self.link.me(),
         };
         framed
+            .send(self.link.hello())
+            .await
+            .map_err(|source| MeshError::Send { addr, source })?;
+        framed
             .send(self.link.seal(&req))
             .await
             .map_err(|source| MeshError::Send { addr, source })?;

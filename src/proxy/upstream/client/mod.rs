@@ -45,6 +45,10 @@ use head::read_head;
 /// does not say (health checks); requests use `[backends]`' `max_response_head`, which
 /// follows `max_session_bytes` (a session write travels in a response header).
 pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
+/// How long a broken response waits for the request body's writer to say whether the
+/// client's body broke first (see `read_while_writing`).
+const WRITER_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Most headers accepted in a response head (hyper's client allows 100).
 const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line or trailer block accepted in a chunked body.
@@ -430,9 +434,18 @@ impl Conn {
                 r = &mut read => match r {
                     Ok(h) => return Ok(h),
                     Err(e) => {
-                        let ended = writer.task.as_ref().is_some_and(|t| t.is_finished());
-                        if ended {
-                            if let Some(why) = writer.client_failure().await {
+                        // The backend's answer broke. If the client's body broke first, the
+                        // writer is ending too, but its end may not be visible yet (it
+                        // runs on another worker: its half of the socket closes, the
+                        // backend answers that, before its result is stored). A short
+                        // grace tells the two apart (the 100k-case fuzz run found the
+                        // race: a bad chunk then counted as a backend failure).
+                        if writer.task.is_some() {
+                            let grace = tokio::time::timeout(
+                                WRITER_GRACE,
+                                writer.client_failure(),
+                            );
+                            if let Ok(Some(why)) = grace.await {
                                 return Err(SendError::client(why));
                             }
                         }
