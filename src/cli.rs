@@ -43,6 +43,16 @@ enum Command {
         #[arg(long, default_value_t = 9001)]
         backend_port: u16,
     },
+    /// Write a cluster CA and one certificate per node for `[cluster.tls]` (mutual TLS on
+    /// the mesh): DIR/ca.pem, DIR/ca-key.pem, DIR/<node>.pem, DIR/<node>-key.pem. Each
+    /// node's name must be its jvm_route.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated node names (jvm_routes), e.g. node1,node2,node3.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
     /// Run the stateless demo app (uses sessions only through the X-Session headers).
     DemoBackend {
         #[arg(long, default_value = "127.0.0.1:9001")]
@@ -105,6 +115,20 @@ pub fn main() -> ExitCode {
                 backend: backend_port,
             };
             block_on_with_signals(0, |shutdown| crate::demo::run(ports, shutdown))
+        }
+        Some(Command::Certs { out, nodes }) => {
+            match crate::tls::write_cluster_certs(&out, &nodes) {
+                Ok(files) => {
+                    for f in files {
+                        let _ = writeln!(std::io::stdout(), "{}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "caracal certs: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Some(Command::DemoBackend { listen, name }) => {
             init_logging(LogFormat::Text);

@@ -33,4 +33,5 @@ mod wire;
 
 pub use cli::main;
 pub use lifecycle::State;
+pub use tls::{mesh_tls, MeshTls, MESH_NAME};
 pub use wire::{codec as mesh_codec, Key as ClusterKey};

@@ -2,6 +2,7 @@
 //! with rustls-pki-types, ALPN `h2` + `http/1.1`.
 
 use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
@@ -52,4 +53,130 @@ pub fn server_config(
         vec![b"http/1.1".to_vec()]
     };
     Ok(Arc::new(cfg))
+}
+
+/// The name every mesh connection verifies the member's certificate for (`caracal certs`
+/// puts it in every node certificate, next to the node's jvm_route).
+pub const MESH_NAME: &str = "mesh.caracal";
+
+/// Mutual TLS for the mesh (`[cluster.tls]`, SPEC 4.10): both ends present a certificate
+/// that chains to the cluster CA; the server's must be valid for [`MESH_NAME`].
+#[derive(Clone)]
+pub struct MeshTls {
+    pub server: Arc<rustls::ServerConfig>,
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshTls")
+    }
+}
+
+/// Loads the node's certificate and key and the cluster CA into both halves of [`MeshTls`].
+pub fn mesh_tls(cert: &Path, key: &Path, ca: &Path) -> Result<MeshTls, TlsError> {
+    let certs = load_certs(cert)?;
+    let roots = {
+        let mut r = rustls::RootCertStore::empty();
+        for c in load_certs(ca)? {
+            r.add(c)
+                .map_err(|e| TlsError::Cert(ca.to_path_buf(), e.to_string()))?;
+        }
+        Arc::new(r)
+    };
+    let key_der = |k: &Path| {
+        PrivateKeyDer::from_pem_file(k).map_err(|e| TlsError::Key(k.to_path_buf(), e.to_string()))
+    };
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key_der(key)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key_der(key)?)
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    Ok(MeshTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
+/// The certificate (already verified against the CA) names `route` (a DNS SAN): a member
+/// may speak only for its own jvm_route.
+pub fn names_route(cert: &CertificateDer<'_>, route: &str) -> bool {
+    let Ok(name) = rustls::pki_types::ServerName::try_from(route) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .is_ok_and(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Cert(path.to_path_buf(), e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Cert(path.to_path_buf(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Cert(
+            path.to_path_buf(),
+            "no CERTIFICATE block in the file".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// `caracal certs`: a cluster CA and one certificate per node (SANs: the node's name, which
+/// is its jvm_route, and [`MESH_NAME`]; usable as server and as client), PEM files in
+/// `out`: `ca.pem`, `ca-key.pem`, `<node>.pem`, `<node>-key.pem`.
+pub fn write_cluster_certs(out: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca.distinguished_name
+        .push(DnType::CommonName, "caracal cluster CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key).map_err(|e| e.to_string())?;
+    let mut written = Vec::new();
+    let mut write = |name: String, text: String| -> Result<(), String> {
+        let p = out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))?;
+        written.push(p);
+        Ok(())
+    };
+    write("ca.pem".into(), ca_cert.pem())?;
+    write("ca-key.pem".into(), ca_key.serialize_pem())?;
+    let issuer = Issuer::new(ca, ca_key);
+    for node in nodes {
+        if rustls::pki_types::ServerName::try_from(node.as_str()).is_err() {
+            return Err(format!(
+                "{node:?} is not a DNS name: it must be usable as a SAN"
+            ));
+        }
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::new(vec![node.clone(), MESH_NAME.to_string()])
+            .map_err(|e| e.to_string())?;
+        p.distinguished_name.push(DnType::CommonName, node.as_str());
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+        write(format!("{node}.pem"), cert.pem())?;
+        write(format!("{node}-key.pem"), key.serialize_pem())?;
+    }
+    Ok(written)
 }

@@ -233,3 +233,42 @@ fn a_cluster_beyond_loopback_fails_closed() {
     let (code, err, _, _dir) = check_config(&format!("{BASE}[cluster]\nenabled = true\n"), &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// `[cluster.tls]`: files are loaded at validation (a bad one names its key), and it needs
+/// `[cluster] key` for the heartbeats.
+#[test]
+fn mesh_tls_is_checked_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir.path())
+        .args(["--nodes", "n1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls = |ca: &str| {
+        format!(
+            "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{ca}\"\n",
+            p("n1.pem"),
+            p("n1-key.pem")
+        )
+    };
+    let keyed = "[cluster]\nenabled = true\nkey = \"a-cluster-secret-0123\"\n";
+    let (code, err, _, _d) = check_config(&format!("{BASE}{keyed}{}", tls(&p("ca.pem"))), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_config_error(
+        &format!("{BASE}{keyed}{}", tls("/nonexistent/ca.pem")),
+        &[],
+        Some(11),
+        "cluster.tls.ca",
+        "cannot load",
+    );
+    let unkeyed = "[cluster]\nenabled = true\n";
+    let (code, err, _, _d) = check_config(&format!("{BASE}{unkeyed}{}", tls(&p("ca.pem"))), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("cluster.tls") && err.contains("needs cluster.key"),
+        "{err}"
+    );
+}

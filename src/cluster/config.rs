@@ -59,6 +59,15 @@ pub struct ClusterConfig {
     /// `[cluster] max_queue_changes` / `max_queue_bytes`: one peer's queue (SPEC 4.10).
     pub max_queue_changes: usize,
     pub max_queue_bytes: usize,
+    /// `[cluster.tls]`: mutual TLS on every mesh connection, loaded at validation.
+    pub tls: Option<MeshTlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MeshTlsConfig {
+    pub tls: crate::tls::MeshTls,
+    /// A member's certificate must name its jvm_route (`bind_routes`).
+    pub bind_routes: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

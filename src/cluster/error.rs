@@ -46,6 +46,8 @@ pub enum MeshError {
     },
     #[error("{addr} closed the connection early")]
     Closed { addr: SocketAddr },
+    #[error("TLS with {addr}: {reason}")]
+    Tls { addr: SocketAddr, reason: String },
     #[error("bad frame from {addr}: {source}")]
     Frame {
         addr: SocketAddr,

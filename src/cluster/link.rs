@@ -11,9 +11,15 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::{TlsConnector, TlsStream};
+use tokio_util::either::Either;
+
+use super::config::MeshTlsConfig;
 use super::error::MeshError;
 use super::messages::{open_mesh, seal_mesh, seal_replicate, FrameError, MeshMessage, NodeInfo};
 use crate::lifecycle::NodeState;
+use crate::tls::MESH_NAME;
 use crate::wire::{codec, Key};
 
 /// Frames of pings and pongs are small; this caps what a verifier reads.
@@ -37,6 +43,19 @@ pub struct Link {
     pub verify_timeout: Duration,
     /// `[cluster.receiver] max_frame_bytes`.
     pub max_frame: usize,
+    /// `[cluster.tls]`: every mesh connection is mutual TLS.
+    pub tls: Option<MeshTlsConfig>,
+}
+
+/// A mesh connection, plain or TLS (either end).
+pub type MeshStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// The certificate the other end of `s` presented (TLS only).
+pub fn peer_cert(s: &MeshStream) -> Option<CertificateDer<'static>> {
+    match s {
+        Either::Left(_) => None,
+        Either::Right(t) => t.get_ref().1.peer_certificates()?.first().cloned(),
+    }
 }
 
 impl Link {
@@ -46,6 +65,7 @@ impl Link {
         me: Me,
         verify_timeout: Duration,
         max_frame: usize,
+        tls: Option<MeshTlsConfig>,
     ) -> Self {
         Self {
             key,
@@ -53,6 +73,48 @@ impl Link {
             me,
             verify_timeout,
             max_frame,
+            tls,
+        }
+    }
+
+    /// A connection to a member's mesh address; with `[cluster.tls]`, mutual TLS, the
+    /// member's certificate valid for [`MESH_NAME`] and, when `route` is known and
+    /// `bind_routes` is on, for that route.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        route: Option<&str>,
+    ) -> Result<MeshStream, MeshError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| MeshError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let Some(t) = &self.tls else {
+            return Ok(Either::Left(stream));
+        };
+        let tls_err = |reason: String| MeshError::Tls { addr, reason };
+        let name = ServerName::try_from(MESH_NAME).map_err(|e| tls_err(e.to_string()))?;
+        let s = TlsConnector::from(t.tls.client.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|e| tls_err(e.to_string()))?;
+        let s = Either::Right(TlsStream::Client(s));
+        if let Some(r) = route {
+            if !self.speaks_for(&s, r) {
+                return Err(tls_err(format!("its certificate does not name route {r}")));
+            }
+        }
+        Ok(s)
+    }
+
+    /// The other end of `s` may speak for `route`: always without TLS or with
+    /// `bind_routes = false`; else its certificate must name the route.
+    pub fn speaks_for(&self, s: &MeshStream, route: &str) -> bool {
+        match &self.tls {
+            Some(t) if t.bind_routes => {
+                peer_cert(s).is_some_and(|c| crate::tls::names_route(&c, route))
+            }
+            _ => true,
         }
     }
 
@@ -141,10 +203,7 @@ impl Link {
         limit: Duration,
     ) -> Result<MeshMessage, MeshError> {
         let exchange = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|source| MeshError::Connect { addr, source })?;
-            let _ = stream.set_nodelay(true);
+            let stream = self.connect(addr, None).await?;
             let mut framed = Framed::new(stream, codec(max_frame));
             if !matches!(msg, MeshMessage::Ping { .. }) {
                 framed
@@ -157,9 +216,24 @@ impl Link {
                 .await
                 .map_err(|source| MeshError::Send { addr, source })?;
             match framed.next().await {
-                Some(Ok(f)) => self
-                    .open(&f)
-                    .map_err(|source| MeshError::Frame { addr, source }),
+                Some(Ok(f)) => {
+                    let msg = self
+                        .open(&f)
+                        .map_err(|source| MeshError::Frame { addr, source })?;
+                    // A pong names who answered: its certificate must agree.
+                    if let MeshMessage::Pong { from } = &msg {
+                        if !self.speaks_for(framed.get_ref(), &from.jvm_route) {
+                            return Err(MeshError::Tls {
+                                addr,
+                                reason: format!(
+                                    "its certificate does not name route {}",
+                                    from.jvm_route
+                                ),
+                            });
+                        }
+                    }
+                    Ok(msg)
+                }
                 Some(Err(source)) => Err(MeshError::Read { addr, source }),
                 None => Err(MeshError::Closed { addr }),
             }

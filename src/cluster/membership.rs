@@ -28,6 +28,9 @@ use super::metrics::ClusterMetrics;
 use crate::lifecycle::State;
 use crate::tasks::Tasks;
 
+/// New nodes pinged for admission at once (with TLS).
+const MAX_ADMITTING: usize = 64;
+
 /// Node ids whose last heartbeat sequence is remembered (the replay map).
 const MAX_SEEN: usize = 4096;
 
@@ -59,6 +62,8 @@ pub struct Membership {
     seen: Mutex<HashMap<u64, u64>>,
     /// Another process announcing this node's route.
     conflict: Mutex<Option<NodeInfo>>,
+    /// New nodes being pinged before they are admitted (with TLS).
+    admitting: Mutex<std::collections::HashSet<u64>>,
     /// Every other route heard this run that did not announce `leaving`: the cluster size
     /// of multicast membership without `expected_members` (SPEC 4.9).
     routes: Mutex<std::collections::BTreeSet<String>>,
@@ -81,6 +86,7 @@ impl Membership {
             members: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             conflict: Mutex::new(None),
+            admitting: Mutex::new(std::collections::HashSet::new()),
             routes: Mutex::new(std::collections::BTreeSet::new()),
             events: broadcast::channel(1024).0,
             metrics,
@@ -132,7 +138,7 @@ impl Membership {
     }
 
     /// A heartbeat datagram that decoded and authenticated.
-    pub fn on_heartbeat(&self, hb: Heartbeat, tagged: bool) -> Result<(), Reject> {
+    pub fn on_heartbeat(self: &Arc<Self>, hb: Heartbeat, tagged: bool) -> Result<(), Reject> {
         if hb.domain != self.cfg.domain {
             return Err(Reject::Domain);
         }
@@ -164,8 +170,44 @@ impl Membership {
             }
             *last = hb.seq;
         }
+        if self.link.tls.is_some() && !self.table().contains_key(&hb.info.node_id) {
+            // With mutual TLS a heartbeat alone admits no one (#17): a new member is
+            // added by its answer to a ping over TLS, its certificate naming its route.
+            self.admit(hb.info);
+            return Ok(());
+        }
         self.observe(hb.info);
         Ok(())
+    }
+
+    /// Pings a member heard of for the first time and adds it from its pong (verified by
+    /// [`Link::ping`]: the CA, and the route its certificate names). One at a time per
+    /// node, at most [`MAX_ADMITTING`] at once.
+    fn admit(self: &Arc<Self>, info: NodeInfo) {
+        {
+            let mut a = self.admitting.lock().unwrap_or_else(|p| p.into_inner());
+            if a.contains(&info.node_id) || a.len() >= MAX_ADMITTING {
+                return;
+            }
+            a.insert(info.node_id);
+        }
+        let this = self.clone();
+        self.tasks.spawn_until_stopped(async move {
+            match this.link.ping(info.mesh_addr).await {
+                Ok(pong) if pong.node_id == info.node_id => this.observe(pong),
+                Ok(_) => {
+                    tracing::debug!(route = %info.jvm_route, "another process answered at its mesh address: not admitted")
+                }
+                Err(e) => {
+                    this.metrics.rejected("not_admitted").inc();
+                    tracing::warn!(route = %info.jvm_route, error = %e, "heartbeat from a node that failed the mesh handshake: not admitted");
+                }
+            }
+            this.admitting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&info.node_id);
+        });
     }
 
     /// What a member says about itself (heartbeat, ping or pong).

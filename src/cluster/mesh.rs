@@ -10,6 +10,10 @@
 //! key) and be a `Hello` or a `Ping`; only then may frames be `max_frame_bytes`. Every
 //! opener sends one of those first ([`super::link::Link::call`], the replication peer, state
 //! transfer). A connection with no frame for `idle_timeout` is closed.
+//!
+//! With `[cluster.tls]` every connection is mutual TLS first (under `handshake_timeout`;
+//! plaintext or a certificate not from the cluster CA is refused, `tls`), and the first
+//! frame must name a route the peer's certificate names (`route`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -22,7 +26,11 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 
+use tokio_rustls::{TlsAcceptor, TlsStream};
+use tokio_util::either::Either;
+
 use super::config::ReceiverConfig;
+use super::link::MeshStream;
 use super::membership::Membership;
 use super::messages::MeshMessage;
 use super::replication::Replicator;
@@ -139,6 +147,26 @@ async fn connection(
     limits: &Limits,
 ) {
     let _ = stream.set_nodelay(true);
+    // With `[cluster.tls]` the handshake comes first, under the same timeout; plaintext or
+    // a certificate the cluster CA did not sign ends here.
+    let stream: MeshStream = match &m.link.tls {
+        None => Either::Left(stream),
+        Some(t) => {
+            let accept = TlsAcceptor::from(t.tls.server.clone()).accept(stream);
+            match tokio::time::timeout(limits.handshake, accept).await {
+                Ok(Ok(s)) => Either::Right(TlsStream::Server(s)),
+                Ok(Err(e)) => {
+                    m.metrics.mesh_rejected("tls").inc();
+                    tracing::debug!(%peer, error = %e, "mesh TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    m.metrics.mesh_rejected("handshake_timeout").inc();
+                    return;
+                }
+            }
+        }
+    };
     // Until the first frame proves the peer, it can make this node buffer a few KiB only.
     let mut framed = Framed::new(stream, codec(FIRST_FRAME.min(max_frame)));
     let mut authenticated = false;
@@ -187,9 +215,18 @@ async fn connection(
             }
         };
         if !authenticated {
-            if !matches!(msg, MeshMessage::Hello { .. } | MeshMessage::Ping { .. }) {
-                m.metrics.mesh_rejected("unauthenticated").inc();
-                tracing::warn!(%peer, "mesh connection began with {}: closed", msg.name());
+            let from = match &msg {
+                MeshMessage::Hello { from, .. } | MeshMessage::Ping { from, .. } => from,
+                _ => {
+                    m.metrics.mesh_rejected("unauthenticated").inc();
+                    tracing::warn!(%peer, "mesh connection began with {}: closed", msg.name());
+                    return;
+                }
+            };
+            // With TLS, a member speaks only for the route its certificate names.
+            if !m.link.speaks_for(framed.get_ref(), &from.jvm_route) {
+                m.metrics.mesh_rejected("route").inc();
+                tracing::warn!(%peer, route = %from.jvm_route, "mesh certificate does not name this route: closed");
                 return;
             }
             authenticated = true;

@@ -47,8 +47,8 @@ use replication::Replicator;
 use transport::Multicast;
 
 pub use config::{
-    ClusterConfig, Manager, MembershipConfig, MembershipKind, PartitionHandling, ReceiverConfig,
-    SendMode,
+    ClusterConfig, Manager, MembershipConfig, MembershipKind, MeshTlsConfig, PartitionHandling,
+    ReceiverConfig, SendMode,
 };
 pub use error::{ClaimError, ClusterError, MeshError, SettleError};
 pub use membership::Member;
@@ -114,6 +114,7 @@ impl Cluster {
             me,
             cfg.membership.verify_timeout,
             cfg.receiver.max_frame_bytes,
+            cfg.tls.clone(),
         ));
         let cm = metrics::ClusterMetrics::register(metrics);
         let membership = Arc::new(Membership::new(

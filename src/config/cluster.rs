@@ -3,12 +3,16 @@
 use std::net::IpAddr;
 
 use super::raw::RawCluster;
-use super::source::{key, key_idx, parse_addr, Source};
+use std::path::Path;
+
+use super::source::{key, key_idx, parse_addr, resolve, Source};
 use super::ConfigError;
+use crate::cluster::MeshTlsConfig;
 use crate::cluster::{
     ClusterConfig, Manager, MembershipConfig, MembershipKind, PartitionHandling, ReceiverConfig,
     SendMode,
 };
+use crate::tls::TlsError;
 
 /// `[cluster]`, `[cluster.membership]`, `[cluster.receiver]`.
 pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, ConfigError> {
@@ -167,6 +171,14 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
     }
     let r = &c.receiver;
     let address = ip("cluster.receiver.address", &r.address)?;
+    let tls = mesh_tls(c, src)?;
+    if tls.is_some() && c.key.is_none() {
+        // Heartbeats are UDP, outside TLS: they need the key's tag.
+        return Err(src.error(
+            &key("cluster.tls"),
+            "mutual TLS on the mesh needs cluster.key too (for the heartbeats, which are UDP)",
+        ));
+    }
     // Fail closed (SPEC 4.10): reachable beyond this machine only with a key, or when the
     // operator says so.
     if c.enabled && c.key.is_none() && !c.insecure {
@@ -242,5 +254,29 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
         lease,
         max_queue_changes: c.max_queue_changes,
         max_queue_bytes: c.max_queue_bytes,
+        tls,
     })
+}
+
+/// `[cluster.tls]`, loaded now so a bad file is a config error naming its key.
+fn mesh_tls(c: &RawCluster, src: &Source) -> Result<Option<MeshTlsConfig>, ConfigError> {
+    let Some(t) = &c.tls else { return Ok(None) };
+    let base = src.file.parent().unwrap_or(Path::new("."));
+    let (cert, keyp, ca) = (
+        resolve(base, &t.cert),
+        resolve(base, &t.key),
+        resolve(base, &t.ca),
+    );
+    let tls = crate::tls::mesh_tls(&cert, &keyp, &ca).map_err(|e| {
+        let k = match &e {
+            TlsError::Cert(p, _) if *p == ca => "cluster.tls.ca",
+            TlsError::Cert(..) | TlsError::Rustls(..) => "cluster.tls.cert",
+            TlsError::Key(..) => "cluster.tls.key",
+        };
+        src.error(&key(k), e.to_string())
+    })?;
+    Ok(Some(MeshTlsConfig {
+        tls,
+        bind_routes: t.bind_routes,
+    }))
 }

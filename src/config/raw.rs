@@ -262,6 +262,19 @@ pub struct RawCluster {
     pub max_queue_bytes: usize,
     pub membership: RawMembership,
     pub receiver: RawReceiver,
+    pub tls: Option<RawMeshTls>,
+}
+
+/// `[cluster.tls]`: mutual TLS on the mesh.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeshTls {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+    /// A member's certificate must name its jvm_route.
+    #[serde(default = "yes")]
+    pub bind_routes: bool,
 }
 
 impl Default for RawCluster {
@@ -285,6 +298,7 @@ impl Default for RawCluster {
             max_queue_bytes: 64 * 1024 * 1024,
             membership: RawMembership::default(),
             receiver: RawReceiver::default(),
+            tls: None,
         }
     }
 }

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -38,13 +37,18 @@ pub async fn run(
     let mut retry: VecDeque<Outgoing> = VecDeque::new();
     let mut backoff = Duration::from_millis(50);
     loop {
-        let connect =
-            tokio::time::timeout(rep.link.verify_timeout, TcpStream::connect(info.mesh_addr));
+        let connect = tokio::time::timeout(
+            rep.link.verify_timeout,
+            rep.link.connect(info.mesh_addr, Some(&route)),
+        );
         let stream = tokio::select! {
             _ = cancel.cancelled() => return,
             r = connect => match r {
                 Ok(Ok(s)) => s,
-                _ => {
+                other => {
+                    if let Ok(Err(e @ crate::cluster::MeshError::Tls { .. })) = &other {
+                        tracing::warn!(peer = %route, error = %e, "replication connection refused");
+                    }
                     rep.membership.suspect(info.node_id);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
@@ -56,7 +60,6 @@ pub async fn run(
             },
         };
         backoff = Duration::from_millis(50);
-        let _ = stream.set_nodelay(true);
         let mut framed = Framed::new(stream, codec(rep.link.max_frame));
         if framed.send(rep.link.hello()).await.is_err() {
             continue;
@@ -79,9 +82,13 @@ pub async fn run(
                                 resync_after_overflow(&rep, &info, &load);
                                 continue;
                             }
-                            // The member closed an idle connection (its `idle_timeout`):
-                            // not a failure. A new one when there is something to send.
+                            // Closed with nothing in flight: the member's `idle_timeout`,
+                            // or the member died. Verified either way (a dead one is
+                            // dropped at once, which ownership decisions need; a live one
+                            // is kept), and a new connection when there is something to
+                            // send (an idle close is no reason to reconnect at once).
                             None if inflight.is_empty() => {
+                                rep.membership.suspect(info.node_id);
                                 tokio::select! {
                                     _ = cancel.cancelled() => return,
                                     next = rx.recv() => match next {

@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use crate::cluster::link::MeshStream;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::Replicator;
@@ -20,7 +20,7 @@ impl Replicator {
     /// front; each session is copied when its chunk is built.
     pub async fn serve_state(
         &self,
-        framed: &mut Framed<TcpStream, LengthDelimitedCodec>,
+        framed: &mut Framed<MeshStream, LengthDelimitedCodec>,
     ) -> std::io::Result<u64> {
         let keys = self.store.keys();
         // Leave room for the frame's own overhead.
@@ -74,10 +74,7 @@ impl Replicator {
         };
         let started = Instant::now();
         let addr = src.info.mesh_addr;
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| MeshError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
+        let stream = self.link.connect(addr, Some(&src.info.jvm_route)).await?;
         let mut framed = Framed::new(stream, codec(self.link.max_frame));
         let req = MeshMessage::StateRequest {
             domain: self.link.domain.clone(),

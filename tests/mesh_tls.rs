@@ -1,0 +1,217 @@
+//! Mutual TLS on the mesh (#17, SPEC 4.10), with certificates from `caracal certs`: the
+//! members replicate over it; plaintext, a certificate of another CA, and a member's
+//! certificate used to speak for another route are all refused and counted.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
+use caracal::State;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::codec::Framed;
+
+const KEY: &str = "mesh-tls-test-secret-0123";
+
+fn certs(dir: &Path, nodes: &str) {
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir)
+        .args(["--nodes", nodes])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in nodes.split(',') {
+        assert!(dir.join(format!("{n}.pem")).exists() && dir.join(format!("{n}-key.pem")).exists());
+    }
+    assert!(dir.join("ca.pem").exists());
+}
+
+fn stranger(route: &str) -> NodeInfo {
+    NodeInfo {
+        node_id: 77,
+        jvm_route: route.into(),
+        mesh_addr: "127.0.0.1:9".parse().unwrap(),
+        http_addr: "127.0.0.1:9".parse().unwrap(),
+        state: State::Ready,
+        alive_ms: 1,
+    }
+}
+
+/// A TLS client with `node`'s certificate from `dir`, sending a ping as `route`: the
+/// answer, if any.
+async fn ping_over_tls(
+    mesh: SocketAddr,
+    dir: &Path,
+    node: &str,
+    route: &str,
+) -> Option<MeshMessage> {
+    let tls = caracal::mesh_tls(
+        &dir.join(format!("{node}.pem")),
+        &dir.join(format!("{node}-key.pem")),
+        &dir.join("ca.pem"),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(mesh).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(caracal::MESH_NAME).unwrap();
+    let s = tokio_rustls::TlsConnector::from(tls.client)
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let mut f = Framed::new(s, caracal::mesh_codec(1 << 20));
+    let ping = MeshMessage::Ping {
+        domain: "tls".into(),
+        from: stranger(route),
+    };
+    let key = caracal::ClusterKey::new(KEY.as_bytes());
+    let sealed = caracal::cluster::seal_mesh(&ping, Some(&key));
+    f.send(Bytes::from(sealed)).await.ok()?;
+    let frame = tokio::time::timeout(Duration::from_secs(3), f.next())
+        .await
+        .ok()??
+        .ok()?;
+    caracal::cluster::open_mesh(&frame, Some(&key)).ok()
+}
+
+fn rejected(metrics: &str, reason: &str) -> u64 {
+    let name = format!("caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "n1,n2,n3");
+    let other = tempfile::tempdir().unwrap();
+    certs(other.path(), "n3");
+    let b = TestBackend::start("b").await;
+    let confs: Vec<String> = (1..=2)
+        .map(|i| {
+            let c = cluster_node(
+                &format!("n{i}"),
+                &b.url(),
+                46731,
+                "tls",
+                &format!("key = \"{KEY}\""),
+            );
+            let p = |f: String| dir.path().join(f).display().to_string();
+            format!(
+                "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+                p(format!("n{i}.pem")),
+                p(format!("n{i}-key.pem")),
+                p("ca.pem".into())
+            )
+        })
+        .collect();
+    let nodes = Node::start_all(&confs).await;
+    for node in &nodes {
+        node.wait_status(Duration::from_secs(5), "cluster formed", |s| {
+            s["members"].as_array().unwrap().len() == 1
+        })
+        .await;
+    }
+    // Replication (sync) runs over TLS.
+    let r = http(
+        nodes[0].http,
+        reflect("/", None, &[("x-session-set", r#"{"over":"tls"}"#)]),
+    )
+    .await;
+    let id = set_cookie_id(&r).expect("a session");
+    let base = id.split('.').next().unwrap().to_string();
+    let s = session_info(nodes[1].admin, &base)
+        .await
+        .expect("replicated");
+    assert_eq!(s["attributes"]["over"], "tls");
+
+    let mesh: SocketAddr = nodes[0].status().await["node"]["mesh_addr"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Plaintext: a ping frame gets no answer, the connection closes.
+    let mut c = tokio::net::TcpStream::connect(mesh).await.unwrap();
+    let ping = MeshMessage::Ping {
+        domain: "tls".into(),
+        from: stranger("n3"),
+    };
+    let frame = encode_mesh(&ping);
+    c.write_all(&(frame.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    c.write_all(&frame).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut got))
+        .await
+        .expect("plaintext left open");
+    // At most a TLS alert record (content type 21), never a mesh frame.
+    assert!(
+        got.is_empty() || got[0] == 21,
+        "plaintext was answered: {got:?}"
+    );
+    // A certificate of another CA: no handshake.
+    assert!(ping_over_tls(mesh, other.path(), "n3", "n3")
+        .await
+        .is_none());
+    // The cluster's n3 certificate speaking as n3: answered.
+    assert!(matches!(
+        ping_over_tls(mesh, dir.path(), "n3", "n3").await,
+        Some(MeshMessage::Pong { .. })
+    ));
+    // The same certificate speaking as n2: refused.
+    assert!(ping_over_tls(mesh, dir.path(), "n3", "n2").await.is_none());
+
+    let m = http(nodes[0].admin, get("/metrics")).await.text();
+    assert!(rejected(&m, "tls") >= 2, "{m}");
+    assert!(rejected(&m, "route") >= 1, "{m}");
+
+    // A node with the key but another CA's certificate: its heartbeats are heard, it is
+    // never admitted (a member joins by a ping over TLS, not by a heartbeat).
+    let c = cluster_node("n3", &b.url(), 46731, "tls", &format!("key = \"{KEY}\""));
+    let p = |f: &str| other.path().join(f).display().to_string();
+    let outsider = Node::start(&format!(
+        "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        p("n3.pem"),
+        p("n3-key.pem"),
+        p("ca.pem")
+    ))
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = http(nodes[0].admin, get("/metrics")).await.text();
+        if m.contains("caracal_heartbeats_rejected_total{reason=\"not_admitted\"}") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n3 not refused: {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let members = nodes[0].status().await["members"].clone();
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+    drop(outsider);
+}
+
+#[test]
+fn certs_refuses_a_name_that_cannot_be_a_san() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir.path())
+        .args(["--nodes", "n1,bad name"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a DNS name"));
+}
