@@ -42,6 +42,9 @@ enum Command {
         /// The first demo backend's port (the second uses the next one).
         #[arg(long, default_value_t = 9001)]
         backend_port: u16,
+        /// Mutual TLS on the mesh, with certificates made for the run (`caracal certs`).
+        #[arg(long)]
+        tls: bool,
     },
     /// Write a cluster CA and one certificate per node for `[cluster.tls]` (mutual TLS on
     /// the mesh): DIR/ca.pem, DIR/ca-key.pem, DIR/<node>.pem, DIR/<node>-key.pem. Each
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
             port,
             admin_port,
             backend_port,
+            tls,
         }) => {
             init_logging(LogFormat::Text);
             let ports = crate::demo::DemoPorts {
@@ -114,7 +118,7 @@ pub fn main() -> ExitCode {
                 admin: admin_port,
                 backend: backend_port,
             };
-            block_on_with_signals(0, |shutdown| crate::demo::run(ports, shutdown))
+            block_on_with_signals(0, |shutdown| crate::demo::run(ports, tls, shutdown))
         }
         Some(Command::Certs { out, nodes }) => {
             match crate::tls::write_cluster_certs(&out, &nodes) {

@@ -164,7 +164,10 @@ const NODES: u16 = 3;
 
 /// Runs three node processes (this binary) and two demo backends on loopback until
 /// `shutdown`, then stops the nodes it started.
-pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Result<()> {
+///
+/// `tls`: the nodes' mesh is mutual TLS, with a CA and node certificates made for the run
+/// (`caracal certs`) and a random cluster key.
+pub async fn run(ports: DemoPorts, tls: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let b = [ports.backend, ports.backend.wrapping_add(1)];
     let mut backend_urls = Vec::new();
     let backends = tokio_util::task::TaskTracker::new();
@@ -186,6 +189,17 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
     // Its own multicast port and domain, so a demo never joins a real cluster.
     let mcast_port = 45565;
     let domain = format!("caracal-demo-{}", std::process::id());
+    let secure = if tls {
+        let certs = dir.join("tls");
+        let names: Vec<String> = (1..=NODES).map(|n| format!("node{n}")).collect();
+        crate::tls::write_cluster_certs(&certs, &names).map_err(|e| anyhow::anyhow!(e))?;
+        let mut secret = [0u8; 24];
+        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let key: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        Some((certs, key))
+    } else {
+        None
+    };
     let mut children = Vec::new();
     for i in 0..NODES {
         let conf = format!(
@@ -199,6 +213,22 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
             admin = ports.admin + i,
             servers = backend_urls.join(", "),
         );
+        let conf = match &secure {
+            None => conf,
+            Some((certs, key)) => {
+                let f = |name: String| certs.join(name).display().to_string();
+                format!(
+                    "{conf}[cluster.tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+                    f(format!("node{}.pem", i + 1)),
+                    f(format!("node{}-key.pem", i + 1)),
+                    f("ca.pem".into())
+                )
+                .replace(
+                    "[cluster]\nenabled = true\n",
+                    &format!("[cluster]\nenabled = true\nkey = \"{key}\"\n"),
+                )
+            }
+        };
         let path = dir.join(format!("node{}.toml", i + 1));
         std::fs::write(&path, conf)?;
         let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1)))?;
@@ -229,7 +259,7 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
         std::io::stdout(),
         "\ncaracal demo: a three-node cluster and two stateless demo backends, all on loopback.\n\n\
          {lines}backends http://127.0.0.1:{b0}  http://127.0.0.1:{b1}\n\
-         logs and confs in {dir}\n\n\
+         logs and confs in {dir}{mesh}\n\n\
          Try:\n\
          1. curl -s -c jar -b jar http://127.0.0.1:{h0}/api/session   (a few times)\n   \
             The visit counter lives in the cluster's session store; the cookie ends in .node1.\n\
@@ -246,6 +276,11 @@ pub async fn run(ports: DemoPorts, shutdown: CancellationToken) -> anyhow::Resul
         b0 = b[0],
         b1 = b[1],
         dir = dir.display(),
+        mesh = if secure.is_some() {
+            "\nthe mesh is mutual TLS: a CA and node certificates in tls/ there, a random key"
+        } else {
+            ""
+        },
         h0 = ports.http,
         h1 = ports.http + 1,
         h2 = ports.http + 2,

@@ -74,6 +74,13 @@ async fn wait_ready(admin: SocketAddr, log: &std::path::Path) {
 
 /// `caracal demo` on free ports, stdout piped, stderr to `log`: (child, http port, admin port).
 fn spawn_demo(log: &tempfile::NamedTempFile) -> (std::process::Child, u16, u16) {
+    spawn_demo_with(log, &[])
+}
+
+fn spawn_demo_with(
+    log: &tempfile::NamedTempFile,
+    extra: &[&str],
+) -> (std::process::Child, u16, u16) {
     // One run for all eight ports: three runs picked one after the other could overlap
     // (none is held while the next is picked), and a node would fail to bind.
     let base = free_run(8);
@@ -88,6 +95,7 @@ fn spawn_demo(log: &tempfile::NamedTempFile) -> (std::process::Child, u16, u16) 
             "--backend-port",
             &backend_port.to_string(),
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log.reopen().unwrap()))
         .spawn()
@@ -198,5 +206,59 @@ async fn a_closed_stdout_does_not_stop_the_demo() {
         guard.0.try_wait().unwrap().is_none(),
         "the demo exited; its log:\n{}",
         std::fs::read_to_string(log.path()).unwrap_or_default()
+    );
+}
+
+/// `caracal demo --tls`: the three nodes form their cluster over mutual TLS (with TLS a
+/// member is admitted only by a ping over TLS, so the membership itself shows it works)
+/// and replicate a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_tls_forms_its_cluster_over_tls() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (mut child, http_port, admin_port) = spawn_demo_with(&log, &["--tls"]);
+    let out = child.stdout.take().unwrap();
+    let _guard = Killed(child);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut tx = Some(tx);
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.starts_with("Ctrl-C") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(text.clone());
+                }
+            }
+        }
+    });
+    let printed = rx.await.expect("demo printed nothing");
+    assert!(printed.contains("mutual TLS"), "{printed}");
+    let admin = |i: u16| -> SocketAddr { ([127, 0, 0, 1], admin_port + i).into() };
+    for i in 0..3 {
+        wait_ready(admin(i), log.path()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = try_http(admin(0), get("/status")).await;
+        let n = s
+            .ok()
+            .map_or(0, |r| r.json()["members"].as_array().map_or(0, |m| m.len()));
+        if n == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the TLS cluster did not form: {n} members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let node1: SocketAddr = ([127, 0, 0, 1], http_port).into();
+    let r = http(node1, get("/api/session")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let m = http(admin(0), get("/metrics")).await.text();
+    assert!(
+        !m.contains("reason=\"tls\"} 1"),
+        "a member was refused: {m}"
     );
 }
