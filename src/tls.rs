@@ -29,16 +29,7 @@ pub fn server_config(
     key: &Path,
     http2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Cert(cert.to_path_buf(), e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert(cert.to_path_buf(), e.to_string()))?;
-    if certs.is_empty() {
-        return Err(TlsError::Cert(
-            cert.to_path_buf(),
-            "no CERTIFICATE block in the file".into(),
-        ));
-    }
+    let certs = load_certs(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key(key.to_path_buf(), e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())

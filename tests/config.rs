@@ -239,13 +239,7 @@ fn a_cluster_beyond_loopback_fails_closed() {
 #[test]
 fn mesh_tls_is_checked_at_load() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(dir.path())
-        .args(["--nodes", "n1"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    write_certs(dir.path(), "n1");
     let p = |f: &str| dir.path().join(f).display().to_string();
     let tls = |ca: &str| {
         format!(

@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
-use caracal::State;
+use caracal::cluster::{encode_mesh, MeshMessage};
 use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,26 +37,6 @@ async fn closed_after(c: &mut TcpStream, limit: Duration) -> Option<Duration> {
     }
 }
 
-fn info() -> NodeInfo {
-    NodeInfo {
-        node_id: 7,
-        jvm_route: "stranger".into(),
-        mesh_addr: "127.0.0.1:9".parse().unwrap(),
-        http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: State::Ready,
-        alive_ms: 1,
-    }
-}
-
-fn rejected(metrics: &str, reason: &str) -> u64 {
-    let name = format!("caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_is_bounded_before_authentication() {
     let b = TestBackend::start("b").await;
@@ -70,12 +49,7 @@ async fn the_mesh_is_bounded_before_authentication() {
         })
         .collect();
     let nodes = Node::start_all(&confs).await;
-    for node in &nodes {
-        node.wait_status(Duration::from_secs(3), "cluster formed", |s| {
-            s["members"].as_array().unwrap().len() == 1
-        })
-        .await;
-    }
+    wait_formed(&nodes, Duration::from_secs(3)).await;
     let mesh: SocketAddr = nodes[0].status().await["node"]["mesh_addr"]
         .as_str()
         .unwrap()
@@ -99,7 +73,7 @@ async fn the_mesh_is_bounded_before_authentication() {
     let mut c = connect_from_2(mesh).await;
     let claim = MeshMessage::StateRequest {
         domain: "limits".into(),
-        from: info(),
+        from: stranger("stranger"),
     };
     let mut f = tokio_util::codec::Framed::new(c, caracal::mesh_codec(1 << 20));
     f.send(Bytes::from(encode_mesh(&claim))).await.unwrap();
@@ -132,7 +106,7 @@ async fn the_mesh_is_bounded_before_authentication() {
     // A ping opens a connection; silent after it, the connection is closed as idle.
     let ping = MeshMessage::Ping {
         domain: "limits".into(),
-        from: info(),
+        from: stranger("stranger"),
     };
     let mut f =
         tokio_util::codec::Framed::new(connect_from_2(mesh).await, caracal::mesh_codec(1 << 20));
@@ -154,7 +128,7 @@ async fn the_mesh_is_bounded_before_authentication() {
         ("over_limit", 1),
         ("idle", 1),
     ] {
-        let n = rejected(&m, reason);
+        let n = mesh_rejected(&m, reason);
         assert!(n >= at_least, "{reason}: {n} < {at_least}\n{m}");
     }
 
@@ -207,12 +181,7 @@ async fn a_stalled_members_queue_is_capped_then_resynced() {
         })
         .collect();
     let nodes = Node::start_all(&confs).await;
-    for node in &nodes {
-        node.wait_status(Duration::from_secs(3), "cluster formed", |s| {
-            s["members"].as_array().unwrap().len() == 1
-        })
-        .await;
-    }
+    wait_formed(&nodes, Duration::from_secs(3)).await;
     nodes[1].signal("STOP");
     let mut bases = Vec::new();
     for i in 0..60 {

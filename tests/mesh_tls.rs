@@ -10,8 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
-use caracal::State;
+use caracal::cluster::{encode_mesh, MeshMessage};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,32 +19,11 @@ use tokio_util::codec::Framed;
 const KEY: &str = "mesh-tls-test-secret-0123";
 
 fn certs(dir: &Path, nodes: &str) {
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(dir)
-        .args(["--nodes", nodes])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_certs(dir, nodes);
     for n in nodes.split(',') {
         assert!(dir.join(format!("{n}.pem")).exists() && dir.join(format!("{n}-key.pem")).exists());
     }
     assert!(dir.join("ca.pem").exists());
-}
-
-fn stranger(route: &str) -> NodeInfo {
-    NodeInfo {
-        node_id: 77,
-        jvm_route: route.into(),
-        mesh_addr: "127.0.0.1:9".parse().unwrap(),
-        http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: State::Ready,
-        alive_ms: 1,
-    }
 }
 
 /// A TLS client with `node`'s certificate from `dir`, sending a ping as `route`: the
@@ -83,15 +61,6 @@ async fn ping_over_tls(
     caracal::cluster::open_mesh(&frame, Some(&key)).ok()
 }
 
-fn rejected(metrics: &str, reason: &str) -> u64 {
-    let name = format!("caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
     let dir = tempfile::tempdir().unwrap();
@@ -118,12 +87,7 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
         })
         .collect();
     let nodes = Node::start_all(&confs).await;
-    for node in &nodes {
-        node.wait_status(Duration::from_secs(5), "cluster formed", |s| {
-            s["members"].as_array().unwrap().len() == 1
-        })
-        .await;
-    }
+    wait_formed(&nodes, Duration::from_secs(5)).await;
     // Replication (sync) runs over TLS.
     let r = http(
         nodes[0].http,
@@ -175,8 +139,8 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
     assert!(ping_over_tls(mesh, dir.path(), "n3", "n2").await.is_none());
 
     let m = http(nodes[0].admin, get("/metrics")).await.text();
-    assert!(rejected(&m, "tls") >= 2, "{m}");
-    assert!(rejected(&m, "route") >= 1, "{m}");
+    assert!(mesh_rejected(&m, "tls") >= 2, "{m}");
+    assert!(mesh_rejected(&m, "route") >= 1, "{m}");
 
     // A node with the key but another CA's certificate: its heartbeats are heard, it is
     // never admitted (a member joins by a ping over TLS, not by a heartbeat).

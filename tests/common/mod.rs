@@ -831,3 +831,50 @@ pub async fn raw_replicate(
     f.send(bytes::Bytes::from(encode_mesh(&msg))).await.unwrap();
     f.next().await.unwrap().unwrap();
 }
+
+/// Waits until every node lists the other `nodes.len() - 1` as members.
+pub async fn wait_formed(nodes: &[Node], within: Duration) {
+    for node in nodes {
+        node.wait_status(within, "cluster formed", |s| {
+            s["members"].as_array().map_or(0, |m| m.len()) == nodes.len() - 1
+        })
+        .await;
+    }
+}
+
+/// `caracal certs --out dir --nodes nodes`: a cluster CA and a certificate per node.
+pub fn write_certs(dir: &std::path::Path, nodes: &str) {
+    let out = Command::new(BIN)
+        .args(["certs", "--out"])
+        .arg(dir)
+        .args(["--nodes", nodes])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A mesh identity of the test's own, for a node that is not in the cluster.
+pub fn stranger(route: &str) -> caracal::cluster::NodeInfo {
+    caracal::cluster::NodeInfo {
+        node_id: 77,
+        jvm_route: route.into(),
+        mesh_addr: "127.0.0.1:9".parse().unwrap(),
+        http_addr: "127.0.0.1:9".parse().unwrap(),
+        state: caracal::State::Ready,
+        alive_ms: 1,
+    }
+}
+
+/// `caracal_mesh_frames_rejected_total{reason}` in a `/metrics` text (0 when absent).
+pub fn mesh_rejected(metrics: &str, reason: &str) -> u64 {
+    let name = format!("caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&name))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
