@@ -202,33 +202,33 @@ pub async fn run(ports: DemoPorts, tls: bool, shutdown: CancellationToken) -> an
     };
     let mut children = Vec::new();
     for i in 0..NODES {
+        // With --tls: the key under [cluster], and a [cluster.tls] section at the end.
+        let (key, tls) = match &secure {
+            None => (String::new(), String::new()),
+            Some((certs, key)) => {
+                let f = |name: String| certs.join(name).display().to_string();
+                (
+                    format!("key = \"{key}\"\n"),
+                    format!(
+                        "[cluster.tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
+                        f(format!("node{}.pem", i + 1)),
+                        f(format!("node{}-key.pem", i + 1)),
+                        f("ca.pem".into())
+                    ),
+                )
+            }
+        };
         let conf = format!(
             "[node]\njvm_route = \"node{n}\"\nshutdown_grace = \"2s\"\n\
              [http]\nlisten = [\"127.0.0.1:{http}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [backends]\nservers = [{servers}]\n[backends.health]\ninterval = \"1s\"\n\
-             [cluster]\nenabled = true\n[cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\n\
-             [cluster.receiver]\nport = 4000\nauto_bind = 100\n",
+             [cluster]\nenabled = true\n{key}[cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\n\
+             [cluster.receiver]\nport = 4000\nauto_bind = 100\n{tls}",
             n = i + 1,
             http = ports.http + i,
             admin = ports.admin + i,
             servers = backend_urls.join(", "),
         );
-        let conf = match &secure {
-            None => conf,
-            Some((certs, key)) => {
-                let f = |name: String| certs.join(name).display().to_string();
-                format!(
-                    "{conf}[cluster.tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n",
-                    f(format!("node{}.pem", i + 1)),
-                    f(format!("node{}-key.pem", i + 1)),
-                    f("ca.pem".into())
-                )
-                .replace(
-                    "[cluster]\nenabled = true\n",
-                    &format!("[cluster]\nenabled = true\nkey = \"{key}\"\n"),
-                )
-            }
-        };
         let path = dir.join(format!("node{}.toml", i + 1));
         std::fs::write(&path, conf)?;
         let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1)))?;

@@ -214,19 +214,23 @@ async fn connection(
                 return;
             }
         };
-        if !authenticated {
-            let from = match &msg {
-                MeshMessage::Hello { from, .. } | MeshMessage::Ping { from, .. } => from,
-                _ => {
-                    m.metrics.mesh_rejected("unauthenticated").inc();
-                    tracing::warn!(%peer, "mesh connection began with {}: closed", msg.name());
-                    return;
-                }
-            };
-            // With TLS, a member speaks only for the route its certificate names.
+        let from = match &msg {
+            MeshMessage::Hello { from, .. } | MeshMessage::Ping { from, .. } => Some(from),
+            _ => None,
+        };
+        // With TLS, a member speaks only for the route its certificate names: every
+        // `Hello` and `Ping` (its identity goes into the member table), not only the first.
+        if let Some(from) = from {
             if !m.link.speaks_for(framed.get_ref(), &from.jvm_route) {
                 m.metrics.mesh_rejected("route").inc();
                 tracing::warn!(%peer, route = %from.jvm_route, "mesh certificate does not name this route: closed");
+                return;
+            }
+        }
+        if !authenticated {
+            if from.is_none() {
+                m.metrics.mesh_rejected("unauthenticated").inc();
+                tracing::warn!(%peer, "mesh connection began with {}: closed", msg.name());
                 return;
             }
             authenticated = true;

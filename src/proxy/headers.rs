@@ -108,12 +108,15 @@ impl Hygiene {
         } else {
             None
         };
-        let (prefixed, forwarded, underscored) = if strip_present(headers, seen.hop) {
+        let again;
+        let seen = if strip_present(headers, seen.hop) {
             // `Connection` named other headers, now gone: what is left is looked at again.
-            scan(headers, &self.prefix, self.request_id.as_ref())
+            again = Survey::of(headers, &self.prefix, self.request_id.as_ref(), false);
+            &again
         } else {
-            (seen.prefixed, seen.forwarded, seen.underscored)
+            seen
         };
+        let (prefixed, forwarded, underscored) = (seen.prefixed, seen.forwarded, seen.underscored);
         if prefixed {
             strip_prefixed(headers, &self.prefix);
         }
@@ -295,36 +298,6 @@ fn strip_present(headers: &mut HeaderMap, present: u16) -> bool {
         headers.remove(n);
     }
     named
-}
-
-/// [`Survey`]'s prefix, forwarding and `_` findings again, after `Connection` took names
-/// away. One pass over the names: does any start with `prefix`, which of the headers kept only
-/// when trusted are there (`X-Forwarded-*`, `Forwarded`, `X-Real-IP`, the request id),
-/// does any contain `_`.
-fn scan(headers: &HeaderMap, prefix: &str, request_id: Option<&HeaderName>) -> (bool, u8, bool) {
-    let mut prefixed = false;
-    let mut forwarded = 0;
-    let mut underscored = false;
-    for name in headers.keys() {
-        let n = name.as_str();
-        underscored |= n.as_bytes().contains(&b'_');
-        if let Some(rest) = n.strip_prefix("x-forwarded-") {
-            forwarded |= match rest {
-                "for" => XFF,
-                "proto" => XFP,
-                "host" => XFH,
-                _ => XFO,
-            };
-        } else if name == header::FORWARDED {
-            forwarded |= FWD;
-        } else if name == X_REAL_IP {
-            forwarded |= XRI;
-        } else if request_id == Some(name) {
-            forwarded |= RID;
-        }
-        prefixed |= n.starts_with(prefix);
-    }
-    (prefixed, forwarded, underscored)
 }
 
 /// Removes every header whose name, with `_` read as `-`, is one this hop protects: the

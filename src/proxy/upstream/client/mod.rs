@@ -17,6 +17,7 @@
 
 use std::io::{self};
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -45,10 +46,6 @@ use head::read_head;
 /// does not say (health checks); requests use `[backends]`' `max_response_head`, which
 /// follows `max_session_bytes` (a session write travels in a response header).
 pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
-/// How long a broken response waits for the request body's writer to say whether the
-/// client's body broke first (see `read_while_writing`).
-const WRITER_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Most headers accepted in a response head (hyper's client allows 100).
 const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line or trailer block accepted in a chunked body.
@@ -86,13 +83,19 @@ struct Writer {
     task: Option<tokio::task::JoinHandle<Result<OwnedWriteHalf, BodyError>>>,
     /// The write half, once the task wrote the whole body.
     done: Option<OwnedWriteHalf>,
+    /// Set by the task when the client's body failed, before the write half is dropped.
+    client_failed: Arc<OnceLock<String>>,
 }
 
 impl Writer {
-    fn new(task: tokio::task::JoinHandle<Result<OwnedWriteHalf, BodyError>>) -> Self {
+    fn new(
+        task: tokio::task::JoinHandle<Result<OwnedWriteHalf, BodyError>>,
+        client_failed: Arc<OnceLock<String>>,
+    ) -> Self {
         Self {
             task: Some(task),
             done: None,
+            client_failed,
         }
     }
 
@@ -392,11 +395,21 @@ impl Conn {
             let (rd, mut wr) = stream.into_split();
             let mut body = std::mem::replace(body, UpBody::Empty);
             let mut scratch = std::mem::take(&mut self.wbuf);
+            let client_failed = Arc::new(OnceLock::new());
+            let failed = client_failed.clone();
             let writer = tasks.spawn(async move {
-                write_body(&mut wr, &mut scratch, &mut body, out, big_first).await?;
-                Ok(wr)
+                match write_body(&mut wr, &mut scratch, &mut body, out, big_first).await {
+                    Ok(()) => Ok(wr),
+                    Err(e) => {
+                        // Said before `wr` drops (and closes the backend's side).
+                        if let BodyError::Client(why) = &e {
+                            let _ = failed.set(why.clone());
+                        }
+                        Err(e)
+                    }
+                }
             });
-            self.io = Io::Split(rd, Writer::new(writer));
+            self.io = Io::Split(rd, Writer::new(writer, client_failed));
             // Boxed: this path (a body still arriving) is the rare one, and its future
             // inlined would grow every request's by the select below.
             Box::pin(self.read_while_writing(no_body, divert)).await?
@@ -434,20 +447,13 @@ impl Conn {
                 r = &mut read => match r {
                     Ok(h) => return Ok(h),
                     Err(e) => {
-                        // The backend's answer broke. If the client's body broke first, the
-                        // writer is ending too, but its end may not be visible yet (it
-                        // runs on another worker: its half of the socket closes, the
-                        // backend answers that, before its result is stored). A short
-                        // grace tells the two apart (the 100k-case fuzz run found the
-                        // race: a bad chunk then counted as a backend failure).
-                        if writer.task.is_some() {
-                            let grace = tokio::time::timeout(
-                                WRITER_GRACE,
-                                writer.client_failure(),
-                            );
-                            if let Ok(Some(why)) = grace.await {
-                                return Err(SendError::client(why));
-                            }
+                        // The backend's answer broke. If the client's body broke first,
+                        // the writer said so before its half of the socket closed (which
+                        // is what the backend answered), even if its task's end is not
+                        // visible yet: it runs on another worker (the 100k-case fuzz run
+                        // found that race: a bad chunk then counted as a backend failure).
+                        if let Some(why) = writer.client_failed.get() {
+                            return Err(SendError::client(why.clone()));
                         }
                         return Err(e);
                     }
