@@ -266,3 +266,35 @@ fn mesh_tls_is_checked_at_load() {
         "{err}"
     );
 }
+
+/// The mesh's bounds must be bounds: zero is refused, naming the key.
+#[test]
+fn mesh_bounds_cannot_be_zero() {
+    let conf =
+        format!("{BASE}[cluster]\nenabled = true\n[cluster.receiver]\nmax_connections = 0\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(8),
+        "cluster.receiver.max_connections",
+        "greater than 0",
+    );
+    let conf = format!(
+        "{BASE}[cluster]\nenabled = true\n[cluster.receiver]\nhandshake_timeout = \"0s\"\n"
+    );
+    assert_config_error(
+        &conf,
+        &[],
+        Some(8),
+        "cluster.receiver.handshake_timeout",
+        "greater than 0",
+    );
+    let conf = format!("{BASE}[cluster]\nenabled = true\nmax_queue_bytes = 0\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(7),
+        "cluster.max_queue_bytes",
+        "greater than 0",
+    );
+}
