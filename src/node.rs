@@ -197,10 +197,16 @@ async fn serve(
         background.spawn(admin.serve(l, background.clone()));
     }
 
+    let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
     // A starting node hears the cluster before it serves (SPEC 4.7); a duplicate route
     // stops it here, before any client connection is accepted.
     if let Some(c) = &cluster {
         proxy.set_cluster(c.clone());
+        // Forwards from members over mesh channels ([cluster.tls]).
+        let f = frontend.clone();
+        c.serve_channels(Some(Arc::new(move |ch| {
+            Box::pin(f.clone().serve_channel(ch))
+        })));
         c.join().await?;
         let limit = cfg.cluster.state_transfer_timeout;
         let failure = match tokio::time::timeout(limit, c.state_transfer()).await {
@@ -227,7 +233,6 @@ async fn serve(
         }
     }
 
-    let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
     // The client connections: drained first on shutdown, within the grace period.
     let clients = TaskTracker::new();
     for s in listeners.http {
@@ -272,6 +277,9 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period over: closing remaining connections");
+    }
+    if let Some(c) = &cluster {
+        c.serve_channels(None);
     }
     if cluster.is_some() && cfg.cluster.expire_sessions_on_shutdown {
         let n = proxy.end_owned_sessions().await;

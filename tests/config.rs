@@ -201,7 +201,8 @@ fn a_running_node_refuses_a_bad_config_before_binding() {
     assert!(std::net::TcpListener::bind(port).is_ok(), "port was bound");
 }
 
-/// SPEC 4.10: a cluster reachable beyond loopback needs a key, or an explicit `insecure`.
+/// SPEC 4.10: a cluster reachable beyond loopback needs a key (heartbeats) and mutual TLS
+/// (the mesh), or an explicit `insecure`.
 #[test]
 fn a_cluster_beyond_loopback_fails_closed() {
     let open =
@@ -222,11 +223,33 @@ fn a_cluster_beyond_loopback_fails_closed() {
         "cluster.membership.bind",
         "needs cluster.key",
     );
-    for ok in ["key = \"a-cluster-secret-0123\"", "insecure = true"] {
-        let conf = format!(
-            "{BASE}[cluster]\nenabled = true\n{ok}\n[cluster.receiver]\naddress = \"0.0.0.0\"\n"
-        );
-        let (code, err, _, _dir) = check_config(&conf, &[]);
+    // A key covers the heartbeats; the mesh beyond loopback needs TLS as well.
+    let keyed_open = format!(
+        "{BASE}[cluster]\nenabled = true\nkey = \"a-cluster-secret-0123\"\n\
+         [cluster.receiver]\naddress = \"0.0.0.0\"\n"
+    );
+    assert_config_error(
+        &keyed_open,
+        &[],
+        Some(9),
+        "cluster.receiver.address",
+        "needs cluster.key and [cluster.tls]",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_certs(dir.path(), "n1");
+    let p = |f: &str| dir.path().join(f).display().to_string();
+    let tls = format!(
+        "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        p("n1.pem"),
+        p("n1-key.pem"),
+        p("ca.pem")
+    );
+    for ok in [
+        format!("{keyed_open}{tls}"),
+        format!("{BASE}[cluster]\nenabled = true\ninsecure = true\n[cluster.receiver]\naddress = \"0.0.0.0\"\n"),
+        format!("{BASE}[cluster]\nenabled = true\nkey = \"a-cluster-secret-0123\"\n[cluster.membership]\nbind = \"10.1.2.3\"\n"),
+    ] {
+        let (code, err, _, _dir) = check_config(&ok, &[]);
         assert_eq!(code, 0, "{ok}: {err}");
     }
     // The loopback default needs nothing (the demo stays zero-config).

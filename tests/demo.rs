@@ -103,8 +103,14 @@ fn spawn_demo_with(
     (child, http_port, admin_port)
 }
 
+/// One demo at a time: each picks a run of free ports and binds them only when its nodes
+/// start, so two at once could pick overlapping runs (a node that cannot bind never
+/// becomes ready).
+static ONE_DEMO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_walkthrough_survives_killing_the_owner() {
+    let _one = ONE_DEMO.lock().await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut child, http_port, admin_port) = spawn_demo(&log);
     let out = BufReader::new(child.stdout.take().unwrap());
@@ -194,6 +200,7 @@ async fn demo_walkthrough_survives_killing_the_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_does_not_stop_the_demo() {
+    let _one = ONE_DEMO.lock().await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut child, _, admin_port) = spawn_demo(&log);
     // As `caracal demo | true` does: nobody reads what it prints.
@@ -214,6 +221,7 @@ async fn a_closed_stdout_does_not_stop_the_demo() {
 /// and replicate a session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_with_tls_forms_its_cluster_over_tls() {
+    let _one = ONE_DEMO.lock().await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut child, http_port, admin_port) = spawn_demo_with(&log, &["--tls"]);
     let out = child.stdout.take().unwrap();

@@ -206,3 +206,91 @@ fn certs_refuses_a_name_that_cannot_be_a_san() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a DNS name"));
 }
+
+/// A forwarding marker as a member signs it (proxy::hop), minted here with the cluster key:
+/// what a process that sniffed or holds the key could send to a client listener.
+fn signed_marker(fields: &str, method: &str, target: &str) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let fields = format!("{fields} {ms}");
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, KEY.as_bytes());
+    let data = format!("caracal-hop\n{fields}\n{method} {target}");
+    let tag = ring::hmac::sign(&key, data.as_bytes());
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{fields} {hex}")
+}
+
+/// SPEC 4.10: with `[cluster.tls]` a forward travels over a mesh channel (mutual TLS),
+/// never to the owner's client listener, and a marker on a client listener counts for
+/// nothing, even one signed with the cluster key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_forwards_go_over_mesh_channels_only() {
+    let dir = tempfile::tempdir().unwrap();
+    certs(dir.path(), "n1,n2");
+    let b = TestBackend::start("b").await;
+    let confs: Vec<String> = (1..=2)
+        .map(|i| {
+            // n2 announces an HTTP address nobody listens on: a forward that went there
+            // instead of over the mesh would fail.
+            let extra = if i == 2 {
+                format!("key = \"{KEY}\"\nadvertise_http = \"127.0.0.1:1\"")
+            } else {
+                format!("key = \"{KEY}\"")
+            };
+            let c = cluster_node(&format!("n{i}"), &b.url(), 46732, "tls-fwd", &extra);
+            let p = |f: String| dir.path().join(f).display().to_string();
+            format!(
+                "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+                p(format!("n{i}.pem")),
+                p(format!("n{i}-key.pem")),
+                p("ca.pem".into())
+            )
+        })
+        .collect();
+    let nodes = Node::start_all(&confs).await;
+    wait_formed(&nodes, Duration::from_secs(5)).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+
+    let made = http(n2.http, get("/count")).await;
+    let id = set_cookie_id(&made).expect("session");
+    assert!(id.ends_with(".n2"), "{id}");
+    let cookie = format!("JSESSIONID={id}");
+    // Several forwards (a POST with a body among them) reuse the channel.
+    for i in 0..5 {
+        let mut req = reflect("/h", Some(&cookie), &[]);
+        req.headers_mut()
+            .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+        let r = http(n1.http, req).await;
+        assert_eq!(r.status, 200, "forward {i}: {}", r.text());
+        let seen = r.json()["headers"].clone();
+        assert_eq!(seen["x-session-node"], serde_json::json!(["n2"]));
+        // n2 trusted n1's marker on the channel: the chain is n1's (client, then n1).
+        assert_eq!(
+            seen["x-forwarded-for"],
+            serde_json::json!(["127.0.0.1, 127.0.0.1"])
+        );
+    }
+    let mut post = with_body("POST", "/echo", pattern(100_000));
+    post.headers_mut().insert("cookie", cookie.parse().unwrap());
+    let r = http(n1.http, post).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.body.len(), 100_000);
+    assert!(r.body[..] == pattern(100_000)[..], "echoed body differs");
+
+    // On n2's client listener, n1's marker (signed with the key, fresh, for this very
+    // request) is a client's header: dropped, the client's X-Forwarded-For replaced.
+    let mut req = reflect("/h", Some(&cookie), &[]);
+    let marker = signed_marker("1 n1 https", "GET", "/h");
+    req.headers_mut()
+        .insert("x-caracal-hop", marker.parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    let r = http(n2.http, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"].clone();
+    assert_eq!(seen["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(seen["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert!(seen.get("x-caracal-hop").is_none());
+}

@@ -84,6 +84,8 @@ fn conf(route: &str, ip: &str) -> String {
          [http]\nlisten = [\"{ip}:0\"]\n[admin]\nlisten = \"{ip}:0\"\n\
          [backends]\nservers = [\"http://127.0.0.1:1\"]\n[backends.health]\nenabled = false\n\
          [cluster]\nenabled = true\nkey = \"netns-test-cluster-key\"\n\
+         # Heartbeats are what this test is about; the mesh runs plain.\n\
+         insecure = true\n\
          # The failure detector alone: the lease's mesh pings would keep n3 heard.\n\
          partition_handling = \"available\"\n[cluster.membership]\nbind = \"{ip}\"\nport = 46201\n\
          domain = \"netns\"\nfrequency = \"200ms\"\ndrop_time = \"1s\"\nverify_timeout = \"500ms\"\n\

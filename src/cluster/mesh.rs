@@ -29,6 +29,7 @@ use tokio_util::codec::Framed;
 use tokio_rustls::{TlsAcceptor, TlsStream};
 use tokio_util::either::Either;
 
+use super::channel::{Channels, MemberChannel};
 use super::config::ReceiverConfig;
 use super::link::MeshStream;
 use super::membership::Membership;
@@ -120,6 +121,7 @@ pub async fn serve(
     limits: Limits,
     membership: Arc<Membership>,
     replicator: Arc<Replicator>,
+    channels: Arc<Channels>,
     tasks: Tasks,
 ) {
     let max_frame = membership.link.max_frame;
@@ -131,8 +133,9 @@ pub async fn serve(
             continue;
         };
         let (m, r, l) = (membership.clone(), replicator.clone(), limits.clone());
+        let ch = channels.clone();
         tasks.spawn_until_stopped(async move {
-            connection(stream, peer, m, r, max_frame, &l).await;
+            connection(stream, peer, m, r, &ch, max_frame, &l).await;
             drop(slot);
         });
     }
@@ -143,6 +146,7 @@ async fn connection(
     peer: SocketAddr,
     m: Arc<Membership>,
     r: Arc<Replicator>,
+    channels: &Channels,
     max_frame: usize,
     limits: &Limits,
 ) {
@@ -303,8 +307,44 @@ async fn connection(
                 }
                 Some(MeshMessage::Fresher(r.fresher(&entries)))
             }
+            MeshMessage::Channel { domain } => {
+                // Only a proven member, only over TLS (the HTTP after this has no tag of
+                // its own), and only once the proxy serves channels.
+                let handler = channels.handler().filter(|_| m.link.tls.is_some());
+                let (Some(route), Some(handler)) = (sender.take(), handler) else {
+                    m.metrics.mesh_rejected("channel").inc();
+                    tracing::debug!(%peer, "forwarding channel refused");
+                    return;
+                };
+                if domain != m.link.domain {
+                    m.metrics.mesh_rejected("domain").inc();
+                    return;
+                }
+                if framed
+                    .send(m.link.seal(&MeshMessage::ChannelOpen))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let parts = framed.into_parts();
+                if !parts.read_buf.is_empty() {
+                    // The opener sent HTTP before `ChannelOpen`: not one of ours.
+                    m.metrics.mesh_rejected("channel").inc();
+                    return;
+                }
+                tracing::debug!(%peer, %route, "forwarding channel open");
+                handler(MemberChannel {
+                    stream: parts.io,
+                    peer,
+                    route,
+                })
+                .await;
+                return;
+            }
             // Answers and transfer frames only come back on connections we opened.
-            MeshMessage::Votes { .. }
+            MeshMessage::ChannelOpen
+            | MeshMessage::Votes { .. }
             | MeshMessage::Fresher(_)
             | MeshMessage::Pong { .. }
             | MeshMessage::Ack { .. }

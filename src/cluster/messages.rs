@@ -185,6 +185,13 @@ pub enum MeshMessage {
     },
     /// The answer to a `Digest`: what the member knows that is newer.
     Fresher(Fresher),
+    /// After a `Hello`: this connection becomes a forwarding channel (HTTP/1.1 from here
+    /// on), the authenticated path of forwards between members with `[cluster.tls]`.
+    Channel {
+        domain: String,
+    },
+    /// The receiver took the channel: the opener's HTTP starts after this frame.
+    ChannelOpen,
 }
 
 /// A member's answer to one claim.
@@ -217,6 +224,8 @@ impl MeshMessage {
             MeshMessage::Votes { .. } => "votes",
             MeshMessage::Digest { .. } => "digest",
             MeshMessage::Fresher(_) => "fresher",
+            MeshMessage::Channel { .. } => "channel",
+            MeshMessage::ChannelOpen => "channel open",
         }
     }
 }

@@ -19,6 +19,7 @@
 //! layer (`replicate`, `settle`, `has_lease`, `claim`, `members`, `verify`,
 //! `is_member_at`) and of the admin endpoints (`quorum`, `member_table`).
 
+mod channel;
 mod config;
 mod error;
 mod lease;
@@ -46,11 +47,13 @@ use membership::Membership;
 use replication::Replicator;
 use transport::Multicast;
 
+pub use channel::{ChannelHandler, MemberChannel};
 pub use config::{
     ClusterConfig, Manager, MembershipConfig, MembershipKind, MeshTlsConfig, PartitionHandling,
     ReceiverConfig, SendMode,
 };
 pub use error::{ClaimError, ClusterError, MeshError, SettleError};
+pub use link::MeshStream;
 pub use membership::Member;
 pub use mesh::bind as bind_receiver;
 pub use messages::{
@@ -67,6 +70,7 @@ pub struct Cluster {
     replicator: Arc<Replicator>,
     multicast: Option<Arc<Multicast>>,
     static_members: Vec<String>,
+    channels: Arc<channel::Channels>,
 }
 
 /// Replaces an unspecified IP (0.0.0.0) by one peers can reach.
@@ -154,11 +158,13 @@ impl Cluster {
         }));
         tasks.spawn(replicator.clone().follow_members());
         tasks.spawn(replicator.clone().rebalance());
+        let channels = Arc::new(channel::Channels::default());
         tasks.spawn(mesh::serve(
             mesh_listener,
             mesh::Limits::new(&cfg.receiver),
             membership.clone(),
             replicator.clone(),
+            channels.clone(),
             tasks.clone(),
         ));
         tasks.spawn(membership.clone().detect());
@@ -198,6 +204,7 @@ impl Cluster {
             replicator,
             multicast,
             static_members,
+            channels,
         }))
     }
 
@@ -331,6 +338,26 @@ impl Cluster {
             .infos()
             .iter()
             .any(|m| m.jvm_route == route && m.http_addr.ip() == ip)
+    }
+
+    /// With `[cluster.tls]`, forwards go over mesh channels (SPEC 4.10), and the
+    /// forwarding marker is honoured only there.
+    pub fn forwards_over_mesh(&self) -> bool {
+        self.membership.link.tls.is_some()
+    }
+
+    /// A forwarding channel to `to` (mutual TLS, its certificate naming its route).
+    pub async fn open_channel(&self, to: &NodeInfo) -> Result<MeshStream, MeshError> {
+        self.membership
+            .link
+            .open_channel(to.mesh_addr, &to.jvm_route)
+            .await
+    }
+
+    /// Hands the forwarding channels members open to `h` (the proxy's HTTP server);
+    /// `None` refuses them from now on.
+    pub fn serve_channels(&self, h: Option<ChannelHandler>) {
+        self.channels.set(h);
     }
 
     /// The member table, for `/status`.

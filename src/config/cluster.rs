@@ -179,19 +179,25 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             "mutual TLS on the mesh needs cluster.key too (for the heartbeats, which are UDP)",
         ));
     }
-    // Fail closed (SPEC 4.10): reachable beyond this machine only with a key, or when the
-    // operator says so.
-    if c.enabled && c.key.is_none() && !c.insecure {
-        let open = if let MembershipKind::Multicast { bind, .. } = &kind {
-            (!bind.is_loopback()).then_some("cluster.membership.bind")
-        } else {
-            None
+    // Fail closed (SPEC 4.10): reachable beyond this machine only with a key for the
+    // heartbeats and mutual TLS for the mesh, or when the operator says so.
+    if c.enabled && !c.insecure {
+        let open = match &kind {
+            MembershipKind::Multicast { bind, .. } if c.key.is_none() && !bind.is_loopback() => {
+                Some(("cluster.membership.bind", "cluster.key"))
+            }
+            _ => None,
         };
-        if let Some(k) = open.or((!address.is_loopback()).then_some("cluster.receiver.address")) {
+        let mesh = (!address.is_loopback() && (c.key.is_none() || tls.is_none()))
+            .then_some(("cluster.receiver.address", "cluster.key and [cluster.tls]"));
+        if let Some((k, needs)) = open.or(mesh) {
             return Err(src.error(
                 &key(k),
-                "not a loopback address: a cluster reachable from the network needs \
-                 cluster.key (or cluster.insecure = true to run it unauthenticated)",
+                format!(
+                    "not a loopback address: a cluster reachable from the network needs \
+                     {needs} (`caracal certs` writes the certificates; or \
+                     cluster.insecure = true to run it unauthenticated)"
+                ),
             ));
         }
     }

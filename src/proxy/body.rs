@@ -14,6 +14,8 @@ use http_body::{Body, Frame, SizeHint};
 #[derive(Debug)]
 pub enum ProxyBody {
     Upstream(ResponseBody),
+    /// A member's answer to a forward over a mesh channel (hyper's client).
+    Member(hyper::body::Incoming),
     Full(Option<Bytes>),
 }
 
@@ -38,6 +40,9 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Member(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| std::io::Error::other(format!("member: {e}"))),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -45,6 +50,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(b) => b.is_end_stream(),
+            ProxyBody::Member(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
@@ -52,6 +58,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(b) => b.size_hint(),
+            ProxyBody::Member(b) => b.size_hint(),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

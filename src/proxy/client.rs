@@ -16,6 +16,9 @@ pub struct ClientInfo {
     pub ip_value: HeaderValue,
     /// What the connection's requests and its framing guard share.
     pub flags: Arc<ConnFlags>,
+    /// A forwarding channel from this member (its route proven by the mesh's mutual TLS):
+    /// the only connections whose forwarding marker counts with `[cluster.tls]`.
+    pub member: Option<Arc<str>>,
 }
 
 /// Per-connection state shared by the framing guard and the request path.
@@ -43,6 +46,15 @@ impl ClientInfo {
                 big_head: AtomicBool::new(true),
                 ..Default::default()
             }),
+            member: None,
+        }
+    }
+
+    /// A forwarding channel from the member `route`.
+    pub fn member(peer: SocketAddr, route: &str) -> Self {
+        Self {
+            member: Some(Arc::from(route)),
+            ..Self::new(peer, false)
         }
     }
 

@@ -112,8 +112,14 @@ impl Proxy {
         let c = self.sessions.cluster()?;
         let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let hop = hop::decode(&marker, c.key(), req.method(), target)?;
-        c.is_member_at(hop.route, client.peer.ip().to_canonical())
-            .then_some((hop.hops, hop.tls))
+        // With mesh TLS a marker counts only on a channel from the member it names; a
+        // client listener then trusts no member by its IP.
+        let genuine = if c.forwards_over_mesh() {
+            client.member.as_deref() == Some(hop.route)
+        } else {
+            c.is_member_at(hop.route, client.peer.ip().to_canonical())
+        };
+        genuine.then_some((hop.hops, hop.tls))
     }
 
     /// Sends the request to the member that owns its session; the member's response is the
@@ -140,7 +146,21 @@ impl Proxy {
         if let Some(v) = hop::encode(marker, key, &parts.method, target) {
             parts.headers.insert(HOP, v);
         }
-        let send = self.upstream.send_to_peer(to.http_addr, parts, added, body);
+        let send = async {
+            match self.sessions.cluster() {
+                Some(c) if c.forwards_over_mesh() => {
+                    self.members.send(c, to, parts, added, body).await.map(|r| {
+                        let (head, body) = r.into_parts();
+                        (head, ProxyBody::Member(body))
+                    })
+                }
+                _ => self
+                    .upstream
+                    .send_to_peer(to.http_addr, parts, added, body)
+                    .await
+                    .map(|x| (x.head, ProxyBody::Upstream(x.body))),
+            }
+        };
         let watch = async {
             let Some(c) = self.sessions.cluster() else {
                 return std::future::pending().await;
@@ -165,10 +185,10 @@ impl Proxy {
         };
         match sent {
             // The owner stripped its backend's directives; any here are dropped.
-            Ok(upstream::Exchange { mut head, body, .. }) => {
+            Ok((mut head, body)) => {
                 head.version = Version::HTTP_11;
                 self.hygiene.response(&mut head.headers, false);
-                Ok(Response::from_parts(head, ProxyBody::Upstream(body)))
+                Ok(Response::from_parts(head, body))
             }
             Err(why) if why.fault == upstream::Fault::Client => {
                 Err(Forward::Failed(ProxyError::ClientBody(why.reason)))

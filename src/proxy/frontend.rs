@@ -219,6 +219,15 @@ impl Frontend {
         }
     }
 
+    /// Serves a forwarding channel a member opened over the mesh (HTTP/1.1): its requests'
+    /// client is that member, whose forwarding marker counts (`ClientInfo::member`).
+    /// It drains with the client connections.
+    pub async fn serve_channel(self: Arc<Self>, ch: crate::cluster::MemberChannel) {
+        let client = ClientInfo::member(ch.peer, &ch.route);
+        self.serve_io(TokioIo::new(ch.stream), client, Protocol::Http1)
+            .await
+    }
+
     async fn serve_io<I>(&self, io: TokioIo<I>, client: ClientInfo, protocol: Protocol)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -12,6 +12,7 @@
 //! - `trailers`: trailer hygiene, both ways.
 //! - `sticky`: the session layer around the backend: who serves a session, directives.
 //! - `forward`: requests for a session another member owns.
+//! - `member`: forwards over the mesh's channels (with `[cluster.tls]`).
 //! - `upstream`: backend pool, balancer, health, retries, the HTTP/1.1 client.
 //! - `body`, `error`: the body types and the errors the proxy answers itself.
 //! - `tunnel`: upgraded connections.
@@ -28,6 +29,7 @@ mod framing;
 mod frontend;
 mod headers;
 mod hop;
+mod member;
 mod request_id;
 mod sticky;
 mod survey;
@@ -79,6 +81,8 @@ pub struct Proxy {
     max_header_bytes: usize,
     pub upstream: Arc<Upstream>,
     sessions: Arc<SessionLayer>,
+    /// Forwarding channels to members (with `[cluster.tls]`).
+    members: member::MemberClient,
     pub metrics: Arc<Metrics>,
     /// Owns the tunnels of upgraded connections.
     tasks: Tasks,
@@ -106,6 +110,11 @@ impl Proxy {
                 s.jvm_route_binder,
                 &metrics,
             )?),
+            members: member::MemberClient::new(
+                s.backends.max_idle_per_server,
+                s.backends.response_timeout + std::time::Duration::from_secs(1),
+                tasks.clone(),
+            ),
             metrics,
             tasks,
         })

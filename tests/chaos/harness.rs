@@ -136,6 +136,10 @@ pub struct Lab {
     subnet: u8,
     hub: String,
     ns: [String; 3],
+    /// The cluster's CA and node certificates: the mesh beyond loopback is mutual TLS
+    /// (SPEC 4.10), so the faults are tried on the deployment's own shape, forwards over
+    /// mesh channels included.
+    certs: tempfile::TempDir,
 }
 
 impl Lab {
@@ -150,7 +154,9 @@ impl Lab {
             ns: [1, 2, 3].map(|i| format!("crn{tag}-{i}")),
             tag,
             subnet,
+            certs: tempfile::tempdir().map_err(|e| e.to_string())?,
         };
+        write_certs(lab.certs.path(), "n1,n2,n3");
         let net = format!("198.18.{subnet}.0/24");
         if sh(&["ip", "route", "show", &net])?.contains("198.18") {
             return Err(format!("{net} is already routed on this machine"));
@@ -265,7 +271,14 @@ impl Lab {
             .map(|j| format!("\"{}:{MESH_PORT}\"", self.ip(j)))
             .collect();
         let ip = self.ip(i);
-        format!(
+        let cert = |f: String| self.certs.path().join(f).display().to_string();
+        let tls = format!(
+            "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+            cert(format!("n{}.pem", i + 1)),
+            cert(format!("n{}-key.pem", i + 1)),
+            cert("ca.pem".into())
+        );
+        let conf = format!(
             "[node]\njvm_route = \"n{}\"\nshutdown_grace = \"1s\"\n\
              [http]\nlisten = [\"{ip}:{HTTP_PORT}\"]\n[admin]\nlisten = \"{ip}:{ADMIN_PORT}\"\n\
              [backends]\nservers = [\"http://{backend}\"]\n[backends.health]\nenabled = false\n\
@@ -279,7 +292,8 @@ impl Lab {
             s.manager,
             s.send,
             peers.join(", ")
-        )
+        );
+        conf + &tls
     }
 
     async fn start(&self, i: usize, s: &Setup, backend: SocketAddr) -> Node {

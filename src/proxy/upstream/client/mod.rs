@@ -174,7 +174,7 @@ pub enum Fault {
 }
 
 impl SendError {
-    fn sent(reason: impl Into<String>) -> Self {
+    pub fn sent(reason: impl Into<String>) -> Self {
         Self {
             unsent: false,
             reason: reason.into(),
@@ -182,7 +182,7 @@ impl SendError {
         }
     }
 
-    fn unsent(reason: impl Into<String>) -> Self {
+    pub fn unsent(reason: impl Into<String>) -> Self {
         Self {
             unsent: true,
             ..Self::sent(reason)
@@ -196,7 +196,7 @@ impl SendError {
         }
     }
 
-    pub(super) fn client(reason: impl Into<String>) -> Self {
+    pub fn client(reason: impl Into<String>) -> Self {
         Self {
             fault: Fault::Client,
             ..Self::sent(reason)
