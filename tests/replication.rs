@@ -562,19 +562,41 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
 }
 
 /// A ready member that never answers the state request (heartbeats from the test itself,
-/// announcing a mesh port that accepts and stays silent): the joiner gives up after
+/// announcing a mesh port that answers pings, so it is admitted, and nothing else): the
+/// joiner gives up after
 /// `state_transfer_timeout`, then starts anyway, or exits non-zero with
 /// `require_state_transfer = true` (SPEC 4.7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
     use caracal::cluster::{encode_heartbeat, Heartbeat};
     const PORT: u16 = 46311;
+    use caracal::cluster::{decode_mesh, encode_mesh, MeshMessage};
+    use futures_util::{SinkExt, StreamExt};
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    let ghost_info = NodeInfo {
+        node_id: 4242,
+        jvm_route: "ghost".into(),
+        mesh_addr: silent_addr,
+        http_addr: silent_addr,
+        state: State::Ready,
+        alive_ms: 1_000_000,
+    };
+    let info = ghost_info.clone();
     let accept = tokio::spawn(async move {
-        let mut held = Vec::new();
         while let Ok((s, _)) = silent.accept().await {
-            held.push(s); // accepted, never answered
+            let info = info.clone();
+            tokio::spawn(async move {
+                let mut f = tokio_util::codec::Framed::new(s, caracal::mesh_codec(1 << 20));
+                while let Some(Ok(frame)) = f.next().await {
+                    // Pings are answered (admission, verification); a state request is
+                    // not: the connection stays open and silent.
+                    if let Ok(MeshMessage::Ping { .. }) = decode_mesh(&frame) {
+                        let pong = MeshMessage::Pong { from: info.clone() };
+                        let _ = f.send(bytes::Bytes::from(encode_mesh(&pong))).await;
+                    }
+                }
+            });
         }
     });
     let group = std::net::Ipv4Addr::new(228, 0, 0, 4);
@@ -584,14 +606,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
         for seq in 1..=600u64 {
             let hb = Heartbeat {
                 domain: "ghost".into(),
-                info: NodeInfo {
-                    node_id: 4242,
-                    jvm_route: "ghost".into(),
-                    mesh_addr: silent_addr,
-                    http_addr: silent_addr,
-                    state: State::Ready,
-                    alive_ms: 1_000_000,
-                },
+                info: ghost_info.clone(),
                 seq,
                 sent_unix_ms: 0,
             };

@@ -170,19 +170,29 @@ impl Membership {
             }
             *last = hb.seq;
         }
-        if self.link.tls.is_some() && !self.table().contains_key(&hb.info.node_id) {
-            // With mutual TLS a heartbeat alone admits no one (#17): a new member is
-            // added by its answer to a ping over TLS, its certificate naming its route.
-            self.admit(hb.info);
-            return Ok(());
-        }
-        self.observe(hb.info);
+        self.hear(hb.info);
         Ok(())
     }
 
+    /// A heartbeat or an inbound ping: news of a member, or a candidate. A datagram or a
+    /// connection alone admits no one (#17): a node not in the table is pinged at the mesh
+    /// address it announced and added from the pong of the same process (with TLS, its
+    /// certificate naming its route; with a key, the pong's tag). So spoofed heartbeats
+    /// with random ids make no member, no per-peer series and no route in the cluster
+    /// size.
+    /// A `leaving` from a process not in the table changes nothing.
+    pub fn hear(self: &Arc<Self>, info: NodeInfo) {
+        if self.table().contains_key(&info.node_id) {
+            self.observe(info);
+        } else if info.state != State::Leaving {
+            self.admit(info);
+        }
+    }
+
     /// Pings a member heard of for the first time and adds it from its pong (verified by
-    /// [`Link::ping`]: the CA, and the route its certificate names). One at a time per
-    /// node, at most [`MAX_ADMITTING`] at once.
+    /// [`Link::ping`]: the tag, and with TLS the CA and the route its certificate names).
+    /// One at a time per node, at most [`MAX_ADMITTING`] at once (past that, a candidate
+    /// waits for its next heartbeat).
     fn admit(self: &Arc<Self>, info: NodeInfo) {
         {
             let mut a = self.admitting.lock().unwrap_or_else(|p| p.into_inner());

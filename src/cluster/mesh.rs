@@ -246,7 +246,7 @@ async fn connection(
                     m.metrics.mesh_rejected("domain").inc();
                     return;
                 }
-                m.observe(from);
+                m.hear(from);
                 Some(MeshMessage::Pong { from: m.link.me() })
             }
             MeshMessage::Hello { domain, from } => {

@@ -393,17 +393,6 @@ fn strict_paths(bytes: &[u8]) -> Vec<String> {
     paths
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn proxy_5xx(node: &Node) -> u64 {
     let m = http(node.admin, get("/metrics")).await.text();
     m.lines()
