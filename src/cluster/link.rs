@@ -21,6 +21,7 @@ use super::messages::{open_mesh, seal_mesh, seal_replicate, FrameError, MeshMess
 use crate::lifecycle::NodeState;
 use crate::tls::MESH_NAME;
 use crate::wire::{codec, Key};
+use tokio_util::codec::LengthDelimitedCodec;
 
 /// Frames of pings and pongs are small; this caps what a verifier reads.
 const PING_MAX_FRAME: usize = 64 * 1024;
@@ -45,6 +46,9 @@ pub struct Link {
     pub max_frame: usize,
     /// `[cluster.tls]`: every mesh connection is mutual TLS.
     pub tls: Option<MeshTlsConfig>,
+    /// A ping connection kept per address: the lease pings every member each `frequency`,
+    /// and with TLS a connection per ping would be a handshake per ping.
+    kept: dashmap::DashMap<SocketAddr, Framed<MeshStream, LengthDelimitedCodec>>,
 }
 
 /// A mesh connection, plain or TLS (either end).
@@ -74,6 +78,7 @@ impl Link {
             verify_timeout,
             max_frame,
             tls,
+            kept: dashmap::DashMap::new(),
         }
     }
 
@@ -175,22 +180,78 @@ impl Link {
         open_mesh(frame, self.key.as_ref())
     }
 
-    /// Connects to `addr`, sends a ping and waits for the pong, all within `verify_timeout`.
+    /// Sends a ping to `addr` and waits for the pong, all within `verify_timeout`: on the
+    /// connection kept from the last ping, or (none, or it turned out closed) a new one,
+    /// kept after. A kept connection that stays silent is the member's silence: no second
+    /// try, so a stopped member is found within `verify_timeout` as before.
     pub async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
-        let ping = MeshMessage::Ping {
+        let limit = self.verify_timeout;
+        let ping = self.seal(&MeshMessage::Ping {
             domain: self.domain.clone(),
             from: self.me(),
+        });
+        let exchange = async {
+            // Taken out of the map: the guard is not held across the awaits below.
+            let kept = self.kept.remove(&addr).map(|(_, f)| f);
+            if let Some(mut f) = kept {
+                match self.ping_on(&mut f, addr, ping.clone()).await {
+                    Ok(from) => {
+                        self.kept.insert(addr, f);
+                        return Ok(from);
+                    }
+                    // Closed since (the member restarted, or an idle close): a new one.
+                    Err(
+                        MeshError::Send { .. } | MeshError::Read { .. } | MeshError::Closed { .. },
+                    ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let stream = self.connect(addr, None).await?;
+            let mut f = Framed::new(stream, codec(PING_MAX_FRAME));
+            let from = self.ping_on(&mut f, addr, ping).await?;
+            self.kept.insert(addr, f);
+            Ok(from)
+        };
+        tokio::time::timeout(limit, exchange)
+            .await
+            .map_err(|_| MeshError::Timeout { addr, limit })?
+    }
+
+    /// One ping and its pong on `f`; the pong's route must be one the connection's
+    /// certificate names.
+    async fn ping_on(
+        &self,
+        f: &mut Framed<MeshStream, LengthDelimitedCodec>,
+        addr: SocketAddr,
+        ping: bytes::Bytes,
+    ) -> Result<NodeInfo, MeshError> {
+        f.send(ping)
+            .await
+            .map_err(|source| MeshError::Send { addr, source })?;
+        let frame = match f.next().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(source)) => return Err(MeshError::Read { addr, source }),
+            None => return Err(MeshError::Closed { addr }),
         };
         match self
-            .call(addr, &ping, PING_MAX_FRAME, self.verify_timeout)
-            .await?
+            .open(&frame)
+            .map_err(|source| MeshError::Frame { addr, source })?
         {
-            MeshMessage::Pong { from } => Ok(from),
+            MeshMessage::Pong { from } if self.speaks_for(f.get_ref(), &from.jvm_route) => Ok(from),
+            MeshMessage::Pong { from } => Err(MeshError::Tls {
+                addr,
+                reason: format!("its certificate does not name route {}", from.jvm_route),
+            }),
             other => Err(MeshError::Unexpected {
                 addr,
                 what: other.name(),
             }),
         }
+    }
+
+    /// Forgets the ping connection kept to `addr` (its member left).
+    pub fn forget(&self, addr: SocketAddr) {
+        self.kept.remove(&addr);
     }
 
     /// One request and its answer on a connection of its own, within `limit`; answers

@@ -206,6 +206,7 @@ impl Membership {
             match this.link.ping(info.mesh_addr).await {
                 Ok(pong) if pong.node_id == info.node_id => this.observe(pong),
                 Ok(_) => {
+                    this.link.forget(info.mesh_addr);
                     tracing::debug!(route = %info.jvm_route, "another process answered at its mesh address: not admitted")
                 }
                 Err(e) => {
@@ -295,6 +296,7 @@ impl Membership {
             r
         };
         if let Some(m) = removed {
+            self.link.forget(m.info.mesh_addr);
             self.emit(vec![MemberEvent::Removed {
                 info: m.info,
                 reason: reason.to_string(),
@@ -366,6 +368,15 @@ impl Membership {
     }
 
     /// The other members' announced state, for routing.
+    /// Whether `ip` is a current member's announced mesh address: its connections are not
+    /// held to the limits for strangers (a flood from elsewhere must not crowd out the
+    /// pings that tell a member alive, nor a burst of its own forwarding channels).
+    pub fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.table()
+            .values()
+            .any(|m| m.info.mesh_addr.ip().to_canonical() == ip)
+    }
+
     pub fn infos(&self) -> Vec<NodeInfo> {
         self.table().values().map(|m| m.info.clone()).collect()
     }

@@ -79,8 +79,16 @@ impl Limits {
         }
     }
 
-    /// A place for a connection from `ip`, or `None` past a cap.
-    fn admit(&self, ip: IpAddr) -> Option<Slot> {
+    /// A place for a connection from `ip`, or `None` past a cap. A member's connections
+    /// take no place (`member`): the caps are for strangers.
+    fn admit(&self, ip: IpAddr, member: bool) -> Option<Slot> {
+        if member {
+            return Some(Slot {
+                _permit: None,
+                ip: None,
+                open: self.open.clone(),
+            });
+        }
         let permit = self.total.clone().try_acquire_owned().ok()?;
         {
             // The entry guard is dropped at the end of this block, before any await.
@@ -91,8 +99,8 @@ impl Limits {
             *n += 1;
         }
         Some(Slot {
-            _permit: permit,
-            ip,
+            _permit: Some(permit),
+            ip: Some(ip),
             open: self.open.clone(),
         })
     }
@@ -100,15 +108,19 @@ impl Limits {
 
 /// A connection's place under [`Limits`], given back when it ends.
 struct Slot {
-    _permit: OwnedSemaphorePermit,
-    ip: IpAddr,
+    _permit: Option<OwnedSemaphorePermit>,
+    /// The source counted, for a stranger's connection.
+    ip: Option<IpAddr>,
     open: Arc<DashMap<IpAddr, usize>>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let Some(ip) = self.ip else {
+            return;
+        };
         // Removed at zero: the map holds only sources with open connections.
-        self.open.remove_if_mut(&self.ip, |_, n| {
+        self.open.remove_if_mut(&ip, |_, n| {
             *n = n.saturating_sub(1);
             *n == 0
         });
@@ -124,32 +136,46 @@ pub async fn serve(
     channels: Arc<Channels>,
     tasks: Tasks,
 ) {
-    let max_frame = membership.link.max_frame;
-    let limits = Arc::new(limits);
+    let shared = Arc::new(Receiver {
+        max_frame: membership.link.max_frame,
+        m: membership,
+        r: replicator,
+        channels,
+        limits,
+    });
     while let Some((stream, peer)) = crate::net::accept(&listener, tasks.token(), "mesh").await {
-        let Some(slot) = limits.admit(peer.ip().to_canonical()) else {
-            membership.metrics.mesh_rejected("over_limit").inc();
+        let ip = peer.ip().to_canonical();
+        let Some(slot) = shared.limits.admit(ip, shared.m.is_member_ip(ip)) else {
+            shared.m.metrics.mesh_rejected("over_limit").inc();
             tracing::debug!(%peer, "mesh connection over the limits: closed");
             continue;
         };
-        let (m, r, l) = (membership.clone(), replicator.clone(), limits.clone());
-        let ch = channels.clone();
+        shared.m.metrics.mesh_connections.inc();
+        let s = shared.clone();
         tasks.spawn_until_stopped(async move {
-            connection(stream, peer, m, r, &ch, max_frame, &l).await;
-            drop(slot);
+            connection(stream, peer, &s, slot).await;
         });
     }
 }
 
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+/// What every inbound connection shares.
+struct Receiver {
     m: Arc<Membership>,
     r: Arc<Replicator>,
-    channels: &Channels,
+    channels: Arc<Channels>,
+    limits: Limits,
     max_frame: usize,
-    limits: &Limits,
-) {
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, s: &Receiver, slot: Slot) {
+    let Receiver {
+        m,
+        r,
+        channels,
+        limits,
+        max_frame,
+    } = s;
+    let max_frame = *max_frame;
     let _ = stream.set_nodelay(true);
     // With `[cluster.tls]` the handshake comes first, under the same timeout; plaintext or
     // a certificate the cluster CA did not sign ends here.
@@ -334,6 +360,10 @@ async fn connection(
                     return;
                 }
                 tracing::debug!(%peer, %route, "forwarding channel open");
+                // A channel is a proven member's (mutual TLS), one per forward in flight:
+                // it leaves the limits, which are for connections not yet authenticated
+                // (under load a member's channels would crowd out its own pings).
+                drop(slot);
                 handler(MemberChannel {
                     stream: parts.io,
                     peer,

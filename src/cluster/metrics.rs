@@ -32,6 +32,9 @@ pub struct ClusterMetrics {
     members: Family<StateLabel, Gauge>,
     verifications: Family<ResultLabel, Counter>,
     mesh_rejected: Family<Reason, Counter>,
+    /// Mesh connections accepted under the limits (with TLS: handshakes begun). Steady
+    /// replication and forwarding add none: their connections are long-lived.
+    pub mesh_connections: Counter,
 }
 
 impl ClusterMetrics {
@@ -62,6 +65,11 @@ impl ClusterMetrics {
                 "member_verifications",
                 "Verifications of silent members over the mesh, by result",
                 m.verifications.clone(),
+            );
+            r.register(
+                "mesh_connections_accepted",
+                "Mesh connections accepted under the limits (with TLS, each a handshake)",
+                m.mesh_connections.clone(),
             );
             r.register(
                 "mesh_frames_rejected",
