@@ -217,6 +217,10 @@ fn resync_after_overflow(rep: &Replicator, info: &NodeInfo, load: &Load) {
         && load.overflowed.swap(false, Ordering::AcqRel)
     {
         tracing::info!(peer = %info.jvm_route, "replication queue drained after an overflow: resyncing");
-        rep.resync(info);
+        if !rep.resync(info) {
+            // No lease here: the overflow stays marked, and the resync runs at a later
+            // drain, once this node holds the lease again.
+            load.overflowed.store(true, Ordering::Release);
+        }
     }
 }

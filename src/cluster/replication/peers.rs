@@ -122,14 +122,15 @@ impl Replicator {
 
     /// A member is back after being dropped: it gets a full copy of every session this node
     /// owns that it should hold (all of them for delta; those it backs up for backup).
-    pub(super) fn resync(&self, info: &NodeInfo) {
+    /// `false`: skipped, this node holds no lease.
+    pub(super) fn resync(&self, info: &NodeInfo) -> bool {
         let now = Instant::now();
         if !self.lease.holds(now) {
             // It is this node that was away: what it "owns" may have been taken over, and
             // its copies would resurrect stale ones (chaos, backup manager). The catch-up
             // corrects this node; the members with a lease resync it.
             tracing::info!(peer = %info.jvm_route, "member back, but this node has no lease: no resync from here");
-            return;
+            return false;
         }
         let mut n = 0;
         for key in self.store.owned_keys() {
@@ -144,6 +145,7 @@ impl Replicator {
             }
         }
         tracing::info!(peer = %info.jvm_route, sessions = n, "member back after being dropped: resynced");
+        true
     }
 
     fn remove_peer(&self, node_id: u64) {
