@@ -37,6 +37,9 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Default)]
 pub struct BackendCounters {
     pub up: Gauge,
+    /// The runtime mode: 0 ready, 1 drain, 2 maint.
+    pub mode: Gauge,
+    pub weight: Gauge,
     pub responses: Counter,
     pub connect_errors: Counter,
     pub errors: Counter,
@@ -53,6 +56,8 @@ pub struct Metrics {
     /// Errors the proxy answered itself, by reason (`no_healthy_backend`, ...).
     proxy_errors: Family<ReasonLabel, Counter>,
     backend_up: Family<BackendLabel, Gauge>,
+    backend_mode: Family<BackendLabel, Gauge>,
+    backend_weight: Family<BackendLabel, Gauge>,
     backend_requests: Family<BackendOutcome, Counter>,
 }
 
@@ -103,6 +108,18 @@ impl Metrics {
             "1 when the backend is considered healthy",
             backend_up.clone(),
         );
+        let backend_mode = Family::<BackendLabel, Gauge>::default();
+        registry.register(
+            "backend_mode",
+            "The backend's runtime mode: 0 ready, 1 drain, 2 maint",
+            backend_mode.clone(),
+        );
+        let backend_weight = Family::<BackendLabel, Gauge>::default();
+        registry.register(
+            "backend_weight",
+            "The backend's weight (set in the conf or at runtime)",
+            backend_weight.clone(),
+        );
         let backend_requests = Family::<BackendOutcome, Counter>::default();
         registry.register(
             "backend_requests",
@@ -117,6 +134,8 @@ impl Metrics {
             connections,
             proxy_errors,
             backend_up,
+            backend_mode,
+            backend_weight,
             backend_requests,
         }
     }
@@ -145,10 +164,13 @@ impl Metrics {
                 outcome,
             })
         };
+        let label = BackendLabel {
+            backend: url.to_string(),
+        };
         BackendCounters {
-            up: self.backend_up.get_or_create_owned(&BackendLabel {
-                backend: url.to_string(),
-            }),
+            up: self.backend_up.get_or_create_owned(&label),
+            mode: self.backend_mode.get_or_create_owned(&label),
+            weight: self.backend_weight.get_or_create_owned(&label),
             responses: o("response"),
             connect_errors: o("connect_error"),
             errors: o("error"),

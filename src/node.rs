@@ -192,6 +192,8 @@ async fn serve(
             state: state.clone(),
             proxy: proxy.clone(),
             cluster: cluster.clone(),
+            token: cfg.admin.token.clone(),
+            loopback: l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
         });
         tracing::info!(kind = "admin", addr = %l.local_addr()?, "listening");
         background.spawn(admin.serve(l, background.clone()));

@@ -321,3 +321,14 @@ fn mesh_bounds_cannot_be_zero() {
         "greater than 0",
     );
 }
+
+/// A non-loopback admin listener without a token does not start.
+#[test]
+fn a_non_loopback_admin_needs_a_token() {
+    let conf = "[node]\njvm_route = \"a1\"\n[admin]\nlisten = \"0.0.0.0:0\"\n\
+                [backends]\nservers = [\"http://127.0.0.1:9\"]\n";
+    assert_config_error(conf, &[], Some(4), "admin.listen", "needs admin.token");
+    let short = "[node]\njvm_route = \"a1\"\n[admin]\ntoken = \"short\"\n\
+                 [backends]\nservers = [\"http://127.0.0.1:9\"]\n";
+    assert_config_error(short, &[], Some(4), "admin.token", "at least 16");
+}

@@ -68,6 +68,8 @@ pub struct Membership {
     /// of multicast membership without `expected_members` (SPEC 4.9).
     routes: Mutex<std::collections::BTreeSet<String>>,
     events: broadcast::Sender<MemberEvent>,
+    /// What the admin page lists (members added and removed, takeovers).
+    pub log: super::events::Events,
     pub metrics: ClusterMetrics,
     /// Owns the verification tasks.
     tasks: Tasks,
@@ -89,6 +91,7 @@ impl Membership {
             admitting: Mutex::new(std::collections::HashSet::new()),
             routes: Mutex::new(std::collections::BTreeSet::new()),
             events: broadcast::channel(1024).0,
+            log: Default::default(),
             metrics,
             tasks,
         }
@@ -318,6 +321,17 @@ impl Membership {
                 MemberEvent::Removed { info, reason } => tracing::info!(
                     route = %info.jvm_route, mesh = %info.mesh_addr, %reason, "member removed"
                 ),
+            }
+            match &e {
+                MemberEvent::Added(i) => {
+                    self.log
+                        .push("member_added", &i.jvm_route, i.mesh_addr.to_string())
+                }
+                MemberEvent::Removed { info, reason } => {
+                    self.log
+                        .push("member_removed", &info.jvm_route, reason.clone())
+                }
+                MemberEvent::Changed(_) => {}
             }
             // No subscriber is fine.
             let _ = self.events.send(e);

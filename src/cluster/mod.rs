@@ -22,6 +22,7 @@
 mod channel;
 mod config;
 mod error;
+mod events;
 mod lease;
 mod link;
 mod membership;
@@ -53,6 +54,7 @@ pub use config::{
     ReceiverConfig, SendMode,
 };
 pub use error::{ClaimError, ClusterError, MeshError, SettleError};
+pub use events::Event;
 pub use link::MeshStream;
 pub use membership::Member;
 pub use mesh::bind as bind_receiver;
@@ -60,7 +62,7 @@ pub use messages::{
     decode_heartbeat, decode_mesh, encode_change, encode_heartbeat, encode_mesh, open_mesh,
     seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject, MESH_VERSION,
 };
-pub use replication::Wait;
+pub use replication::{PeerQueue, ReplicationStatus, Wait};
 pub use routing::{decide, successor, Decision};
 pub use transport::multicast_socket;
 
@@ -358,6 +360,16 @@ impl Cluster {
     /// `None` refuses them from now on.
     pub fn serve_channels(&self, h: Option<ChannelHandler>) {
         self.channels.set(h);
+    }
+
+    /// The last members added and removed and sessions taken over, newest first.
+    pub fn events(&self) -> Vec<Event> {
+        self.membership.log.recent()
+    }
+
+    /// Queues and counters of replication, for `/status`.
+    pub fn replication(&self) -> ReplicationStatus {
+        self.replicator.status()
     }
 
     /// The member table, for `/status`.

@@ -58,6 +58,9 @@ pub struct NodeConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
+    /// `[admin] token`: required (as `Authorization: Bearer <token>`) by every mutating
+    /// endpoint, and by `/sessions/<id>` when the listener is not on loopback.
+    pub token: Option<String>,
 }
 
 /// Where a bad value came from.

@@ -104,12 +104,15 @@ fn yes() -> bool {
 pub struct RawAdmin {
     /// Empty string disables the admin listener.
     pub listen: String,
+    /// Bearer token for the mutating endpoints (and session contents off loopback).
+    pub token: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: None,
         }
     }
 }

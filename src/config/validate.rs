@@ -132,6 +132,25 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
     } else {
         Some(parse_addr(src, &key("admin.listen"), &raw.admin.listen)?)
     };
+    let admin_token = match &raw.admin.token {
+        Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(src.error(
+                &key("admin.token"),
+                "must be at least 16 printable ASCII characters, no spaces",
+            ))
+        }
+        t => t.clone(),
+    };
+    // Fail closed: an admin API reachable from the network needs its token (SPEC 6).
+    if let (Some(a), None) = (admin_listen, &admin_token) {
+        if !a.ip().is_loopback() {
+            return Err(src.error(
+                &key("admin.listen"),
+                "not a loopback address: an admin listener reachable from the network \
+                 needs admin.token",
+            ));
+        }
+    }
 
     let backends = super::backends::validate(&raw.backends, src)?;
     if raw.http.header_read_timeout.0.is_zero() {
@@ -164,6 +183,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         https,
         admin: AdminConfig {
             listen: admin_listen,
+            token: admin_token,
         },
         backends,
         session,

@@ -58,7 +58,8 @@ use sticky::{Plan, SessionLayer};
 pub use frontend::{Frontend, HttpConfig, HttpsConfig};
 pub use headers::{Added, ClientInfo, Hygiene};
 pub use upstream::{
-    Algorithm, BackendsConfig, HealthConfig, ServerConfig, Upstream, DEFAULT_MAX_HEAD,
+    Algorithm, Backend, BackendsConfig, HealthConfig, Mode, ServerConfig, Upstream,
+    DEFAULT_MAX_HEAD,
 };
 
 /// What a node's proxy is built from (the config layer's sections).

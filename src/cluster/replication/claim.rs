@@ -122,6 +122,13 @@ impl Replicator {
                 });
             }
             self.metrics.claims.inc_by(installed as u64);
+            if installed > 0 {
+                self.membership.log.push(
+                    "takeover",
+                    owner,
+                    format!("{installed} session(s) taken over by a majority's vote"),
+                );
+            }
             result = match first_err {
                 Some(e) if retry.is_empty() => {
                     self.metrics.claims_refused.inc();

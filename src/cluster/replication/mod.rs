@@ -40,6 +40,7 @@ use super::routing;
 use crate::session::{Change, FullSession, Key, Remote, SessionStore};
 use crate::tasks::Tasks;
 pub use metrics::ReplMetrics;
+pub use peers::{PeerQueue, ReplicationStatus};
 
 /// A change on its way to one peer.
 pub struct Outgoing {

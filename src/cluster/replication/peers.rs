@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{peer, Load, PeerHandle, Replicator};
-use crate::cluster::config::Manager;
+use crate::cluster::config::{Manager, SendMode};
 use crate::cluster::membership::MemberEvent;
 use crate::cluster::messages::NodeInfo;
 use crate::lifecycle::State;
@@ -159,6 +159,72 @@ impl Replicator {
             // Its series go with it: members that come and go (or are spoofed, without a
             // key) must not grow /metrics without end.
             self.metrics.forget_peer(&p.route);
+        }
+    }
+}
+
+/// One peer's queue, for `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerQueue {
+    pub route: String,
+    /// Changes queued or not yet acked, and their bytes.
+    pub depth: i64,
+    pub bytes: i64,
+    /// Changes were dropped at the cap; a resync follows once it is down to half.
+    pub overflowed: bool,
+}
+
+/// The replication counters `/status` shows (SPEC 6); `/metrics` has them too.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicationStatus {
+    pub send_options: &'static str,
+    pub peers: Vec<PeerQueue>,
+    pub acks: u64,
+    pub ack_timeouts: u64,
+    pub unreplicated_writes: u64,
+    pub below_quorum_writes: u64,
+    pub fenced: u64,
+    pub fenced_writes: u64,
+    pub gaps: u64,
+    pub state_transfers: u64,
+    pub claims: u64,
+    pub claims_refused: u64,
+    pub catch_ups: u64,
+}
+
+impl Replicator {
+    pub fn status(&self) -> ReplicationStatus {
+        let m = &self.metrics;
+        let mut peers: Vec<PeerQueue> = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|p| PeerQueue {
+                route: p.route.to_string(),
+                depth: p.load.depth.load(Ordering::Relaxed),
+                bytes: p.load.bytes.load(Ordering::Relaxed),
+                overflowed: p.load.overflowed.load(Ordering::Relaxed),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.route.cmp(&b.route));
+        ReplicationStatus {
+            send_options: match self.mode {
+                SendMode::Sync => "sync",
+                SendMode::Async => "async",
+            },
+            peers,
+            acks: m.acks.get(),
+            ack_timeouts: m.ack_timeouts.get(),
+            unreplicated_writes: m.unreplicated_writes.get(),
+            below_quorum_writes: m.below_quorum_writes.get(),
+            fenced: m.fenced.get(),
+            fenced_writes: m.fenced_writes.get(),
+            gaps: m.gaps.get(),
+            state_transfers: m.state_transfers.get(),
+            claims: m.claims.get(),
+            claims_refused: m.claims_refused.get(),
+            catch_ups: m.catch_ups.get(),
         }
     }
 }

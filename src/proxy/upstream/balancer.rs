@@ -3,7 +3,7 @@
 //! A pick skips backends that are down and those already tried for this request.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use super::config::Algorithm;
 
@@ -11,8 +11,9 @@ use super::Backend;
 
 pub struct Balancer {
     algorithm: Algorithm,
-    /// Backend indices in smooth weighted round-robin order, one slot per unit of weight.
-    schedule: Vec<usize>,
+    /// Backend indices in smooth weighted round-robin order, one slot per unit of weight;
+    /// rebuilt when a weight changes at runtime (a read lock per pick: uncontended).
+    schedule: RwLock<Vec<usize>>,
     next: AtomicUsize,
 }
 
@@ -20,9 +21,14 @@ impl Balancer {
     pub fn new(algorithm: Algorithm, weights: &[u32]) -> Self {
         Self {
             algorithm,
-            schedule: smooth_schedule(weights),
+            schedule: RwLock::new(smooth_schedule(weights)),
             next: AtomicUsize::new(0),
         }
+    }
+
+    pub fn reschedule(&self, weights: &[u32]) {
+        let s = smooth_schedule(weights);
+        *self.schedule.write().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     /// Index of the backend to use, or `None` when every eligible backend is down.
@@ -32,8 +38,10 @@ impl Balancer {
         now_ms: impl Fn() -> u64,
         tried: &[usize],
     ) -> Option<usize> {
-        let ok = |i: usize| backends[i].is_up(&now_ms) && !tried.contains(&i);
-        let len = self.schedule.len();
+        let ok = |i: usize| backends[i].takes_new(&now_ms) && !tried.contains(&i);
+        let schedule = self.schedule.read().unwrap_or_else(|p| p.into_inner());
+        let schedule = &*schedule;
+        let len = schedule.len();
         if len == 0 {
             return None;
         }
@@ -41,7 +49,7 @@ impl Balancer {
             Algorithm::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 (0..len)
-                    .map(|k| self.schedule[(start + k) % len])
+                    .map(|k| schedule[(start + k) % len])
                     .find(|&i| ok(i))
             }
             Algorithm::LeastConn => {
@@ -63,11 +71,11 @@ impl Balancer {
             }
             Algorithm::RandomTwo => {
                 let a = (0..len)
-                    .map(|k| self.schedule[(fastrand::usize(..len) + k) % len])
+                    .map(|k| schedule[(fastrand::usize(..len) + k) % len])
                     .find(|&i| ok(i))?;
                 let r = fastrand::usize(..len);
                 let b = (0..len)
-                    .map(|k| self.schedule[(r + k) % len])
+                    .map(|k| schedule[(r + k) % len])
                     .find(|&i| ok(i) && i != a);
                 match b {
                     Some(b) if less_loaded(&backends[b], &backends[a]) => Some(b),
@@ -80,8 +88,8 @@ impl Balancer {
 
 /// `a` has fewer requests in flight per unit of weight than `b`.
 fn less_loaded(a: &Backend, b: &Backend) -> bool {
-    let fa = a.in_flight() as u64 * u64::from(b.weight);
-    let fb = b.in_flight() as u64 * u64::from(a.weight);
+    let fa = a.in_flight() as u64 * u64::from(b.weight());
+    let fb = b.in_flight() as u64 * u64::from(a.weight());
     fa < fb
 }
 

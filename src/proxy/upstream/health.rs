@@ -30,7 +30,9 @@ pub async fn run(upstream: Arc<Upstream>) {
                     _ = tick.tick() => {}
                 }
                 b.reap_idle(idle_timeout);
-                if !cfg.enabled {
+                // `maint`: no checks (HAProxy's maintenance mode); back to `ready`, the
+                // checks go on from the health it had.
+                if !cfg.enabled || b.mode() == super::Mode::Maint {
                     continue;
                 }
                 let result = tokio::time::timeout(

@@ -19,7 +19,7 @@ mod health;
 mod pool;
 mod request_body;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -43,7 +43,10 @@ const DOWN_UNTIL_CHECKED: u64 = u64::MAX;
 pub struct Backend {
     pub url: String,
     pub authority: String,
-    pub weight: u32,
+    /// Set at runtime (`POST /backends/<b>/weight`); the balancer's schedule follows.
+    weight: AtomicU32,
+    /// [`Mode`]: ready, drain or maint, set at runtime.
+    mode: AtomicU8,
     /// Milliseconds (since [`Upstream`]'s epoch) before which the backend counts as down.
     down_until: AtomicU64,
     in_flight: AtomicUsize,
@@ -53,15 +56,38 @@ pub struct Backend {
 
 impl Backend {
     fn new(url: String, authority: String, weight: u32, counters: BackendCounters) -> Self {
+        counters.weight.set(i64::from(weight));
         Self {
             url,
             authority,
-            weight,
+            weight: AtomicU32::new(weight),
+            mode: AtomicU8::new(Mode::Ready as u8),
             down_until: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             counters,
         }
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// What the operator set: ready, or drain / maint (no new requests; in-flight ones
+    /// finish).
+    pub fn mode(&self) -> Mode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => Mode::Drain,
+            2 => Mode::Maint,
+            _ => Mode::Ready,
+        }
+    }
+
+    /// The balancer may give it a new request: ready, up, and a weight above 0.
+    pub fn takes_new(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        self.mode.load(Ordering::Relaxed) == Mode::Ready as u8
+            && self.weight.load(Ordering::Relaxed) > 0
+            && self.is_up(now_ms)
     }
 
     /// `now_ms` is only asked for when the backend was marked down (saves a clock read
@@ -81,6 +107,36 @@ impl Backend {
         let old = self.down_until.swap(new, Ordering::Relaxed);
         self.counters.up.set(i64::from(up));
         (old == 0) != up
+    }
+}
+
+/// A backend's runtime mode (HAProxy's `set server ... state`): `Drain` takes no new
+/// request while its in-flight ones finish and its health checks go on; `Maint` also stops
+/// its health checks and closes its idle connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mode {
+    Ready = 0,
+    Drain = 1,
+    Maint = 2,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Ready => "ready",
+            Mode::Drain => "drain",
+            Mode::Maint => "maint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "ready" => Some(Mode::Ready),
+            "drain" => Some(Mode::Drain),
+            "maint" => Some(Mode::Maint),
+            _ => None,
+        }
     }
 }
 
@@ -198,7 +254,7 @@ impl Upstream {
                 ))
             })
             .collect();
-        let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+        let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
         Self {
             balancer: Balancer::new(cfg.algorithm, &weights),
             backends,
@@ -219,6 +275,34 @@ impl Upstream {
     /// tasks given to [`Upstream::new`] stop.
     pub fn start_health(self: &Arc<Self>) {
         self.tasks.spawn(health::run(self.clone()));
+    }
+
+    /// The backend `name` names: its index in the list, or its `host:port`.
+    pub fn find(&self, name: &str) -> Option<&Arc<Backend>> {
+        match name.parse::<usize>() {
+            Ok(i) => self.backends.get(i),
+            Err(_) => self.backends.iter().find(|b| b.authority == name),
+        }
+    }
+
+    /// Sets a backend's mode; `maint` closes its idle connections too.
+    pub fn set_mode(&self, b: &Backend, mode: Mode) {
+        b.mode.store(mode as u8, Ordering::Relaxed);
+        b.counters.mode.set(mode as i64);
+        if mode == Mode::Maint {
+            b.drop_idle();
+        }
+        tracing::info!(backend = %b.url, mode = mode.as_str(), "backend mode set");
+    }
+
+    /// Sets a backend's weight (0..=256; 0 takes no new requests) and rebuilds the
+    /// round-robin schedule.
+    pub fn set_weight(&self, b: &Backend, weight: u32) {
+        b.weight.store(weight, Ordering::Relaxed);
+        b.counters.weight.set(i64::from(weight));
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight()).collect();
+        self.balancer.reschedule(&weights);
+        tracing::info!(backend = %b.url, weight, "backend weight set");
     }
 
     pub fn now_ms(&self) -> u64 {

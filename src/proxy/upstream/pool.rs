@@ -81,6 +81,11 @@ impl Backend {
         list.retain_mut(|i| idle_for(i.since, now) < idle_timeout && i.conn.is_usable());
     }
 
+    /// Closes every idle connection (`maint`).
+    pub(super) fn drop_idle(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }

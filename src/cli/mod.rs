@@ -4,6 +4,8 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure (e.g. a port in use), 2 bad config.
 
+mod status;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +57,12 @@ enum Command {
         /// Comma-separated node names (jvm_routes), e.g. node1,node2,node3.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+    },
+    /// Print the cluster as a table (members, sessions, backends) from a node's `/status`.
+    Status {
+        /// The node's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
     },
     /// Run the stateless demo app (uses sessions only through the X-Session headers).
     DemoBackend {
@@ -131,6 +139,25 @@ pub fn main() -> ExitCode {
                 Err(e) => {
                     let _ = writeln!(std::io::stderr(), "caracal certs: {e}");
                     ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Status { admin }) => {
+            let rt = match runtime(1) {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("caracal: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(status::fetch(&admin)) {
+                Ok(s) => {
+                    let _ = write!(std::io::stdout(), "{}", status::render(&s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr(), "caracal status: {e:#}");
+                    ExitCode::FAILURE
                 }
             }
         }
