@@ -105,6 +105,43 @@ fn listen(s: TcpSocket, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// `[log] access`: the writer thread on stdout or the file (appended to, created if need
+/// be); its dropped lines counted in `caracal_access_log_dropped_total`.
+fn access_log(
+    cfg: &crate::config::LogConfig,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<proxy::AccessLog>> {
+    let Some(format) = cfg.access else {
+        return Ok(None);
+    };
+    let sink: Box<dyn std::io::Write + Send> = match &cfg.access_path {
+        None => Box::new(std::io::stdout()),
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| {
+                    format!(
+                        "cannot open the access log {} (log.access_path)",
+                        p.display()
+                    )
+                })?,
+        ),
+    };
+    let dropped = prometheus_client::metrics::counter::Counter::default();
+    metrics.with_registry(|r| {
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            dropped.clone(),
+        )
+    });
+    let log = proxy::AccessLog::start(format, sink, cfg.access_buffer, dropped)
+        .context("cannot start the access log writer")?;
+    Ok(Some(log))
+}
+
 /// How long the mesh stays open after this node announced `leaving` (see `run`).
 const LEAVE_LINGER: Duration = Duration::from_millis(100);
 /// How long the background tasks (mesh, health, admin, tunnels) may take to end once
@@ -150,7 +187,9 @@ async fn serve(
         replication: &cfg.replication,
         jvm_route_binder: cfg.jvm_route_binder,
     };
-    let proxy = Arc::new(Proxy::new(&settings, metrics, background.clone())?);
+    let access = access_log(&cfg.log, &metrics)?;
+    let proxy =
+        Arc::new(Proxy::new(&settings, metrics, background.clone())?.with_access_log(access));
     let addrs = |ls: &[TcpSocket]| -> Vec<SocketAddr> {
         ls.iter().filter_map(|l| l.local_addr().ok()).collect()
     };

@@ -45,6 +45,17 @@ pub struct Config {
     /// `[jvm_route_binder] enabled`: rewrite the session cookie to the new owner's route.
     pub jvm_route_binder: bool,
     pub cluster: ClusterConfig,
+    pub log: LogConfig,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `access`: `None` is off.
+    pub access: Option<crate::proxy::AccessFormat>,
+    /// `access_path`: `None` is stdout.
+    pub access_path: Option<std::path::PathBuf>,
+    pub access_buffer: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -20,6 +20,29 @@ pub struct RawConfig {
     pub replication: RawReplication,
     pub jvm_route_binder: RawBinder,
     pub cluster: RawCluster,
+    pub log: RawLog,
+}
+
+/// `[log]`: the access log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// off | common | combined | json.
+    pub access: String,
+    /// Empty: stdout.
+    pub access_path: String,
+    /// Lines that may wait for the writer before new ones are dropped.
+    pub access_buffer: usize,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            access: "off".into(),
+            access_path: String::new(),
+            access_buffer: 65_536,
+        }
+    }
 }
 
 /// JvmRouteBinderValve: rewrite the cookie's route after a failover.

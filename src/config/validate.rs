@@ -162,8 +162,31 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
     // (JSON escaping can double it), with room for the response's other headers.
     backends.max_response_head = 64 * 1024 + 2 * session.max_session_bytes;
     let cluster = super::cluster::validate(&raw.cluster, src)?;
+    use crate::proxy::AccessFormat;
+    let access = match raw.log.access.as_str() {
+        "off" => None,
+        "common" => Some(AccessFormat::Common),
+        "combined" => Some(AccessFormat::Combined),
+        "json" => Some(AccessFormat::Json),
+        _ => {
+            return Err(src.error(
+                &key("log.access"),
+                "must be \"off\", \"common\", \"combined\" or \"json\"",
+            ))
+        }
+    };
+    if raw.log.access_buffer == 0 {
+        return Err(src.error(&key("log.access_buffer"), "must be greater than 0"));
+    }
+    let log = super::LogConfig {
+        access,
+        access_path: (!raw.log.access_path.is_empty())
+            .then(|| std::path::PathBuf::from(&raw.log.access_path)),
+        access_buffer: raw.log.access_buffer,
+    };
 
     Ok(Config {
+        log,
         node: NodeConfig {
             jvm_route,
             workers: raw.node.workers,

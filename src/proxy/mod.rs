@@ -16,9 +16,11 @@
 //! - `upstream`: backend pool, balancer, health, retries, the HTTP/1.1 client.
 //! - `body`, `error`: the body types and the errors the proxy answers itself.
 //! - `tunnel`: upgraded connections.
+//! - `access`: the access log (a line per request, written off the request path).
 //! - `drain`: telling open connections to finish on shutdown.
 //! - `timer`: the coarse timers of the per-request deadlines.
 
+mod access;
 mod body;
 mod checks;
 mod client;
@@ -55,6 +57,7 @@ use hop::HOP;
 use request_id::RequestId;
 use sticky::{Plan, SessionLayer};
 
+pub use access::{AccessLog, Format as AccessFormat};
 pub use frontend::{Frontend, HttpConfig, HttpsConfig};
 pub use headers::{Added, ClientInfo, Hygiene};
 pub use upstream::{
@@ -87,6 +90,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Owns the tunnels of upgraded connections.
     tasks: Tasks,
+    /// `[log] access`.
+    access: Option<AccessLog>,
 }
 
 impl Proxy {
@@ -118,7 +123,14 @@ impl Proxy {
             ),
             metrics,
             tasks,
+            access: None,
         })
+    }
+
+    /// Writes a line per request to `log` (set before the proxy serves).
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access = log;
+        self
     }
 
     /// The session store (for the admin endpoints and the cluster).
@@ -164,6 +176,10 @@ impl Proxy {
         let start = Instant::now();
         let http1 = req.version() < Version::HTTP_2;
         let mut id = RequestId::new();
+        let mut logged = self
+            .access
+            .as_ref()
+            .map(|log| access::Pending::of(&req, client.peer, log.format));
         let mut step = if http1 && client.is_refused() {
             Step::Fail(ProxyError::BadRequest(
                 "the connection is closing after a refused request",
@@ -183,9 +199,20 @@ impl Proxy {
                 // backends; `step` is used in place (no move of the common request).
                 if let Step::Forward(_) = &step {
                     if let Step::Forward(f) = std::mem::replace(&mut step, Step::Taken) {
+                        if let (Some(p), Plan::Forward(to)) = (&mut logged, &f.plan) {
+                            p.sent = Some(Instant::now());
+                            p.upstream = Some(format!("member:{}", to.jvm_route));
+                        }
                         match Box::pin(this.to_owner(*f)).await {
                             Ok(forward::Routed::Local(b)) => step = Step::Backend(b),
-                            Ok(forward::Routed::Served(resp)) => break 'done Ok(resp),
+                            Ok(forward::Routed::Served(resp)) => {
+                                if let Some(p) = &mut logged {
+                                    if let Some(u) = p.upstream.take() {
+                                        p.answered(u);
+                                    }
+                                }
+                                break 'done Ok(resp);
+                            }
                             Err(e) => break 'done Err(e),
                         }
                     }
@@ -199,14 +226,23 @@ impl Proxy {
                         break 'done Err(ProxyError::Internal("request planned twice".into()))
                     }
                 };
+                if let Some(p) = &mut logged {
+                    p.sent = Some(Instant::now());
+                }
                 let upstream::Exchange {
                     head: mut resp,
                     session: directives,
                     body: resp_body,
+                    backend,
                 } = match this.upstream.send(&b.out, &mut b.body).await {
                     Ok(x) => x,
                     Err(e) => break 'done Err(e.into()),
                 };
+                if let Some(p) = &mut logged {
+                    let name = this.upstream.backends.get(backend);
+                    p.answered(name.map_or_else(|| "member".into(), |b| b.authority.clone()));
+                    p.session = b.session.as_ref().and_then(|rs| rs.key).map(|k| k.base());
+                }
                 if resp.status == StatusCode::SWITCHING_PROTOCOLS {
                     break 'done this.upgraded(resp, resp_body, b.client_upgrade.take());
                 }
@@ -233,6 +269,10 @@ impl Proxy {
             };
             this.metrics.count_status(resp.status().as_u16());
             this.metrics.latency.observe(start.elapsed().as_secs_f64());
+            if let (Some(log), Some(p)) = (&this.access, logged) {
+                let bytes = http_body::Body::size_hint(resp.body()).exact();
+                log.log(p.entry(id.to_string(), resp.status().as_u16(), bytes, start));
+            }
             Ok(resp)
         }
     }

@@ -368,7 +368,7 @@ impl Upstream {
                 reason: "no answer in time".into(),
                 fault: Fault::Backend,
             }),
-            Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease, self.divert)),
+            Ok(Ok(head)) => Ok(Exchange::new(conn, head, lease, self.divert, usize::MAX)),
             Ok(Err(e)) => Err(e),
         }
     }
@@ -415,7 +415,7 @@ impl Upstream {
                 }
                 Ok(Ok(head)) => {
                     backend.counters.responses.inc();
-                    return Ok(Exchange::new(conn, head, lease, self.divert));
+                    return Ok(Exchange::new(conn, head, lease, self.divert, idx));
                 }
                 Ok(Err(e)) if e.fault == Fault::Client => {
                     // Not the backend's doing: no health change, no retry (the body is
@@ -455,15 +455,25 @@ pub struct Exchange {
     pub head: response::Parts,
     pub session: client::Diverted,
     pub body: ResponseBody,
+    /// The index of the backend that answered in [`Upstream::backends`] (`usize::MAX`:
+    /// a member), for the access log.
+    pub backend: usize,
 }
 
 impl Exchange {
-    fn new(conn: Conn, head: client::Head, lease: Lease, strip: &'static [u8]) -> Self {
+    fn new(
+        conn: Conn,
+        head: client::Head,
+        lease: Lease,
+        strip: &'static [u8],
+        backend: usize,
+    ) -> Self {
         let (head, session, plan) = head.into_parts();
         Self {
             head,
             session,
             body: ResponseBody::new(conn, plan, lease, strip),
+            backend,
         }
     }
 }
