@@ -233,21 +233,6 @@ fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn dates() {
-        let t = UNIX_EPOCH + Duration::from_millis(971_186_136_123);
-        assert_eq!(clf_time(t), "10/Oct/2000:13:55:36 +0000");
-        assert_eq!(rfc3339(t), "2000-10-10T13:55:36.123Z");
-        assert_eq!(civil(0), (1970, 1, 1));
-        assert_eq!(civil(19_782), (2024, 2, 29));
-    }
-}
-
 /// What a request's line needs, gathered on its way (boxed: only when the log is on, and
 /// the request's future grows by one pointer).
 pub struct Pending {
@@ -311,5 +296,20 @@ impl Pending {
             referer: self.referer,
             user_agent: self.user_agent,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates() {
+        let t = UNIX_EPOCH + Duration::from_millis(971_186_136_123);
+        assert_eq!(clf_time(t), "10/Oct/2000:13:55:36 +0000");
+        assert_eq!(rfc3339(t), "2000-10-10T13:55:36.123Z");
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29));
     }
 }
