@@ -81,7 +81,7 @@ fn member<'a>(s: &'a Value, route: &str) -> Option<&'a Value> {
 fn conf(route: &str, ip: &str) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"1s\"\n\
-         [http]\nlisten = [\"{ip}:0\"]\n[admin]\nlisten = \"{ip}:0\"\n\
+         [http]\nlisten = [\"{ip}:0\"]\n[admin]\nlisten = \"{ip}:0\"\ntoken = \"netns-test-admin-token-0123\"\n\
          [backends]\nservers = [\"http://127.0.0.1:1\"]\n[backends.health]\nenabled = false\n\
          [cluster]\nenabled = true\nkey = \"netns-test-cluster-key\"\n\
          # Heartbeats are what this test is about; the mesh runs plain.\n\

@@ -2,7 +2,8 @@
 //! - `mod.rs`: serving, routing, the bearer token;
 //! - `status`: `GET /status`, the JSON scripts read;
 //! - `page`: `GET /`, the HTML cluster page rendered from it;
-//! - `runtime`: the runtime API (`POST /backends/<b>/state`, `POST /backends/<b>/weight`).
+//! - `runtime`: the runtime API (`POST /backends/<b>/state`, `POST /backends/<b>/weight`);
+//!   `POST /reload` calls the node's reload (`node::Reloader`).
 //!
 //! `[admin] token` (`Authorization: Bearer <token>`) guards every mutating endpoint, and
 //! `/sessions/<id>` (a session's contents) when the listener is not on loopback. Without a
@@ -41,7 +42,12 @@ pub struct Admin {
     pub token: Option<String>,
     /// The listener is on loopback: session contents need no token there.
     pub loopback: bool,
+    /// `POST /reload`: the node's reload (the answer, or why nothing changed).
+    pub reload: Option<ReloadFn>,
 }
+
+/// What `POST /reload` calls (the node layer's reload, floor 7).
+pub type ReloadFn = Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -87,6 +93,16 @@ impl Admin {
                     )
                 }
             };
+            if path == "/reload" {
+                return match self.reload.as_ref().map(|r| r()) {
+                    Some(Ok(report)) => json_response(StatusCode::OK, &report),
+                    Some(Err(why)) => text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("400 reload refused, the running config stays: {why}\n"),
+                    ),
+                    None => text(StatusCode::NOT_FOUND, "404 this node cannot reload\n"),
+                };
+            }
             return self.post(&path, &body);
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {

@@ -22,7 +22,7 @@ impl Admin {
         let Some((name, what)) = rest.rsplit_once('/') else {
             return text(StatusCode::NOT_FOUND, "404 no such admin endpoint\n");
         };
-        let up = &self.proxy.upstream;
+        let up = self.proxy.upstream();
         let Some(b) = up.find(name) else {
             return text(
                 StatusCode::NOT_FOUND,

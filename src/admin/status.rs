@@ -8,7 +8,7 @@ use crate::cluster::Manager;
 impl Admin {
     /// `GET /status`.
     pub fn status(&self) -> serde_json::Value {
-        let up = &self.proxy.upstream;
+        let up = self.proxy.upstream();
         let now = up.now_ms();
         let backends: Vec<_> = up
             .backends

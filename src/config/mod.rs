@@ -46,6 +46,14 @@ pub struct Config {
     pub jvm_route_binder: bool,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    /// The file and `--set` overrides it was read from (`None`: from text), for a reload.
+    pub source: Option<ConfigSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub file: PathBuf,
+    pub overrides: Vec<String>,
 }
 
 /// `[log]`.
@@ -116,7 +124,12 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
         key: String::new(),
         reason: format!("cannot read the config file: {e}"),
     })?;
-    load_str(file, &text, overrides)
+    let mut cfg = load_str(file, &text, overrides)?;
+    cfg.source = Some(ConfigSource {
+        file: file.to_path_buf(),
+        overrides: overrides.to_vec(),
+    });
+    Ok(cfg)
 }
 
 /// As [`load`], from text already read (`file` is only used in messages and for relative paths).

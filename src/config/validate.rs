@@ -187,6 +187,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
 
     Ok(Config {
         log,
+        source: None,
         node: NodeConfig {
             jvm_route,
             workers: raw.node.workers,

@@ -155,7 +155,7 @@ impl Proxy {
                     })
                 }
                 _ => self
-                    .upstream
+                    .upstream()
                     .send_to_peer(to.http_addr, parts, added, body)
                     .await
                     .map(|x| (x.head, ProxyBody::Upstream(x.body))),

@@ -83,7 +83,9 @@ pub struct Proxy {
     request_id: Option<http::HeaderName>,
     /// `[http] max_header_bytes`, checked exactly (SPEC 7).
     max_header_bytes: usize,
-    pub upstream: Arc<Upstream>,
+    /// Swapped whole by a reload (`[backends]` changed): a request keeps the one it began
+    /// with, so nothing in flight is cut.
+    upstream: std::sync::RwLock<Arc<Upstream>>,
     sessions: Arc<SessionLayer>,
     /// Forwarding channels to members (with `[cluster.tls]`).
     members: member::MemberClient,
@@ -108,7 +110,12 @@ impl Proxy {
             ),
             request_id: s.http.request_id_header.clone(),
             max_header_bytes: s.http.max_header_bytes,
-            upstream: Arc::new(Upstream::new(s.backends, prefix, &metrics, tasks.clone())),
+            upstream: std::sync::RwLock::new(Arc::new(Upstream::new(
+                s.backends,
+                prefix,
+                &metrics,
+                tasks.clone(),
+            ))),
             sessions: Arc::new(SessionLayer::new(
                 s.jvm_route,
                 s.session,
@@ -125,6 +132,31 @@ impl Proxy {
             tasks,
             access: None,
         })
+    }
+
+    /// The backends now.
+    pub fn upstream(&self) -> Arc<Upstream> {
+        self.upstream
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A reload's new `[backends]`: new requests go to `new` (its health checks started);
+    /// the old one's checks stop, and its connections close as their requests end.
+    pub fn swap_upstream(&self, cfg: &BackendsConfig) {
+        let new = Arc::new(Upstream::new(
+            cfg,
+            self.hygiene.prefix(),
+            &self.metrics,
+            self.tasks.clone(),
+        ));
+        new.start_health();
+        let old = std::mem::replace(
+            &mut *self.upstream.write().unwrap_or_else(|p| p.into_inner()),
+            new,
+        );
+        old.retire();
     }
 
     /// Writes a line per request to `log` (set before the proxy serves).
@@ -229,17 +261,18 @@ impl Proxy {
                 if let Some(p) = &mut logged {
                     p.sent = Some(Instant::now());
                 }
+                let up = this.upstream();
                 let upstream::Exchange {
                     head: mut resp,
                     session: directives,
                     body: resp_body,
                     backend,
-                } = match this.upstream.send(&b.out, &mut b.body).await {
+                } = match up.send(&b.out, &mut b.body).await {
                     Ok(x) => x,
                     Err(e) => break 'done Err(e.into()),
                 };
                 if let Some(p) = &mut logged {
-                    let name = this.upstream.backends.get(backend);
+                    let name = up.backends.get(backend);
                     p.answered(name.map_or_else(|| "member".into(), |b| b.authority.clone()));
                     p.session = b.session.as_ref().and_then(|rs| rs.key).map(|k| k.base());
                 }

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+
+/// The lab nodes' admin listeners are off loopback: they need a token (#21).
+const ADMIN_TOKEN: &str = "chaos-lab-admin-token-0123";
 use http::StatusCode;
 
 /// One run's settings.
@@ -280,7 +283,7 @@ impl Lab {
         );
         let conf = format!(
             "[node]\njvm_route = \"n{}\"\nshutdown_grace = \"1s\"\n\
-             [http]\nlisten = [\"{ip}:{HTTP_PORT}\"]\n[admin]\nlisten = \"{ip}:{ADMIN_PORT}\"\n\
+             [http]\nlisten = [\"{ip}:{HTTP_PORT}\"]\n[admin]\nlisten = \"{ip}:{ADMIN_PORT}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
              [backends]\nservers = [\"http://{backend}\"]\n[backends.health]\nenabled = false\n\
              [session]\nmax_session_bytes = 1048576\n\
              [cluster]\nenabled = true\nmanager = \"{}\"\nsend_options = \"{}\"\nack_timeout = \"500ms\"\n\
@@ -541,9 +544,14 @@ impl<'a> Cluster<'a> {
     async fn copies(&self, base: &str) -> Vec<serde_json::Value> {
         let mut v = Vec::new();
         for i in 0..3 {
-            let path = format!("/sessions/{base}");
+            // Off loopback, session contents need the admin token (#21).
+            let mut req = get(&format!("/sessions/{base}"));
+            req.headers_mut().insert(
+                "authorization",
+                format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+            );
             if let Ok(Ok(r)) =
-                tokio::time::timeout(CLIENT_TIMEOUT, try_http(self.admin(i), get(&path))).await
+                tokio::time::timeout(CLIENT_TIMEOUT, try_http(self.admin(i), req)).await
             {
                 if r.status == StatusCode::OK {
                     let mut s: serde_json::Value =

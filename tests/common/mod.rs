@@ -112,6 +112,11 @@ impl Node {
         }
     }
 
+    /// The conf file the node runs from (a reload reads it again).
+    pub fn conf_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("caracal.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

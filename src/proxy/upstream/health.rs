@@ -11,7 +11,8 @@ use crate::tasks::Tasks;
 
 /// Runs the checks (and the idle-connection reaper) until the upstream's tasks stop.
 pub async fn run(upstream: Arc<Upstream>) {
-    let shutdown = upstream.tasks.token().clone();
+    // The node's shutdown, or a reload that replaced this upstream (a child token).
+    let shutdown = upstream.retired.clone();
     let cfg = upstream.config().health.clone();
     let idle_timeout = upstream.config().idle_timeout;
     let mut checks = tokio::task::JoinSet::new();

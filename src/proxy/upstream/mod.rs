@@ -225,12 +225,16 @@ pub struct Upstream {
     epoch: Instant,
     /// The lower-case session header prefix: response headers named with it are the
     /// backend's session directives, set aside in [`Exchange::session`]. Leaked once per
-    /// node: the request bodies' writer tasks and the response bodies need it for
+    /// upstream (at start, and at a reload that changed `[backends]`: the prefix's few
+    /// bytes each time): the request bodies' writer tasks and the response bodies need it for
     /// trailers, and a `'static` costs them nothing where an `Arc` would cost two atomic
     /// operations per request.
     divert: &'static [u8],
     /// Own the request-body writers and the health checks.
     tasks: Tasks,
+    /// Stops the health checks of an upstream a reload replaced (its request-body writers
+    /// run on under `tasks`).
+    retired: tokio_util::sync::CancellationToken,
 }
 
 impl Upstream {
@@ -261,6 +265,7 @@ impl Upstream {
             peers: dashmap::DashMap::new(),
             cfg: cfg.clone(),
             epoch: Instant::now(),
+            retired: tasks.token().child_token(),
             divert: Box::leak(
                 session_prefix
                     .to_ascii_lowercase()
@@ -303,6 +308,11 @@ impl Upstream {
         let weights: Vec<u32> = self.backends.iter().map(|b| b.weight()).collect();
         self.balancer.reschedule(&weights);
         tracing::info!(backend = %b.url, weight, "backend weight set");
+    }
+
+    /// Replaced by a reload: its health checks end.
+    pub fn retire(&self) {
+        self.retired.cancel();
     }
 
     pub fn now_ms(&self) -> u64 {

@@ -4,6 +4,10 @@
 //! [`Listeners::bind`] and [`run`] are separate so tests can bind port 0 and read the
 //! addresses before serving, as mini-redis's `run(listener, shutdown)`.
 
+mod reload;
+
+pub use reload::{Reloader, Report};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +109,27 @@ fn listen(s: TcpSocket, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({what})"))
 }
 
+/// SIGHUP reloads the conf (as `POST /reload`), until the node stops.
+async fn on_hangup(r: Arc<Reloader>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload only through POST /reload");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                // The outcome is logged by the reload itself.
+                let _ = r.reload();
+            }
+        }
+    }
+}
+
 /// `[log] access`: the writer thread on stdout or the file (appended to, created if need
 /// be); its dropped lines counted in `caracal_access_log_dropped_total`.
 fn access_log(
@@ -199,7 +224,7 @@ async fn serve(
         addrs(&listeners.https),
     ));
 
-    proxy.upstream.start_health();
+    proxy.upstream().start_health();
     // Expiry is also checked on every access; the sweep only frees memory.
     let sweep_every =
         (cfg.session.max_inactive / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
@@ -226,8 +251,16 @@ async fn serve(
         _ => None,
     };
 
+    let reloader = Arc::new(Reloader::new(&cfg, proxy.clone(), &proxy.metrics));
+    background.spawn(on_hangup(reloader.clone(), background.token().clone()));
+
     if let Some(l) = listeners.admin {
+        let r = reloader.clone();
         let admin = Arc::new(Admin {
+            reload: Some(Arc::new(move || {
+                r.reload()
+                    .map(|rep| serde_json::to_value(rep).unwrap_or_default())
+            })),
             state: state.clone(),
             proxy: proxy.clone(),
             cluster: cluster.clone(),

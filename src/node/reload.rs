@@ -1,0 +1,133 @@
+//! Reload without restart (SIGHUP, or `POST /reload` on the admin listener; SPEC 6, #21):
+//! the conf file is read again, with the same `--set` overrides, and validated whole. A bad
+//! file changes nothing: the running config stays, the error (`file:line: key: reason`) is
+//! logged and answered, and `caracal_config_reload_failures_total` counts it.
+//!
+//! What applies live: `[backends]` (the list, weights, algorithm, health settings, timeouts):
+//! a new upstream takes the new requests, the old one finishes those it has, and no client
+//! connection is touched. A section changed that cannot change live is named in the answer
+//! (`restart_needed`) and keeps its running value. Runtime changes made through the admin
+//! API (a backend's mode or weight) do not survive a reload that changes `[backends]`, as
+//! with HAProxy without a state file.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+/// Sections a reload applies.
+const LIVE: &[&str] = &["backends"];
+
+/// Every section of the file, in the order the answer names them.
+const SECTIONS: &[&str] = &[
+    "node",
+    "http",
+    "https",
+    "admin",
+    "backends",
+    "session",
+    "replication",
+    "jvm_route_binder",
+    "cluster",
+    "log",
+];
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Sections changed and applied.
+    pub applied: Vec<&'static str>,
+    /// Sections changed that only a restart applies (their running values stay).
+    pub restart_needed: Vec<&'static str>,
+}
+
+pub struct Reloader {
+    proxy: Arc<Proxy>,
+    source: Option<config::ConfigSource>,
+    /// The file as last applied (per section), to tell what a reload changes.
+    running: Mutex<toml::Table>,
+    reloads: Counter,
+    failures: Counter,
+}
+
+fn table_of(text: &str) -> toml::Table {
+    toml::from_str(text).unwrap_or_default()
+}
+
+impl Reloader {
+    pub fn new(cfg: &Config, proxy: Arc<Proxy>, metrics: &Metrics) -> Self {
+        let reloads = Counter::default();
+        let failures = Counter::default();
+        metrics.with_registry(|r| {
+            r.register(
+                "config_reloads",
+                "Reloads of the conf file that were applied",
+                reloads.clone(),
+            );
+            r.register(
+                "config_reload_failures",
+                "Reloads refused (a bad file): the running config stayed",
+                failures.clone(),
+            );
+        });
+        let running = cfg
+            .source
+            .as_ref()
+            .and_then(|s| std::fs::read_to_string(&s.file).ok())
+            .map(|t| table_of(&t))
+            .unwrap_or_default();
+        Self {
+            proxy,
+            source: cfg.source.clone(),
+            running: Mutex::new(running),
+            reloads,
+            failures,
+        }
+    }
+
+    /// Reads the file again and applies what can change live; `Err`: the reason, and
+    /// nothing changed.
+    pub fn reload(&self) -> Result<Report, String> {
+        let Some(src) = &self.source else {
+            return Err("this node's config was not read from a file".into());
+        };
+        let refused = |e: String| {
+            self.failures.inc();
+            tracing::error!(error = %e, "reload refused: the running config stays");
+            e
+        };
+        let text = std::fs::read_to_string(&src.file)
+            .map_err(|e| refused(format!("{}: cannot read: {e}", src.file.display())))?;
+        let new = config::load_str(&src.file, &text, &src.overrides)
+            .map_err(|e| refused(e.to_string()))?;
+        let table = table_of(&text);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut report = Report {
+            applied: Vec::new(),
+            restart_needed: Vec::new(),
+        };
+        for s in SECTIONS {
+            if running.get(*s) == table.get(*s) {
+                continue;
+            }
+            if LIVE.contains(s) {
+                report.applied.push(s);
+            } else {
+                report.restart_needed.push(s);
+            }
+        }
+        if report.applied.contains(&"backends") {
+            self.proxy.swap_upstream(&new.backends);
+            match table.get("backends") {
+                Some(v) => running.insert("backends".into(), v.clone()),
+                None => running.remove("backends"),
+            };
+        }
+        self.reloads.inc();
+        tracing::info!(applied = ?report.applied, restart_needed = ?report.restart_needed, "config reloaded");
+        Ok(report)
+    }
+}
