@@ -142,26 +142,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// p-quantile from a Prometheus histogram's cumulative buckets (upper bound of the bucket).
 fn quantile(text: &str, hist: &str, q: f64) -> f64 {
-    let prefix = format!("{hist}_bucket{{le=\"");
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(&prefix)?;
-            let (le, v) = rest.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v.trim().parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= q * total)
-        .map_or(f64::NAN, |b| b.0)
+    caracal::metrics::quantile(text, hist, q).unwrap_or(f64::NAN)
 }
 
 fn pct(v: &mut [f64], q: f64) -> f64 {

@@ -104,15 +104,7 @@ async fn round(tls: Option<&std::path::Path>, port: u16, clients: usize, secs: u
             );
             match tls {
                 None => c,
-                Some(dir) => {
-                    let p = |f: String| dir.join(f).display().to_string();
-                    format!(
-                        "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-                        p(format!("n{i}.pem")),
-                        p(format!("n{i}-key.pem")),
-                        p("ca.pem".into())
-                    )
-                }
+                Some(dir) => format!("{c}{}", tls_section(dir, &format!("n{i}"))),
             }
         })
         .collect();

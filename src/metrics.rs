@@ -193,3 +193,27 @@ impl Metrics {
         out
     }
 }
+
+/// The p-quantile of histogram `hist` in a `/metrics` text: the upper bound of the first
+/// bucket that holds a share `q` of the observations (`None` without any).
+pub fn quantile(text: &str, hist: &str, q: f64) -> Option<f64> {
+    let prefix = format!("{hist}_bucket{{le=\"");
+    let mut b: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let (le, v) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, v.trim().parse().ok()?))
+        })
+        .collect();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    if total == 0.0 {
+        return None;
+    }
+    b.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
+}

@@ -237,13 +237,7 @@ fn a_cluster_beyond_loopback_fails_closed() {
     );
     let dir = tempfile::tempdir().unwrap();
     write_certs(dir.path(), "n1");
-    let p = |f: &str| dir.path().join(f).display().to_string();
-    let tls = format!(
-        "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-        p("n1.pem"),
-        p("n1-key.pem"),
-        p("ca.pem")
-    );
+    let tls = tls_section(dir.path(), "n1");
     for ok in [
         format!("{keyed_open}{tls}"),
         format!("{BASE}[cluster]\nenabled = true\ninsecure = true\n[cluster.receiver]\naddress = \"0.0.0.0\"\n"),

@@ -98,13 +98,7 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
                 "tls",
                 &format!("key = \"{KEY}\""),
             );
-            let p = |f: String| dir.path().join(f).display().to_string();
-            format!(
-                "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-                p(format!("n{i}.pem")),
-                p(format!("n{i}-key.pem")),
-                p("ca.pem".into())
-            )
+            format!("{c}{}", tls_section(dir.path(), &format!("n{i}")))
         })
         .collect();
     let nodes = Node::start_all(&confs).await;
@@ -172,14 +166,7 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
     // A node with the key but another CA's certificate: its heartbeats are heard, it is
     // never admitted (a member joins by a ping over TLS, not by a heartbeat).
     let c = cluster_node("n3", &b.url(), 46731, "tls", &format!("key = \"{KEY}\""));
-    let p = |f: &str| other.path().join(f).display().to_string();
-    let outsider = Node::start(&format!(
-        "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-        p("n3.pem"),
-        p("n3-key.pem"),
-        p("ca.pem")
-    ))
-    .await;
+    let outsider = Node::start(&format!("{c}{}", tls_section(other.path(), "n3"))).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = http(nodes[0].admin, get("/metrics")).await.text();
@@ -240,13 +227,7 @@ async fn with_tls_forwards_go_over_mesh_channels_only() {
                 format!("key = \"{KEY}\"")
             };
             let c = cluster_node(&format!("n{i}"), &b.url(), 46732, "tls-fwd", &extra);
-            let p = |f: String| dir.path().join(f).display().to_string();
-            format!(
-                "{c}[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-                p(format!("n{i}.pem")),
-                p(format!("n{i}-key.pem")),
-                p("ca.pem".into())
-            )
+            format!("{c}{}", tls_section(dir.path(), &format!("n{i}")))
         })
         .collect();
     let nodes = Node::start_all(&confs).await;

@@ -180,6 +180,24 @@ impl Admin {
     }
 }
 
+/// Cells of the `fields` of each object in the array `list` (`f` renders one), for the
+/// tables of the page and of `caracal status`.
+pub fn rows(
+    list: &serde_json::Value,
+    fields: &[&str],
+    f: impl Fn(&serde_json::Value) -> String,
+) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|o| fields.iter().map(|k| f(&o[*k])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub use page::PEER_FIELDS;
+
 /// Compares in time independent of where the inputs differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

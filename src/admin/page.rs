@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::{Admin, Resp};
 
+/// The columns of a peer's queue (the page and `caracal status` show the same).
+pub const PEER_FIELDS: [&str; 4] = ["route", "depth", "bytes", "overflowed"];
+
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}\
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}\
@@ -55,31 +58,6 @@ fn class(good: bool) -> &'static str {
     } else {
         "bad"
     }
-}
-
-/// The p-quantile upper bound (ms) of a histogram in our own `/metrics` text.
-fn quantile_ms(metrics: &str, hist: &str, q: f64) -> Option<f64> {
-    let prefix = format!("{hist}_bucket{{le=\"");
-    let mut b: Vec<(f64, f64)> = metrics
-        .lines()
-        .filter_map(|l| {
-            let (le, v) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, v.trim().parse().ok()?))
-        })
-        .collect();
-    b.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let total = b.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    b.iter()
-        .find(|(_, c)| *c >= q * total)
-        .map(|(le, _)| le * 1e3)
 }
 
 impl Admin {
@@ -239,8 +217,8 @@ impl Admin {
             out.push_str("<h2>Replication</h2>");
             let metrics = self.proxy.metrics.encode();
             let lag = |q| {
-                quantile_ms(&metrics, "caracal_replication_lag_seconds", q)
-                    .map_or("-".to_string(), |v| format!("&le; {v:.1} ms"))
+                crate::metrics::quantile(&metrics, "caracal_replication_lag_seconds", q)
+                    .map_or("-".to_string(), |v| format!("&le; {:.1} ms", v * 1e3))
             };
             table(
                 &mut out,
@@ -266,20 +244,7 @@ impl Admin {
                     lag(0.99),
                 ]],
             );
-            let rows = repl["peers"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|p| {
-                    vec![
-                        esc(&p["route"]),
-                        esc(&p["depth"]),
-                        esc(&p["bytes"]),
-                        esc(&p["overflowed"]),
-                    ]
-                })
-                .collect();
+            let rows = super::rows(&repl["peers"], &PEER_FIELDS, esc);
             table(
                 &mut out,
                 "queues",

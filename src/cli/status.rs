@@ -162,18 +162,8 @@ pub fn render(s: &Value) -> String {
         ],
         &backends,
     );
-    if let Some(peers) = s["replication"]["peers"].as_array() {
-        let rows: Vec<Vec<String>> = peers
-            .iter()
-            .map(|p| {
-                vec![
-                    cell(&p["route"]),
-                    cell(&p["depth"]),
-                    cell(&p["bytes"]),
-                    cell(&p["overflowed"]),
-                ]
-            })
-            .collect();
+    if s["replication"]["peers"].is_array() {
+        let rows = crate::admin::rows(&s["replication"]["peers"], &crate::admin::PEER_FIELDS, cell);
         let r = &s["replication"];
         let _ = writeln!(
             out,

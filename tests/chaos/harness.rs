@@ -274,13 +274,7 @@ impl Lab {
             .map(|j| format!("\"{}:{MESH_PORT}\"", self.ip(j)))
             .collect();
         let ip = self.ip(i);
-        let cert = |f: String| self.certs.path().join(f).display().to_string();
-        let tls = format!(
-            "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-            cert(format!("n{}.pem", i + 1)),
-            cert(format!("n{}-key.pem", i + 1)),
-            cert("ca.pem".into())
-        );
+        let tls = tls_section(self.certs.path(), &format!("n{}", i + 1));
         let conf = format!(
             "[node]\njvm_route = \"n{}\"\nshutdown_grace = \"1s\"\n\
              [http]\nlisten = [\"{ip}:{HTTP_PORT}\"]\n[admin]\nlisten = \"{ip}:{ADMIN_PORT}\"\ntoken = \"{ADMIN_TOKEN}\"\n\

@@ -895,3 +895,14 @@ pub fn rss_kb(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The `[cluster.tls]` section for `node`, with the files `caracal certs` wrote to `dir`.
+pub fn tls_section(dir: &std::path::Path, node: &str) -> String {
+    let p = |f: String| dir.join(f).display().to_string();
+    format!(
+        "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
+        p(format!("{node}.pem")),
+        p(format!("{node}-key.pem")),
+        p("ca.pem".into())
+    )
+}
