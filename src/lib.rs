@@ -2,7 +2,7 @@
 //!
 //! Floors, bottom up (docs/ARCHITECTURE.md keeps the table; `tests/floors.rs` checks that a
 //! module imports only from floors below its own):
-//! 1. leaves: `lifecycle` (node and member state), `metrics`, `tls`, `wire` (frame and tag
+//! 1. leaves: `lifecycle` (node and member state), `logging` (the live log level), `metrics`, `tls`, `wire` (frame and tag
 //!    codecs), `tasks` (task ownership), `net` (accepting);
 //! 2. [`session`]: the domain: ids, cookies, attributes, the store, changes and the apply rule;
 //! 3. [`cluster`]: membership, the mesh, replication of session changes;
@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod config;
 mod demo;
 mod lifecycle;
+mod logging;
 pub mod metrics;
 mod net;
 pub mod node;

@@ -23,27 +23,65 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds the server config; `http2` adds `h2` to ALPN.
+/// The HTTPS listeners' certificate, replaceable while they serve (a reload rotates it:
+/// handshakes after the swap get the new one, connections already open keep theirs).
+#[derive(Debug)]
+pub struct Rotating {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl Rotating {
+    /// The certificate now.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs `ck`; `true` if its chain differs from the one it replaces.
+    pub fn set(&self, ck: Arc<rustls::sign::CertifiedKey>) -> bool {
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let changed = cur.cert != ck.cert;
+        *cur = ck;
+        changed
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Rotating {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// Builds the server config around a [`Rotating`] certificate; `http2` adds `h2` to ALPN.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     http2: bool,
-) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+) -> Result<(Arc<rustls::ServerConfig>, Arc<Rotating>), TlsError> {
     let certs = load_certs(cert)?;
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key(key.to_path_buf(), e.to_string()))?;
+    let ck = rustls::sign::CertifiedKey::from_der(certs, key_der, &provider())
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let rotating = Arc::new(Rotating {
+        current: std::sync::RwLock::new(Arc::new(ck)),
+    });
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Rustls(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        .with_cert_resolver(rotating.clone());
     cfg.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    Ok(Arc::new(cfg))
+    Ok((Arc::new(cfg), rotating))
 }
 
 /// The name every mesh connection verifies the member's certificate for (`caracal certs`

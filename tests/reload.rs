@@ -173,3 +173,83 @@ async fn a_bad_reload_keeps_the_running_config() {
     }
     assert!(node.log_text().contains("config reloaded"));
 }
+
+/// The certificate the node's HTTPS listener presents to a new handshake (both test
+/// certificates trusted).
+async fn presented(addr: std::net::SocketAddr, roots: &[Vec<u8>]) -> Vec<u8> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(rustls::pki_types::CertificateDer::from(r.clone()))
+            .unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// A certificate renewed in place (same paths, new files) is served after a reload; the
+/// listeners stay, and a change beyond `cert`/`key` needs a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_the_https_certificate() {
+    let b = TestBackend::start("b").await;
+    let (old, https, dir) = self_signed_https("");
+    let node = Node::start(&format!("{}{https}", conf(&[&b]))).await;
+    let addr = node.https.expect("https");
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let roots = [old.cert.der().to_vec(), new.cert.der().to_vec()];
+    assert_eq!(presented(addr, &roots).await, roots[0]);
+
+    // Renewed in place, then reloaded: new handshakes get the new certificate.
+    std::fs::write(dir.path().join("cert.pem"), new.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), new.signing_key.serialize_pem()).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["applied"], serde_json::json!(["https"]));
+    assert_eq!(presented(addr, &roots).await, roots[1]);
+    let resp = https_http1(addr, roots[1].clone(), get("/")).await;
+    assert_eq!(resp.status, 200);
+
+    // A mismatched key: refused, the new certificate stays.
+    std::fs::write(dir.path().join("key.pem"), old.signing_key.serialize_pem()).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("https.cert"), "{}", r.text());
+    assert_eq!(presented(addr, &roots).await, roots[1]);
+}
+
+/// `[log] level` applies live: a client error logged at debug shows only after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_sets_the_log_level() {
+    let b = TestBackend::start("b").await;
+    let node = Node::start(&conf(&[&b])).await;
+    let bad = || {
+        let mut r = get("/x");
+        r.headers_mut().insert("host", "a b".parse().unwrap());
+        r
+    };
+    assert_eq!(http(node.http, bad()).await.status, 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!node.log_text().contains("bad request"), "debug logged at info");
+
+    let text = format!("{}[log]\nlevel = \"info,caracal::proxy=debug\"\n", conf(&[&b]));
+    std::fs::write(node.conf_path(), text).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["applied"], serde_json::json!(["log"]));
+    assert_eq!(http(node.http, bad()).await.status, 400);
+    assert!(node.wait_log("bad request", Duration::from_secs(3)).await);
+}

@@ -120,7 +120,7 @@ pub fn main() -> ExitCode {
             backend_port,
             tls,
         }) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, "info");
             let ports = crate::demo::DemoPorts {
                 http: port,
                 admin: admin_port,
@@ -162,7 +162,7 @@ pub fn main() -> ExitCode {
             }
         }
         Some(Command::DemoBackend { listen, name }) => {
-            init_logging(LogFormat::Text);
+            init_logging(LogFormat::Text, "info");
             block_on_with_signals(0, |shutdown| async move {
                 let l = tokio::net::TcpListener::bind(listen).await?;
                 tracing::info!(kind = "demo-backend", addr = %l.local_addr()?, "listening");
@@ -209,15 +209,30 @@ where
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// `level`: the filter when `RUST_LOG` is not set (`[log] level`). The filter can be
+/// replaced while running (a reload, through [`crate::logging`]).
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    macro_rules! install {
+        ($b:expr) => {{
+            let b = $b.with_filter_reloading();
+            let handle = b.reload_handle();
+            b.init();
+            crate::logging::install(Box::new(move |d: &str| {
+                let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            }));
+        }};
+    }
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => install!(builder.json()),
+        LogFormat::Text => install!(builder.with_ansi(std::io::stderr().is_terminal())),
     }
 }
 
@@ -229,7 +244,7 @@ fn run_node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(args.log_format);
+    init_logging(args.log_format, &cfg.log.level);
     block_on_with_signals(cfg.node.workers, |shutdown| async move {
         let listeners = crate::node::Listeners::bind(&cfg).await?;
         crate::node::run(cfg, listeners, shutdown).await

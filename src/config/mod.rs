@@ -59,6 +59,8 @@ pub struct ConfigSource {
 /// `[log]`.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
+    /// `level`: the log filter when `RUST_LOG` is not set.
+    pub level: String,
     /// `access`: `None` is off.
     pub access: Option<crate::proxy::AccessFormat>,
     /// `access_path`: `None` is stdout.

@@ -27,6 +27,8 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
+    /// The log filter when RUST_LOG is not set (RUST_LOG syntax).
+    pub level: String,
     /// off | common | combined | json.
     pub access: String,
     /// Empty: stdout.
@@ -38,6 +40,7 @@ pub struct RawLog {
 impl Default for RawLog {
     fn default() -> Self {
         Self {
+            level: "info".into(),
             access: "off".into(),
             access_path: String::new(),
             access_buffer: 65_536,

@@ -103,7 +103,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             let base = src.file.parent().unwrap_or(Path::new("."));
             let cert = resolve(base, &h.cert);
             let keyp = resolve(base, &h.key);
-            let tls = tls::server_config(&cert, &keyp, h.http2).map_err(|e| {
+            let (tls, certs) = tls::server_config(&cert, &keyp, h.http2).map_err(|e| {
                 let k = match e {
                     tls::TlsError::Cert(..) => "https.cert",
                     tls::TlsError::Key(..) => "https.key",
@@ -116,6 +116,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
                 cert,
                 key: keyp,
                 tls,
+                certs,
             })
         }
     };
@@ -178,7 +179,11 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
     if raw.log.access_buffer == 0 {
         return Err(src.error(&key("log.access_buffer"), "must be greater than 0"));
     }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        return Err(src.error(&key("log.level"), format!("not a log filter: {e}")));
+    }
     let log = super::LogConfig {
+        level: raw.log.level.clone(),
         access,
         access_path: (!raw.log.access_path.is_empty())
             .then(|| std::path::PathBuf::from(&raw.log.access_path)),

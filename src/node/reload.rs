@@ -5,7 +5,10 @@
 //!
 //! What applies live: `[backends]` (the list, weights, algorithm, health settings, timeouts):
 //! a new upstream takes the new requests, the old one finishes those it has, and no client
-//! connection is touched. A section changed that cannot change live is named in the answer
+//! connection is touched; and the HTTPS certificate (`[https] cert`/`key`, the files read
+//! again even when their paths did not change): new handshakes get the new one, open
+//! connections keep theirs; and `[log] level` (when the process's logging can change it:
+//! the `caracal` binary's can). A section changed that cannot change live is named in the answer
 //! (`restart_needed`) and keeps its running value. Runtime changes made through the admin
 //! API (a backend's mode or weight) do not survive a reload that changes `[backends]`, as
 //! with HAProxy without a state file.
@@ -46,11 +49,27 @@ pub struct Report {
 
 pub struct Reloader {
     proxy: Arc<Proxy>,
+    /// The HTTPS listeners' certificate (rotated by a reload).
+    certs: Option<Arc<crate::tls::Rotating>>,
     source: Option<config::ConfigSource>,
     /// The file as last applied (per section), to tell what a reload changes.
     running: Mutex<toml::Table>,
     reloads: Counter,
     failures: Counter,
+}
+
+/// Section `name` of `t` without its `live` keys (empty when there is no such section:
+/// a section added with only live keys is a live change).
+fn rest(t: &toml::Table, name: &str, live: &[&str]) -> toml::Table {
+    let mut s = t
+        .get(name)
+        .and_then(|v| v.as_table())
+        .cloned()
+        .unwrap_or_default();
+    for k in live {
+        s.remove(*k);
+    }
+    s
 }
 
 fn table_of(text: &str) -> toml::Table {
@@ -81,6 +100,7 @@ impl Reloader {
             .unwrap_or_default();
         Self {
             proxy,
+            certs: cfg.https.as_ref().map(|h| h.certs.clone()),
             source: cfg.source.clone(),
             running: Mutex::new(running),
             reloads,
@@ -109,6 +129,35 @@ impl Reloader {
             applied: Vec::new(),
             restart_needed: Vec::new(),
         };
+        // `[https]`: the certificate files are read again on every reload, so a certificate
+        // renewed in place (same paths) rotates too; the listeners need a restart only
+        // when something but `cert` and `key` changed.
+        let https_live =
+            rest(&running, "https", &["cert", "key"]) == rest(&table, "https", &["cert", "key"]);
+        if let (Some(r), Some(h), true) = (&self.certs, &new.https, https_live) {
+            if r.set(h.certs.current()) {
+                report.applied.push("https");
+                tracing::info!(cert = %h.cert.display(), "TLS certificate rotated");
+            }
+            if let Some(v) = table.get("https") {
+                running.insert("https".into(), v.clone());
+            }
+        }
+        // `[log] level` applies live; the access log's keys need a restart.
+        let log_live = rest(&running, "log", &["level"]) == rest(&table, "log", &["level"]);
+        if log_live && running.get("log") != table.get("log") {
+            match crate::logging::set_level(&new.log.level) {
+                Ok(()) => {
+                    report.applied.push("log");
+                    tracing::info!(level = %new.log.level, "log level set");
+                    match table.get("log") {
+                        Some(v) => running.insert("log".into(), v.clone()),
+                        None => running.remove("log"),
+                    };
+                }
+                Err(e) => tracing::warn!(error = %e, "log level not changed"),
+            }
+        }
         for s in SECTIONS {
             if running.get(*s) == table.get(*s) {
                 continue;

@@ -52,6 +52,8 @@ pub struct HttpsConfig {
     pub key: PathBuf,
     /// Loaded and checked at validation time so a bad cert is a config error.
     pub tls: Arc<rustls::ServerConfig>,
+    /// The certificate `tls` serves, which a reload replaces (rotation).
+    pub certs: Arc<crate::tls::Rotating>,
 }
 
 impl std::fmt::Debug for HttpsConfig {
