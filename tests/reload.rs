@@ -243,13 +243,50 @@ async fn a_reload_sets_the_log_level() {
     };
     assert_eq!(http(node.http, bad()).await.status, 400);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!node.log_text().contains("bad request"), "debug logged at info");
+    assert!(
+        !node.log_text().contains("bad request"),
+        "debug logged at info"
+    );
 
-    let text = format!("{}[log]\nlevel = \"info,caracal::proxy=debug\"\n", conf(&[&b]));
+    let text = format!(
+        "{}[log]\nlevel = \"info,caracal::proxy=debug\"\n",
+        conf(&[&b])
+    );
     std::fs::write(node.conf_path(), text).unwrap();
     let r = http(node.admin, reload_req()).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["applied"], serde_json::json!(["log"]));
     assert_eq!(http(node.http, bad()).await.status, 400);
     assert!(node.wait_log("bad request", Duration::from_secs(3)).await);
+}
+
+/// `[replication] filter` and `[session]` limits apply live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_sets_the_filter_and_session_limits() {
+    let b = TestBackend::start("b").await;
+    let node = Node::start(&conf(&[&b])).await;
+    let made = http(node.http, reflect("/", None, &[("x-session-set", r#"{"a":1}"#)])).await;
+    let cookie = format!("JSESSIONID={}", set_cookie_id(&made).unwrap());
+    let has_session = |r: &Resp| r.json()["headers"].get("x-session-id").is_some();
+    // Tomcat's default filter: a .png request carries no session.
+    let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
+    assert!(!has_session(&png), "{}", png.text());
+    let big = format!(r#"{{"b":"{}"}}"#, "x".repeat(200));
+    let r = http(node.http, reflect("/", Some(&cookie), &[("x-session-set", &big)])).await;
+    assert_eq!(r.status, 200);
+
+    let text = format!(
+        "{}[replication]\nfilter = '.*\\.xyz'\n[session]\nmax_session_bytes = 128\n",
+        conf(&[&b])
+    );
+    std::fs::write(node.conf_path(), text).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut applied: Vec<String> = serde_json::from_value(r.json()["applied"].clone()).unwrap();
+    applied.sort();
+    assert_eq!(applied, ["replication", "session"]);
+    let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
+    assert!(has_session(&png), "the new filter: {}", png.text());
+    let r = http(node.http, reflect("/", Some(&cookie), &[("x-session-set", &big)])).await;
+    assert_eq!(r.status, 502, "over the new max_session_bytes: {}", r.text());
 }

@@ -7,7 +7,9 @@
 //! a new upstream takes the new requests, the old one finishes those it has, and no client
 //! connection is touched; and the HTTPS certificate (`[https] cert`/`key`, the files read
 //! again even when their paths did not change): new handshakes get the new one, open
-//! connections keep theirs; and `[log] level` (when the process's logging can change it:
+//! connections keep theirs; `[session]` `max_inactive`, `max_session_bytes` and
+//! `max_active_sessions` (new sessions and writes from now; a session keeps the timeout it
+//! has) and `[replication] filter`; and `[log] level` (when the process's logging can change it:
 //! the `caracal` binary's can). A section changed that cannot change live is named in the answer
 //! (`restart_needed`) and keeps its running value. Runtime changes made through the admin
 //! API (a backend's mode or weight) do not survive a reload that changes `[backends]`, as
@@ -141,6 +143,31 @@ impl Reloader {
             }
             if let Some(v) = table.get("https") {
                 running.insert("https".into(), v.clone());
+            }
+        }
+        // `[session]` limits and timeouts and `[replication] filter` apply live; the cookie
+        // and the header prefix need a restart. The response head cap follows
+        // `max_session_bytes`, so the backends are renewed with them.
+        const SESSION_LIVE: &[&str] = &["max_inactive", "max_session_bytes", "max_active_sessions"];
+        let changed: Vec<&str> = ["session", "replication", "backends"]
+            .into_iter()
+            .filter(|s| running.get(*s) != table.get(*s))
+            .collect();
+        let session_live =
+            rest(&running, "session", SESSION_LIVE) == rest(&table, "session", SESSION_LIVE);
+        if session_live && (changed.contains(&"session") || changed.contains(&"replication")) {
+            self.proxy.set_sessions(&new.session, &new.replication);
+            if !changed.contains(&"backends") {
+                self.proxy.swap_upstream(&new.backends);
+            }
+            for s in ["session", "replication"] {
+                if changed.contains(&s) {
+                    report.applied.push(s);
+                    match table.get(s) {
+                        Some(v) => running.insert(s.into(), v.clone()),
+                        None => running.remove(s),
+                    };
+                }
             }
         }
         // `[log] level` applies live; the access log's keys need a restart.

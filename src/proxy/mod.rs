@@ -159,6 +159,11 @@ impl Proxy {
         old.retire();
     }
 
+    /// A reload's `[session]` limits and `[replication] filter`.
+    pub fn set_sessions(&self, s: &SessionConfig, replication: &ReplicationConfig) {
+        self.sessions.set_live(s, replication);
+    }
+
     /// Writes a line per request to `log` (set before the proxy serves).
     pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
         self.access = log;

@@ -56,7 +56,8 @@ pub struct SessionLayer {
     cluster: OnceLock<Arc<Cluster>>,
     cookie: CookieConfig,
     names: Names,
-    filter: StaticFilter,
+    /// `[replication] filter`; a reload replaces it (a read lock per request: uncontended).
+    filter: std::sync::RwLock<StaticFilter>,
     route: HeaderValue,
     /// `[jvm_route_binder] enabled`.
     binder: bool,
@@ -94,11 +95,22 @@ impl SessionLayer {
             cluster: OnceLock::new(),
             cookie: s.cookie.clone(),
             names: Names::new(&s.header_prefix)?,
-            filter: replication.filter.clone(),
+            filter: std::sync::RwLock::new(replication.filter.clone()),
             route: session::static_value(jvm_route)?,
             binder,
             directive_errors,
         })
+    }
+
+    /// A reload's session limits and replication filter (the cookie and the header prefix
+    /// need a restart).
+    pub fn set_live(&self, s: &SessionConfig, replication: &ReplicationConfig) {
+        self.store.set_limits(&Limits {
+            default_max_inactive: s.max_inactive,
+            max_session_bytes: s.max_session_bytes,
+            max_active_sessions: s.max_active_sessions,
+        });
+        *self.filter.write().unwrap_or_else(|p| p.into_inner()) = replication.filter.clone();
     }
 
     /// Resolves the request's session: who serves it and, when this node does, adds the
@@ -108,7 +120,12 @@ impl SessionLayer {
     /// client writes after the request's own (a client's session-prefixed headers were
     /// stripped by the header hygiene).
     pub fn on_request(&self, parts: &mut request::Parts, added: &mut Added, tls: bool) -> Plan {
-        if self.filter.matches(parts.uri.path()) {
+        let filtered = self
+            .filter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .matches(parts.uri.path());
+        if filtered {
             // No session work, but no session id reaches the backend in the path either.
             let stripped =
                 session::take_path_param(parts.uri.path(), &self.cookie.path_param).map(|p| p.1);

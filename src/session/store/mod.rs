@@ -30,6 +30,9 @@ use super::id::{self, Key};
 use super::protocol::Directives;
 use crate::metrics::Metrics;
 
+mod limits;
+pub use limits::Limits;
+use limits::LiveLimits;
 mod claim;
 mod replica;
 pub use claim::{Digest, Fresher, Promise};
@@ -134,14 +137,6 @@ pub enum Outcome {
     Invalidated,
 }
 
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub default_max_inactive: Duration,
-    pub max_session_bytes: usize,
-    /// 0 = unlimited.
-    pub max_active_sessions: usize,
-}
-
 struct Counters {
     active: Gauge,
     created: Counter,
@@ -177,11 +172,16 @@ pub struct SessionStore {
     route: Arc<str>,
     /// This node's epoch tag ([`super::epoch`]).
     tag: u64,
-    limits: Limits,
+    limits: LiveLimits,
     counters: Counters,
 }
 
 impl SessionStore {
+    /// New limits from a reload: they apply to the writes and the sessions made from now.
+    pub fn set_limits(&self, limits: &Limits) {
+        self.limits.set(limits);
+    }
+
     pub fn new(route: &str, limits: Limits, metrics: &Metrics) -> Self {
         let counters = Counters {
             active: Gauge::default(),
@@ -222,7 +222,7 @@ impl SessionStore {
             tombs: KeyMap::default(),
             route: Arc::from(route),
             tag: super::epoch::tag(route),
-            limits,
+            limits: LiveLimits::new(&limits),
             counters,
         }
     }
@@ -447,7 +447,7 @@ impl SessionStore {
         if d.set.is_none() {
             return Ok(Outcome::Unchanged);
         }
-        let max = self.limits.max_active_sessions;
+        let max = self.limits.max_active();
         if max > 0 && self.map.len() >= max {
             return Err(SessionError::Limit(max));
         }
@@ -460,7 +460,7 @@ impl SessionStore {
             rendered,
             created: SystemTime::now(),
             last_access: now,
-            max_inactive: d.max_inactive.unwrap_or(self.limits.default_max_inactive),
+            max_inactive: d.max_inactive.unwrap_or_else(|| self.limits.max_inactive()),
             last_replicated: now,
             promised: 0,
             promised_at: now,
@@ -484,7 +484,7 @@ impl SessionStore {
             current.as_bytes(),
             set.map(str::as_bytes),
             remove,
-            self.limits.max_session_bytes,
+            self.limits.max_bytes(),
         )
     }
 
