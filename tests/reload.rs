@@ -177,27 +177,7 @@ async fn a_bad_reload_keeps_the_running_config() {
 /// The certificate the node's HTTPS listener presents to a new handshake (both test
 /// certificates trusted).
 async fn presented(addr: std::net::SocketAddr, roots: &[Vec<u8>]) -> Vec<u8> {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store
-            .add(rustls::pki_types::CertificateDer::from(r.clone()))
-            .unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(store)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
+    let tls = tls_to_localhost(addr, roots).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
@@ -265,14 +245,22 @@ async fn a_reload_sets_the_log_level() {
 async fn a_reload_sets_the_filter_and_session_limits() {
     let b = TestBackend::start("b").await;
     let node = Node::start(&conf(&[&b])).await;
-    let made = http(node.http, reflect("/", None, &[("x-session-set", r#"{"a":1}"#)])).await;
+    let made = http(
+        node.http,
+        reflect("/", None, &[("x-session-set", r#"{"a":1}"#)]),
+    )
+    .await;
     let cookie = format!("JSESSIONID={}", set_cookie_id(&made).unwrap());
     let has_session = |r: &Resp| r.json()["headers"].get("x-session-id").is_some();
     // Tomcat's default filter: a .png request carries no session.
     let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
     assert!(!has_session(&png), "{}", png.text());
     let big = format!(r#"{{"b":"{}"}}"#, "x".repeat(200));
-    let r = http(node.http, reflect("/", Some(&cookie), &[("x-session-set", &big)])).await;
+    let r = http(
+        node.http,
+        reflect("/", Some(&cookie), &[("x-session-set", &big)]),
+    )
+    .await;
     assert_eq!(r.status, 200);
 
     let text = format!(
@@ -287,6 +275,15 @@ async fn a_reload_sets_the_filter_and_session_limits() {
     assert_eq!(applied, ["replication", "session"]);
     let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
     assert!(has_session(&png), "the new filter: {}", png.text());
-    let r = http(node.http, reflect("/", Some(&cookie), &[("x-session-set", &big)])).await;
-    assert_eq!(r.status, 502, "over the new max_session_bytes: {}", r.text());
+    let r = http(
+        node.http,
+        reflect("/", Some(&cookie), &[("x-session-set", &big)]),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        502,
+        "over the new max_session_bytes: {}",
+        r.text()
+    );
 }
