@@ -286,4 +286,17 @@ async fn a_reload_sets_the_filter_and_session_limits() {
         "over the new max_session_bytes: {}",
         r.text()
     );
+
+    // A restart-only [session] key with a new filter: the filter applies on its own.
+    let text = format!(
+        "{}[replication]\nfilter = '.*\\.png'\n[session]\nmax_session_bytes = 128\ncookie_name = \"SID\"\n",
+        conf(&[&b])
+    );
+    std::fs::write(node.conf_path(), text).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["applied"], serde_json::json!(["replication"]));
+    assert_eq!(r.json()["restart_needed"], serde_json::json!(["session"]));
+    let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
+    assert!(!has_session(&png), "the filter again: {}", png.text());
 }

@@ -155,20 +155,25 @@ impl Reloader {
             .collect();
         let session_live =
             rest(&running, "session", SESSION_LIVE) == rest(&table, "session", SESSION_LIVE);
-        if session_live && (changed.contains(&"session") || changed.contains(&"replication")) {
-            self.proxy.set_sessions(&new.session, &new.replication);
+        let mut live = Vec::new();
+        if session_live && changed.contains(&"session") {
+            self.proxy.set_session_limits(&new.session);
             if !changed.contains(&"backends") {
                 self.proxy.swap_upstream(&new.backends);
             }
-            for s in ["session", "replication"] {
-                if changed.contains(&s) {
-                    report.applied.push(s);
-                    match table.get(s) {
-                        Some(v) => running.insert(s.into(), v.clone()),
-                        None => running.remove(s),
-                    };
-                }
-            }
+            live.push("session");
+        }
+        // The filter is the whole `[replication]` section: it applies on its own.
+        if changed.contains(&"replication") {
+            self.proxy.set_filter(&new.replication);
+            live.push("replication");
+        }
+        for s in live {
+            report.applied.push(s);
+            match table.get(s) {
+                Some(v) => running.insert(s.into(), v.clone()),
+                None => running.remove(s),
+            };
         }
         // `[log] level` applies live; the access log's keys need a restart.
         let log_live = rest(&running, "log", &["level"]) == rest(&table, "log", &["level"]);

@@ -159,9 +159,14 @@ impl Proxy {
         old.retire();
     }
 
-    /// A reload's `[session]` limits and `[replication] filter`.
-    pub fn set_sessions(&self, s: &SessionConfig, replication: &ReplicationConfig) {
-        self.sessions.set_live(s, replication);
+    /// A reload's `[session]` limits.
+    pub fn set_session_limits(&self, s: &SessionConfig) {
+        self.sessions.set_limits(s);
+    }
+
+    /// A reload's `[replication] filter`.
+    pub fn set_filter(&self, replication: &ReplicationConfig) {
+        self.sessions.set_filter(replication);
     }
 
     /// Writes a line per request to `log` (set before the proxy serves).

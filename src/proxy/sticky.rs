@@ -102,14 +102,17 @@ impl SessionLayer {
         })
     }
 
-    /// A reload's session limits and replication filter (the cookie and the header prefix
-    /// need a restart).
-    pub fn set_live(&self, s: &SessionConfig, replication: &ReplicationConfig) {
+    /// A reload's session limits (the cookie and the header prefix need a restart).
+    pub fn set_limits(&self, s: &SessionConfig) {
         self.store.set_limits(&Limits {
             default_max_inactive: s.max_inactive,
             max_session_bytes: s.max_session_bytes,
             max_active_sessions: s.max_active_sessions,
         });
+    }
+
+    /// A reload's replication filter.
+    pub fn set_filter(&self, replication: &ReplicationConfig) {
         *self.filter.write().unwrap_or_else(|p| p.into_inner()) = replication.filter.clone();
     }
 
