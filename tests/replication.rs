@@ -438,7 +438,9 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
     let kept = mk(nodes[0].http).await;
     let ended = mk(nodes[1].http).await;
     let survivor = nodes.pop().unwrap();
-    for mut n in nodes {
+    // e1 first: k1, leaving after it, hands `kept` to the survivor (a session handed to e1
+    // would be e1's, and end with it).
+    for mut n in nodes.into_iter().rev() {
         n.signal("TERM");
         tokio::task::spawn_blocking(move || {
             assert!(n.wait_exit(Duration::from_secs(10)).success())

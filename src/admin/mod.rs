@@ -2,7 +2,8 @@
 //! - `mod.rs`: serving, routing, the bearer token;
 //! - `status`: `GET /status`, the JSON scripts read;
 //! - `page`: `GET /`, the HTML cluster page rendered from it;
-//! - `runtime`: the runtime API (`POST /backends/<b>/state`, `POST /backends/<b>/weight`);
+//! - `runtime`: the runtime API (`POST /backends/<b>/state`, `POST /backends/<b>/weight`,
+//!   `POST /node/state`);
 //!   `POST /reload` calls the node's reload (`node::Reloader`).
 //!
 //! `[admin] token` (`Authorization: Bearer <token>`) guards every mutating endpoint, and
@@ -40,6 +41,8 @@ pub struct Admin {
     pub cluster: Option<Arc<Cluster>>,
     /// `[admin] token`.
     pub token: Option<String>,
+    /// `[node] drain_timeout`: bounds `POST /node/state {"state":"drain"}`.
+    pub drain_timeout: std::time::Duration,
     /// The listener is on loopback: session contents need no token there.
     pub loopback: bool,
     /// `POST /reload`: the node's reload (the answer, or why nothing changed).
@@ -102,6 +105,9 @@ impl Admin {
                     ),
                     None => text(StatusCode::NOT_FOUND, "404 this node cannot reload\n"),
                 };
+            }
+            if path == "/node/state" {
+                return self.node_state(&body).await;
             }
             return self.post(&path, &body);
         }

@@ -1,6 +1,10 @@
 //! The runtime API (HAProxy's `set server ... state / weight` as JSON over HTTP):
 //! - `POST /backends/<b>/state` `{"state": "drain" | "maint" | "ready"}`;
 //! - `POST /backends/<b>/weight` `{"weight": 0..=256}`;
+//! - `POST /node/state` `{"state": "drain" | "ready"}`: this node drains (SPEC 4.8: it
+//!   announces `draining`, hands its sessions to their successors and forwards what
+//!   reaches it; it keeps running) or is ready again. The drain answers once the sessions
+//!   are handed over (at most `[node] drain_timeout`), with what it did.
 //!
 //! where `<b>` is the backend's index in `/status` or its `host:port`. The answer is the
 //! backend as `/status` shows it; the effect shows in `/status` and in `/metrics`
@@ -12,9 +16,56 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::{json_response, text, Admin, Resp};
+use crate::lifecycle::State;
 use crate::proxy::Mode;
 
 impl Admin {
+    pub(super) async fn node_state(&self, body: &Bytes) -> Resp {
+        let v: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("400 not JSON: {e}\n")),
+        };
+        match v["state"].as_str() {
+            Some("drain") => {
+                let report = if self.cluster.is_some() {
+                    self.proxy.drain(self.drain_timeout).await
+                } else {
+                    self.state.set_state(State::Draining);
+                    crate::proxy::DrainReport {
+                        state: "draining",
+                        ..Default::default()
+                    }
+                };
+                json_response(StatusCode::OK, &report)
+            }
+            Some("ready") => {
+                match self.state.state() {
+                    State::Draining => {}
+                    State::Ready => {}
+                    s => {
+                        return text(
+                            StatusCode::CONFLICT,
+                            &format!("409 this node is {}: it cannot be made ready\n", s.as_str()),
+                        )
+                    }
+                }
+                if self.cluster.is_some() {
+                    self.proxy.resume().await;
+                } else {
+                    self.state.set_state(State::Ready);
+                }
+                json_response(
+                    StatusCode::OK,
+                    &json!({"state": self.state.state().as_str()}),
+                )
+            }
+            _ => text(
+                StatusCode::BAD_REQUEST,
+                "400 \"state\" must be \"drain\" or \"ready\"\n",
+            ),
+        }
+    }
+
     pub(super) fn post(&self, path: &str, body: &Bytes) -> Resp {
         let Some(rest) = path.strip_prefix("/backends/") else {
             return text(StatusCode::NOT_FOUND, "404 no such admin endpoint\n");

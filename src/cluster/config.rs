@@ -80,6 +80,13 @@ pub enum MembershipKind {
     },
     /// Mesh addresses (`host:port`) of the other members.
     Static { members: Vec<String> },
+    /// Candidates from the A/AAAA records of `name` (resolved every `refresh`) at mesh
+    /// port `port`; each is admitted only by an authenticated ping (SPEC 4.1).
+    Dns {
+        name: String,
+        port: u16,
+        refresh: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -65,6 +65,15 @@ pub enum MeshError {
 }
 
 impl MeshError {
+    /// The address answered but not as a member of this cluster: its TLS or its frames
+    /// failed authentication, or it closed the connection on our ping (it refused ours).
+    pub fn is_auth(&self) -> bool {
+        matches!(
+            self,
+            MeshError::Tls { .. } | MeshError::Frame { .. } | MeshError::Closed { .. }
+        )
+    }
+
     /// The peer's process is certainly gone: its address refuses connections (the host is
     /// up, nothing listens), or another process answers there. A timeout is not: a paused
     /// or cut-off node may still hold its lease.

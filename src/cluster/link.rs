@@ -124,6 +124,11 @@ impl Link {
     }
 
     /// What this node announces now.
+    /// This node's announced state changes (the next heartbeat or ping carries it).
+    pub fn set_state(&self, s: crate::lifecycle::State) {
+        self.me.state.set_state(s);
+    }
+
     pub fn me(&self) -> NodeInfo {
         let s = &self.me.state;
         NodeInfo {

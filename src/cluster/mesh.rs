@@ -372,8 +372,19 @@ async fn connection(stream: TcpStream, peer: SocketAddr, s: &Receiver, slot: Slo
                 .await;
                 return;
             }
+            MeshMessage::HandOver { keys } => {
+                // Only from the owner that said `Hello` on this connection: the sessions
+                // are claimed as that route's, by a majority's vote, so a member can only
+                // speed up a takeover the voters would grant anyway.
+                let Some(owner) = sender.as_deref() else {
+                    m.metrics.mesh_rejected("unexpected").inc();
+                    return;
+                };
+                Some(r.take_handover(owner, &keys).await)
+            }
             // Answers and transfer frames only come back on connections we opened.
-            MeshMessage::ChannelOpen
+            MeshMessage::HandedOver { .. }
+            | MeshMessage::ChannelOpen
             | MeshMessage::Votes { .. }
             | MeshMessage::Fresher(_)
             | MeshMessage::Pong { .. }

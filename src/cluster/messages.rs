@@ -192,6 +192,17 @@ pub enum MeshMessage {
     },
     /// The receiver took the channel: the opener's HTTP starts after this frame.
     ChannelOpen,
+    /// After a `Hello`, from a draining owner (SPEC 4.8): take these sessions of mine over
+    /// (each by a majority's vote, as a failover), and answer once their copies acked.
+    HandOver {
+        keys: Vec<u128>,
+    },
+    /// The answer to a `HandOver`: how many the receiver took over; `refused` says why
+    /// the others were not.
+    HandedOver {
+        taken: u64,
+        refused: Option<String>,
+    },
 }
 
 /// A member's answer to one claim.
@@ -226,6 +237,8 @@ impl MeshMessage {
             MeshMessage::Fresher(_) => "fresher",
             MeshMessage::Channel { .. } => "channel",
             MeshMessage::ChannelOpen => "channel open",
+            MeshMessage::HandOver { .. } => "hand over",
+            MeshMessage::HandedOver { .. } => "handed over",
         }
     }
 }

@@ -35,6 +35,7 @@ pub struct ClusterMetrics {
     /// Mesh connections accepted under the limits (with TLS: handshakes begun). Steady
     /// replication and forwarding add none: their connections are long-lived.
     pub mesh_connections: Counter,
+    dns: Family<ResultLabel, Counter>,
 }
 
 impl ClusterMetrics {
@@ -72,6 +73,11 @@ impl ClusterMetrics {
                 m.mesh_connections.clone(),
             );
             r.register(
+                "dns_lookups",
+                "DNS membership lookups, by result (ok, empty, error, timeout)",
+                m.dns.clone(),
+            );
+            r.register(
                 "mesh_frames_rejected",
                 "Mesh frames dropped (connection closed), by reason",
                 m.mesh_rejected.clone(),
@@ -93,6 +99,10 @@ impl ClusterMetrics {
     pub fn verification(&self, result: &'static str) -> Counter {
         self.verifications
             .get_or_create_owned(&ResultLabel { result })
+    }
+
+    pub fn dns(&self, result: &'static str) -> Counter {
+        self.dns.get_or_create_owned(&ResultLabel { result })
     }
 
     pub fn mesh_rejected(&self, reason: &'static str) -> Counter {

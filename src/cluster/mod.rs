@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::lifecycle::NodeState;
+use crate::lifecycle::{NodeState, State};
 use crate::session::{Change, SessionStore};
 use crate::tasks::Tasks;
 use crate::wire::Key;
@@ -62,8 +62,8 @@ pub use messages::{
     decode_heartbeat, decode_mesh, encode_change, encode_heartbeat, encode_mesh, open_mesh,
     seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject, MESH_VERSION,
 };
-pub use replication::{PeerQueue, ReplicationStatus, Wait};
-pub use routing::{decide, successor, Decision};
+pub use replication::{HandOverRound, PeerQueue, ReplicationStatus, Wait};
+pub use routing::{decide, ready_successor, successor, Decision};
 pub use transport::multicast_socket;
 
 pub struct Cluster {
@@ -73,6 +73,8 @@ pub struct Cluster {
     multicast: Option<Arc<Multicast>>,
     static_members: Vec<String>,
     channels: Arc<channel::Channels>,
+    /// Draining and announced: requests for this node's sessions go to their successors.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// Replaces an unspecified IP (0.0.0.0) by one peers can reach.
@@ -98,7 +100,7 @@ impl Cluster {
     ) -> Result<Arc<Cluster>, ClusterError> {
         let announce_ip = match &cfg.membership.kind {
             MembershipKind::Multicast { bind, .. } => IpAddr::V4(*bind),
-            MembershipKind::Static { .. } => cfg.receiver.address,
+            MembershipKind::Static { .. } | MembershipKind::Dns { .. } => cfg.receiver.address,
         };
         let mesh_addr = mesh_listener
             .local_addr()
@@ -199,6 +201,20 @@ impl Cluster {
                 ));
                 (None, members.clone())
             }
+            MembershipKind::Dns {
+                name,
+                port,
+                refresh,
+            } => {
+                tasks.spawn(transport::run_dns(
+                    name.clone(),
+                    *port,
+                    *refresh,
+                    membership.clone(),
+                    shutdown,
+                ));
+                (None, Vec::new())
+            }
         };
         Ok(Arc::new(Cluster {
             membership,
@@ -207,6 +223,7 @@ impl Cluster {
             multicast,
             static_members,
             channels,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -240,7 +257,8 @@ impl Cluster {
         self.replicator.state_transfer().await
     }
 
-    /// Sends the current state now (after `ready`, and `leaving` on shutdown).
+    /// Sends the current state now (after `ready`, `draining` and `leaving`); every
+    /// current member is also pinged, so when this returns the reachable ones know it.
     pub async fn announce(&self) {
         match &self.multicast {
             Some(mc) => {
@@ -251,6 +269,40 @@ impl Cluster {
             }
             None => transport::ping_all(&self.static_members, &self.membership).await,
         }
+        transport::ping_members(&self.membership).await;
+    }
+
+    /// Graceful leave, first step (SPEC 4.8): announces `draining` and waits until the
+    /// members heard it; from then on [`Cluster::is_handing_over`] holds, and the sticky
+    /// layer sends this node's sessions' requests to their successors.
+    pub async fn drain(&self) {
+        self.membership.link.set_state(State::Draining);
+        self.announce().await;
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.membership
+            .log
+            .push("draining", self.membership.link.route(), "this node".into());
+    }
+
+    /// Back to `ready` after an admin drain (the sessions handed over stay where they are).
+    pub async fn resume(&self) {
+        self.handing_over
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.membership.link.set_state(State::Ready);
+        self.announce().await;
+    }
+
+    /// Whether this node drains and its sessions' requests go to their successors.
+    #[inline]
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Hands `keys` (sessions this node owns) to their successors; see
+    /// [`HandOverRound`].
+    pub async fn hand_over(&self, keys: &[crate::session::Key]) -> HandOverRound {
+        self.replicator.hand_over(keys).await
     }
 
     /// Queues a change of a session this node owns for the members that hold copies; in

@@ -33,6 +33,15 @@ pub fn backup<'a>(key: u128, routes: impl IntoIterator<Item = &'a str>) -> Optio
     successor(&Key(key).base(), routes)
 }
 
+/// The ready member among `members` that succeeds this node for session `base`: where a
+/// draining node sends the session's requests (every member's routing picks the same one
+/// once it heard `draining`).
+pub fn ready_successor(base: &str, members: &[NodeInfo]) -> Option<NodeInfo> {
+    let ready = members.iter().filter(|m| m.state == State::Ready);
+    let s = successor(base, ready.map(|m| m.jvm_route.as_str()))?;
+    members.iter().find(|m| m.jvm_route == s).cloned()
+}
+
 /// What to do with a request for a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {

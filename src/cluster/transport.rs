@@ -1,5 +1,5 @@
-//! How heartbeats travel: multicast UDP (`kind = "multicast"`) or mesh pings to a fixed list
-//! (`kind = "static"`).
+//! How heartbeats travel: multicast UDP (`kind = "multicast"`), or mesh pings to a fixed list
+//! (`kind = "static"`) or to the addresses a DNS name resolves to (`kind = "dns"`).
 //!
 //! Multicast stays on the configured interface: the socket joins the group on `bind`, sends
 //! with `IP_MULTICAST_IF = bind` and TTL `ttl`, and loops back so nodes on one host hear each
@@ -129,6 +129,26 @@ pub async fn run_static(members: Vec<String>, m: Arc<Membership>, shutdown: Canc
     }
 }
 
+/// Pings every current member at its announced mesh address, and waits for the answers
+/// (at most `verify_timeout` each): a ping carries this node's state, so once this returns
+/// every reachable member knows it (`draining` must be known before this node forwards
+/// its sessions' requests to their successors, or a member that did not hear it yet would
+/// forward them back).
+pub async fn ping_members(m: &Arc<Membership>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for info in m.infos() {
+        let m = m.clone();
+        tasks.spawn(async move {
+            if let Ok(pong) = m.link.ping(info.mesh_addr).await {
+                if pong.node_id == info.node_id {
+                    m.observe(pong);
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// One round of pings (also used to announce a state change such as `leaving`).
 pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -150,4 +170,117 @@ pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// DNS membership (CloudMembershipService's DNS provider, SPEC 4.1): `name` is resolved
+/// every `refresh` with the system resolver (`getaddrinfo` through tokio's `lookup_host`:
+/// /etc/resolv.conf, its search list and /etc/hosts, as every other program in the pod or
+/// namespace sees them; no resolver crate to keep in step with the system's). Every
+/// `frequency` the candidates and the current members are pinged; a pong is a heartbeat.
+///
+/// - A candidate is only an address: it becomes a member from its pong, which
+///   [`Link::ping`](super::link::Link::ping) authenticates (the key's tag; with TLS the
+///   cluster CA and the route its certificate names). An address that answers without
+///   valid credentials is counted (`caracal_heartbeats_rejected_total{reason="not_admitted"}`)
+///   and never added.
+/// - This node is recognised by its advertised mesh address, and by its own node id if a
+///   pong comes back from itself under another address.
+/// - An empty, NXDOMAIN or failed answer keeps the last candidates, and members are pinged
+///   where they announced themselves whatever DNS says: a removed record evicts no one. A
+///   dead member is dropped by the failure detector's verification, as in every mode.
+pub async fn run_dns(
+    name: String,
+    port: u16,
+    refresh: std::time::Duration,
+    m: Arc<Membership>,
+    shutdown: CancellationToken,
+) {
+    let mut candidates: Vec<SocketAddr> = Vec::new();
+    let mut refused = std::collections::HashSet::new();
+    let mut resolved_at: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(m.cfg.frequency);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if resolved_at.is_none_or(|t| t.elapsed() >= refresh) {
+            resolved_at = Some(tokio::time::Instant::now());
+            let lookup = tokio::net::lookup_host((name.as_str(), port));
+            let answer = tokio::time::timeout(refresh.max(m.cfg.frequency), lookup).await;
+            match answer {
+                Ok(Ok(addrs)) => {
+                    let mut found: Vec<SocketAddr> = addrs.collect();
+                    found.sort();
+                    found.dedup();
+                    if found.is_empty() {
+                        m.metrics.dns("empty").inc();
+                        tracing::debug!(%name, "dns membership: empty answer, candidates kept");
+                    } else {
+                        m.metrics.dns("ok").inc();
+                        if found != candidates {
+                            tracing::info!(%name, candidates = ?found, "dns membership: candidates");
+                        }
+                        candidates = found;
+                    }
+                }
+                Ok(Err(e)) => {
+                    m.metrics.dns("error").inc();
+                    tracing::debug!(%name, error = %e, "dns membership: lookup failed, candidates kept");
+                }
+                Err(_) => {
+                    m.metrics.dns("timeout").inc();
+                    tracing::debug!(%name, "dns membership: lookup timed out, candidates kept");
+                }
+            }
+        }
+        let me = m.link.mesh_addr();
+        let mut targets: Vec<SocketAddr> =
+            candidates.iter().copied().filter(|a| *a != me).collect();
+        for i in m.infos() {
+            if !targets.contains(&i.mesh_addr) {
+                targets.push(i.mesh_addr);
+            }
+        }
+        for (addr, why) in ping_targets(&targets, &m).await {
+            // Once per address: a stranger named by DNS stays named until the record goes.
+            if refused.insert(addr) {
+                tracing::warn!(%addr, error = %why, "dns candidate failed the mesh handshake: not admitted");
+            }
+        }
+    }
+}
+
+/// Pings each address once, concurrently; a pong from another process is that member's
+/// heartbeat (or admits a candidate). The addresses that failed authentication, counted.
+async fn ping_targets(targets: &[SocketAddr], m: &Arc<Membership>) -> Vec<(SocketAddr, String)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for sa in targets {
+        let (sa, m) = (*sa, m.clone());
+        tasks.spawn(async move {
+            match m.link.ping(sa).await {
+                Ok(info) if info.node_id == m.link.node_id() => None,
+                Ok(info) => {
+                    m.metrics.heartbeats_received.inc();
+                    m.observe(info);
+                    None
+                }
+                Err(e) if e.is_auth() => {
+                    m.metrics.rejected("not_admitted").inc();
+                    Some((sa, e.to_string()))
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %sa, error = %e, "dns candidate did not answer");
+                    None
+                }
+            }
+        });
+    }
+    let mut refused = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Some(x)) = r {
+            refused.push(x);
+        }
+    }
+    refused
 }

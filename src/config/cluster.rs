@@ -41,12 +41,13 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             if m.ttl > 255 {
                 return Err(src.error(&key("cluster.membership.ttl"), "must be 0..255"));
             }
-            if m.port == 0 {
+            let port = m.port.unwrap_or(45564);
+            if port == 0 {
                 return Err(src.error(&key("cluster.membership.port"), "must not be 0"));
             }
             MembershipKind::Multicast {
                 group,
-                port: m.port,
+                port,
                 bind,
                 ttl: m.ttl,
             }
@@ -74,15 +75,44 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             }
         }
         "dns" => {
-            return Err(src.error(
-                &key("cluster.membership.kind"),
-                "dns membership is not available in this version: use multicast or static",
-            ))
+            let name = m.name.trim();
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            if c.enabled && !valid {
+                return Err(src.error(
+                    &key("cluster.membership.name"),
+                    format!(
+                        "dns membership needs a DNS name (e.g. a headless Service), got {:?}",
+                        m.name
+                    ),
+                ));
+            }
+            if m.refresh.0 < std::time::Duration::from_millis(100) {
+                return Err(src.error(&key("cluster.membership.refresh"), "at least 100ms"));
+            }
+            let port = m.port.unwrap_or(c.receiver.port);
+            if port == 0 && c.enabled {
+                return Err(src.error(
+                    &key("cluster.membership.port"),
+                    "the peers' mesh port: set it (cluster.receiver.port is 0 here)",
+                ));
+            }
+            MembershipKind::Dns {
+                name: name.to_string(),
+                port,
+                refresh: m.refresh.0,
+            }
         }
         other => {
             return Err(src.error(
                 &key("cluster.membership.kind"),
-                format!("unknown kind {other:?}: use multicast or static"),
+                format!("unknown kind {other:?}: use multicast, static or dns"),
             ))
         }
     };

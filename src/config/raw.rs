@@ -67,6 +67,7 @@ pub struct RawNode {
     pub jvm_route: Option<String>,
     pub workers: usize,
     pub shutdown_grace: Dur,
+    pub drain_timeout: Dur,
 }
 
 impl Default for RawNode {
@@ -75,6 +76,7 @@ impl Default for RawNode {
             jvm_route: None,
             workers: 0,
             shutdown_grace: Dur(std::time::Duration::from_secs(30)),
+            drain_timeout: Dur(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -338,13 +340,18 @@ pub struct RawMembership {
     pub kind: String,
     pub domain: String,
     pub address: String,
-    pub port: u16,
+    /// Multicast: the group port (45564). DNS: the peers' mesh port (default: this
+    /// node's `cluster.receiver.port`).
+    pub port: Option<u16>,
     pub bind: String,
     pub ttl: u32,
     pub frequency: Dur,
     pub drop_time: Dur,
     pub verify_timeout: Dur,
     pub members: Vec<String>,
+    /// DNS: the name resolved for candidates, and how often.
+    pub name: String,
+    pub refresh: Dur,
 }
 
 impl Default for RawMembership {
@@ -354,13 +361,15 @@ impl Default for RawMembership {
             kind: "multicast".into(),
             domain: "default".into(),
             address: "228.0.0.4".into(),
-            port: 45564,
+            port: None,
             bind: "127.0.0.1".into(),
             ttl: 1,
             frequency: Dur(Duration::from_millis(500)),
             drop_time: Dur(Duration::from_millis(3000)),
             verify_timeout: Dur(Duration::from_millis(1000)),
             members: Vec::new(),
+            name: String::new(),
+            refresh: Dur(Duration::from_secs(5)),
         }
     }
 }

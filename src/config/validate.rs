@@ -197,6 +197,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
             jvm_route,
             workers: raw.node.workers,
             shutdown_grace: raw.node.shutdown_grace.0,
+            drain_timeout: raw.node.drain_timeout.0,
         },
         http: HttpConfig {
             listen,

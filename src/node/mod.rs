@@ -265,6 +265,7 @@ async fn serve(
             proxy: proxy.clone(),
             cluster: cluster.clone(),
             token: cfg.admin.token.clone(),
+            drain_timeout: cfg.node.drain_timeout,
             loopback: l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
         });
         tracing::info!(kind = "admin", addr = %l.local_addr()?, "listening");
@@ -307,15 +308,19 @@ async fn serve(
         }
     }
 
-    // The client connections: drained first on shutdown, within the grace period.
+    // The client connections: drained first on shutdown, within the grace period. The
+    // listeners keep accepting while the sessions are handed over (SPEC 4.8).
     let clients = TaskTracker::new();
+    let accepting = CancellationToken::new();
+    // An early return stops the listeners too.
+    let _accepting = accepting.clone().drop_guard();
     for s in listeners.http {
         let l = listen(s, "http.listen")?;
         tracing::info!(kind = "http", addr = %l.local_addr()?, "listening");
         clients.spawn(
             frontend
                 .clone()
-                .serve(l, None, shutdown.clone(), clients.clone()),
+                .serve(l, None, accepting.clone(), clients.clone()),
         );
     }
     if let Some(h) = &cfg.https {
@@ -326,7 +331,7 @@ async fn serve(
             clients.spawn(frontend.clone().serve(
                 l,
                 Some(acceptor.clone()),
-                shutdown.clone(),
+                accepting.clone(),
                 clients.clone(),
             ));
         }
@@ -338,23 +343,9 @@ async fn serve(
     tracing::info!(jvm_route = %cfg.node.jvm_route, "node ready");
 
     shutdown.cancelled().await;
-    // Tell the cluster first, so peers stop sending us work while we drain (SPEC 4.8).
-    state.set_state(State::Leaving);
-    if let Some(c) = &cluster {
-        c.announce().await;
-    }
-    let announced = tokio::time::Instant::now();
-    tracing::info!(grace = ?cfg.node.shutdown_grace, "shutting down: draining in-flight requests");
-    clients.close();
-    if tokio::time::timeout(cfg.node.shutdown_grace, clients.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over: closing remaining connections");
-    }
-    if let Some(c) = &cluster {
-        c.serve_channels(None);
-    }
+    // SPEC 4.8: announce `draining` and hand the sessions over while still accepting (a
+    // client that reaches this node meanwhile is forwarded), then stop accepting and
+    // finish in-flight requests, then announce `leaving`.
     if cluster.is_some() && cfg.cluster.expire_sessions_on_shutdown {
         let n = proxy.end_owned_sessions().await;
         tracing::info!(
@@ -362,6 +353,27 @@ async fn serve(
             "expire_sessions_on_shutdown: owned sessions ended"
         );
     }
+    if cluster.is_some() {
+        tracing::info!(drain_timeout = ?cfg.node.drain_timeout, "shutting down: draining");
+        proxy.drain(cfg.node.drain_timeout).await;
+    } else {
+        state.set_state(State::Draining);
+    }
+    tracing::info!(grace = ?cfg.node.shutdown_grace, "stopped accepting: finishing in-flight requests");
+    accepting.cancel();
+    clients.close();
+    if tokio::time::timeout(cfg.node.shutdown_grace, clients.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over: closing remaining connections");
+    }
+    state.set_state(State::Leaving);
+    if let Some(c) = &cluster {
+        c.serve_channels(None);
+        c.announce().await;
+    }
+    let announced = tokio::time::Instant::now();
     if cluster.is_some() {
         // The mesh closes with the background tasks. A peer that sees the connection close
         // before it has read the `leaving` heartbeat verifies this node, finds it gone and

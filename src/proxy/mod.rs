@@ -18,6 +18,7 @@
 //! - `tunnel`: upgraded connections.
 //! - `access`: the access log (a line per request, written off the request path).
 //! - `drain`: telling open connections to finish on shutdown.
+//! - `leave`: a draining node hands its sessions to their successors (SPEC 4.8).
 //! - `timer`: the coarse timers of the per-request deadlines.
 
 mod access;
@@ -31,6 +32,7 @@ mod framing;
 mod frontend;
 mod headers;
 mod hop;
+mod leave;
 mod member;
 mod request_id;
 mod sticky;
@@ -60,6 +62,7 @@ use sticky::{Plan, SessionLayer};
 pub use access::{AccessLog, Format as AccessFormat};
 pub use frontend::{Frontend, HttpConfig, HttpsConfig};
 pub use headers::{Added, ClientInfo, Hygiene};
+pub use leave::DrainReport;
 pub use upstream::{
     Algorithm, Backend, BackendsConfig, HealthConfig, Mode, ServerConfig, Upstream,
     DEFAULT_MAX_HEAD,
@@ -189,6 +192,19 @@ impl Proxy {
     /// (`expire_sessions_on_shutdown`).
     pub async fn end_owned_sessions(&self) -> usize {
         self.sessions.end_owned_sessions().await
+    }
+
+    /// Drains this node: hands its sessions to their successors (SPEC 4.8), within
+    /// `limit`; see [`DrainReport`].
+    pub async fn drain(&self, limit: std::time::Duration) -> DrainReport {
+        self.sessions.drain(limit).await
+    }
+
+    /// An admin drain ends: ready again (the sessions handed over stay where they are).
+    pub async fn resume(&self) {
+        if let Some(c) = self.sessions.cluster() {
+            c.resume().await;
+        }
     }
 
     /// Removes expired sessions every `every` until the tasks stop.

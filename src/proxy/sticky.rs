@@ -33,6 +33,9 @@ pub struct RequestSession {
     pub rebind: Option<String>,
     /// Acks a takeover waits for (sync mode), settled with the response.
     waits: Vec<Wait>,
+    /// Held while this node serves a session it owns: a draining node hands its sessions
+    /// over only once the requests that may still write them are done.
+    _in_flight: Option<Arc<()>>,
 }
 
 /// Where a request goes (SPEC 3, 4.4).
@@ -62,6 +65,11 @@ pub struct SessionLayer {
     /// `[jvm_route_binder] enabled`.
     binder: bool,
     directive_errors: prometheus_client::metrics::counter::Counter,
+    /// Its count of clones is the requests serving an owned session here (see
+    /// `RequestSession`): one atomic increment per such request, no lock.
+    in_flight: Arc<()>,
+    /// Spreads a draining node's session-less requests over the ready members.
+    spread: std::sync::atomic::AtomicUsize,
 }
 
 impl SessionLayer {
@@ -99,6 +107,8 @@ impl SessionLayer {
             route: session::static_value(jvm_route)?,
             binder,
             directive_errors,
+            in_flight: Arc::new(()),
+            spread: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -150,6 +160,9 @@ impl SessionLayer {
         let client_id = presented.and_then(id::parse);
 
         let Some(c) = client_id else {
+            if let Some(to) = self.elsewhere_while_draining() {
+                return Plan::Forward(to);
+            }
             strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
             return Plan::Local(rs);
         };
@@ -179,12 +192,25 @@ impl SessionLayer {
                     .access_if_owner(c.key, now, &mut |ch| self.replicate_async(ch))
                 {
                     // The common case (sticky traffic at its owner): no member list needed.
-                    Ok(f) => {
+                    Ok(f) if !r.is_handing_over() => {
                         found = Some(f);
                         cluster::Decision::Local
                     }
+                    Ok(_) => match cluster::ready_successor(c.base, &r.members()) {
+                        // Draining (SPEC 4.8): the successor takes the session over.
+                        Some(to) => return Plan::Forward(to),
+                        None => cluster::Decision::Local,
+                    },
                     Err(o) => {
-                        let d = cluster::decide(c.base, me, o.as_deref(), c.route, &r.members());
+                        let members = r.members();
+                        let d = cluster::decide(c.base, me, o.as_deref(), c.route, &members);
+                        let here =
+                            matches!(d, cluster::Decision::TakeOver | cluster::Decision::Local);
+                        if here && r.is_handing_over() {
+                            if let Some(to) = cluster::ready_successor(c.base, &members) {
+                                return Plan::Forward(to);
+                            }
+                        }
                         if d == cluster::Decision::TakeOver && r.is_quorum() {
                             let owner = o.as_deref().or(c.route).unwrap_or("").to_string();
                             return Plan::Claim { key: c.key, owner };
@@ -223,6 +249,9 @@ impl SessionLayer {
             cluster::Decision::NoSession | cluster::Decision::Forward(_) => None,
         };
         let Some(found) = found else {
+            if let Some(to) = self.elsewhere_while_draining() {
+                return Plan::Forward(to);
+            }
             strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
             return Plan::Local(rs);
         };
@@ -234,6 +263,9 @@ impl SessionLayer {
             .flatten();
         rs.key = Some(c.key);
         rs.epoch = Some(found.epoch);
+        if self.cluster.get().is_some() {
+            rs._in_flight = Some(self.in_flight.clone());
+        }
         strip_path_param(parts, path_param.map(|(_, stripped)| stripped));
         let h = added;
         if let Some(v) = id_value {
@@ -248,6 +280,30 @@ impl SessionLayer {
             rs.rebind = Some(old);
         }
         Plan::Local(rs)
+    }
+
+    /// A draining node creates no session (SPEC 4.8): a request without a live session
+    /// goes to a ready member, in turn. `None` when not draining or nobody is ready.
+    fn elsewhere_while_draining(&self) -> Option<NodeInfo> {
+        let r = self.cluster.get().filter(|r| r.is_handing_over())?;
+        let mut ready: Vec<NodeInfo> = r
+            .members()
+            .into_iter()
+            .filter(|m| m.state == crate::lifecycle::State::Ready)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        ready.sort_by(|a, b| a.jvm_route.cmp(&b.jvm_route));
+        let i = self
+            .spread
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(ready.swap_remove(i % ready.len()))
+    }
+
+    /// Requests serving a session this node owns, now.
+    pub fn local_in_flight(&self) -> usize {
+        Arc::strong_count(&self.in_flight) - 1
     }
 
     /// From now on changes go to the cluster (set once, before the node serves).

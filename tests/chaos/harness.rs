@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 /// The lab nodes' admin listeners are off loopback: they need a token (#21).
-const ADMIN_TOKEN: &str = "chaos-lab-admin-token-0123";
+pub const ADMIN_TOKEN: &str = "chaos-lab-admin-token-0123";
 use http::StatusCode;
 
 /// One run's settings.
@@ -95,11 +95,11 @@ impl Outcome {
     }
 }
 
-const MESH_PORT: u16 = 4000;
-const HTTP_PORT: u16 = 8080;
-const ADMIN_PORT: u16 = 9090;
+pub const MESH_PORT: u16 = 4000;
+pub const HTTP_PORT: u16 = 8080;
+pub const ADMIN_PORT: u16 = 9090;
 /// Client timeout: a stopped node accepts connections and never answers.
-const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
+pub const CLIENT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 fn sh(args: &[&str]) -> Result<String, String> {
     let out = Command::new(args[0])
@@ -138,7 +138,7 @@ pub struct Lab {
     tag: String,
     subnet: u8,
     hub: String,
-    ns: [String; 3],
+    ns: Vec<String>,
     /// The cluster's CA and node certificates: the mesh beyond loopback is mutual TLS
     /// (SPEC 4.10), so the faults are tried on the deployment's own shape, forwards over
     /// mesh channels included.
@@ -147,6 +147,11 @@ pub struct Lab {
 
 impl Lab {
     pub fn create() -> Result<Lab, String> {
+        Self::create_n(3)
+    }
+
+    /// A lab of `n` node namespaces (at most 9).
+    pub fn create_n(n_nodes: usize) -> Result<Lab, String> {
         static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
@@ -154,12 +159,13 @@ impl Lab {
         let subnet = ((pid + n * 7) % 200 + 20) as u8;
         let lab = Lab {
             hub: format!("crh{tag}"),
-            ns: [1, 2, 3].map(|i| format!("crn{tag}-{i}")),
+            ns: (1..=n_nodes).map(|i| format!("crn{tag}-{i}")).collect(),
             tag,
             subnet,
             certs: tempfile::tempdir().map_err(|e| e.to_string())?,
         };
-        write_certs(lab.certs.path(), "n1,n2,n3");
+        let routes: Vec<String> = (1..=n_nodes).map(|i| format!("n{i}")).collect();
+        write_certs(lab.certs.path(), &routes.join(","));
         let net = format!("198.18.{subnet}.0/24");
         if sh(&["ip", "route", "show", &net])?.contains("198.18") {
             return Err(format!("{net} is already routed on this machine"));
@@ -202,6 +208,16 @@ impl Lab {
         Ok(())
     }
 
+    /// Node `i`'s namespace.
+    pub fn ns(&self, i: usize) -> &str {
+        &self.ns[i]
+    }
+
+    /// The cluster CA and the node certificates (`n1`, `n2`, ...).
+    pub fn certs(&self) -> &std::path::Path {
+        self.certs.path()
+    }
+
     fn exec(&self, ns: &str, args: &[&str]) -> Result<String, String> {
         let mut full = vec!["ip", "netns", "exec", ns];
         full.extend_from_slice(args);
@@ -223,7 +239,7 @@ impl Lab {
         let mut rules = String::from(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
         );
-        for j in (0..3).filter(|j| *j != i) {
+        for j in (0..self.ns.len()).filter(|j| *j != i) {
             rules += &format!("-A INPUT -s {} -j DROP\n", self.ip(j));
             rules += &format!("-A OUTPUT -d {} -j DROP\n", self.ip(j));
         }
@@ -306,15 +322,29 @@ impl Drop for Lab {
     }
 }
 
+impl Client {
+    /// A client with no session yet.
+    pub fn new() -> Client {
+        Client {
+            cookie: None,
+            acked: Vec::new(),
+            history: Vec::new(),
+            failed: 0,
+            stale: 0,
+            stall: Duration::ZERO,
+        }
+    }
+}
+
 /// A client's record of one round.
-struct Client {
-    cookie: Option<String>,
-    acked: Vec<u64>,
+pub struct Client {
+    pub cookie: Option<String>,
+    pub acked: Vec<u64>,
     /// (k, serving node, when) of each ack (CHAOS_DEBUG).
     history: Vec<(u64, String, Instant)>,
-    failed: usize,
-    stale: usize,
-    stall: Duration,
+    pub failed: usize,
+    pub stale: usize,
+    pub stall: Duration,
 }
 
 /// A running cluster in a lab.
@@ -455,108 +485,112 @@ impl<'a> Cluster<'a> {
 
     /// Waits for the copies to converge (at most 4 s), then counts.
     async fn check(&self, clients: &[Client]) -> Outcome {
-        let mut o = Outcome::default();
         let copies_wanted = if self.setup.manager == "backup" { 2 } else { 3 };
-        for c in clients {
-            o.acked += c.acked.len();
-            o.failed += c.failed;
-            o.stale += c.stale;
-            o.stall = o.stall.max(c.stall);
-            let Some(base) = c.cookie.as_deref().and_then(|id| id.split('.').next()) else {
-                continue;
-            };
-            let deadline = Instant::now() + Duration::from_secs(4);
-            let copies = loop {
-                let copies = self.copies(base).await;
-                let same = copies.windows(2).all(|w| {
-                    (&w[0]["owner"], &w[0]["version"], &w[0]["attributes"])
-                        == (&w[1]["owner"], &w[1]["version"], &w[1]["attributes"])
-                });
-                if (same && copies.len() == copies_wanted) || Instant::now() > deadline {
-                    break copies;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
-            let owners: std::collections::HashSet<String> = copies
-                .iter()
-                .map(|c| c["owner"].as_str().unwrap_or("").to_string())
-                .collect();
-            if owners.len() > 1 {
-                o.split += 1;
-            }
-            let same = copies
-                .windows(2)
-                .all(|w| w[0]["attributes"] == w[1]["attributes"]);
-            if !same || copies.len() != copies_wanted {
-                o.divergent += 1;
-                if std::env::var_os("CHAOS_DEBUG").is_some() {
-                    let brief: Vec<String> = copies
-                        .iter()
-                        .map(|s| {
-                            let n = s["attributes"].as_object().map_or(0, |m| m.len());
-                            format!(
-                                "{} holds owner={} epoch={} v={} writes={n}",
-                                s["held_by"], s["owner"], s["epoch"], s["version"]
-                            )
-                        })
-                        .collect();
-                    eprintln!("divergent: session {base}: {brief:?}");
-                }
-            }
-            // The owner's own copy is the session.
-            let owner_copy = copies.iter().find(|s| {
-                s["owner"]
-                    .as_str()
-                    .is_some_and(|r| r == s["held_by"].as_str().unwrap_or("-"))
-            });
-            let log: std::collections::HashSet<u64> = owner_copy
-                .and_then(|s| s["attributes"].as_object())
-                .map(|m| {
-                    m.keys()
-                        .filter_map(|k| k.strip_prefix('k')?.parse().ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let lost: Vec<&u64> = c.acked.iter().filter(|k| !log.contains(k)).collect();
-            if !lost.is_empty() && std::env::var_os("CHAOS_DEBUG").is_some() {
-                eprintln!("lost: session {base}: {lost:?}");
-                let t0 = std::time::SystemTime::now();
-                let now = Instant::now();
-                for (k, node, at) in &c.history {
-                    if lost.iter().any(|l| l.abs_diff(*k) < 4) {
-                        let wall = t0 - now.duration_since(*at);
-                        eprintln!("  acked k={k} by {node} at {:?}", wall);
-                    }
-                }
-            }
-            o.lost += lost.len();
-        }
-        o
+        let admins: Vec<SocketAddr> = (0..3).map(|i| self.admin(i)).collect();
+        check(&admins, clients, copies_wanted).await
     }
+}
 
-    /// Every node's copy of session `base`, each with `held_by` (its route).
-    async fn copies(&self, base: &str) -> Vec<serde_json::Value> {
-        let mut v = Vec::new();
-        for i in 0..3 {
-            // Off loopback, session contents need the admin token (#21).
-            let mut req = get(&format!("/sessions/{base}"));
-            req.headers_mut().insert(
-                "authorization",
-                format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-            );
-            if let Ok(Ok(r)) =
-                tokio::time::timeout(CLIENT_TIMEOUT, try_http(self.admin(i), req)).await
-            {
-                if r.status == StatusCode::OK {
-                    let mut s: serde_json::Value =
-                        serde_json::from_slice(&r.body).unwrap_or_default();
-                    s["held_by"] = format!("n{}", i + 1).into();
-                    v.push(s);
+/// Waits for the copies of each client's session on the nodes at `admins` to
+/// converge to `copies_wanted` agreeing copies (at most 4 s), then counts.
+pub async fn check(admins: &[SocketAddr], clients: &[Client], copies_wanted: usize) -> Outcome {
+    let mut o = Outcome::default();
+    for c in clients {
+        o.acked += c.acked.len();
+        o.failed += c.failed;
+        o.stale += c.stale;
+        o.stall = o.stall.max(c.stall);
+        let Some(base) = c.cookie.as_deref().and_then(|id| id.split('.').next()) else {
+            continue;
+        };
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let copies = loop {
+            let copies = copies(admins, base).await;
+            let same = copies.windows(2).all(|w| {
+                (&w[0]["owner"], &w[0]["version"], &w[0]["attributes"])
+                    == (&w[1]["owner"], &w[1]["version"], &w[1]["attributes"])
+            });
+            if (same && copies.len() == copies_wanted) || Instant::now() > deadline {
+                break copies;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let owners: std::collections::HashSet<String> = copies
+            .iter()
+            .map(|c| c["owner"].as_str().unwrap_or("").to_string())
+            .collect();
+        if owners.len() > 1 {
+            o.split += 1;
+        }
+        let same = copies
+            .windows(2)
+            .all(|w| w[0]["attributes"] == w[1]["attributes"]);
+        if !same || copies.len() != copies_wanted {
+            o.divergent += 1;
+            if std::env::var_os("CHAOS_DEBUG").is_some() {
+                let brief: Vec<String> = copies
+                    .iter()
+                    .map(|s| {
+                        let n = s["attributes"].as_object().map_or(0, |m| m.len());
+                        format!(
+                            "{} holds owner={} epoch={} v={} writes={n}",
+                            s["held_by"], s["owner"], s["epoch"], s["version"]
+                        )
+                    })
+                    .collect();
+                eprintln!("divergent: session {base}: {brief:?}");
+            }
+        }
+        // The owner's own copy is the session.
+        let owner_copy = copies.iter().find(|s| {
+            s["owner"]
+                .as_str()
+                .is_some_and(|r| r == s["held_by"].as_str().unwrap_or("-"))
+        });
+        let log: std::collections::HashSet<u64> = owner_copy
+            .and_then(|s| s["attributes"].as_object())
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.strip_prefix('k')?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let lost: Vec<&u64> = c.acked.iter().filter(|k| !log.contains(k)).collect();
+        if !lost.is_empty() && std::env::var_os("CHAOS_DEBUG").is_some() {
+            eprintln!("lost: session {base}: {lost:?}");
+            let t0 = std::time::SystemTime::now();
+            let now = Instant::now();
+            for (k, node, at) in &c.history {
+                if lost.iter().any(|l| l.abs_diff(*k) < 4) {
+                    let wall = t0 - now.duration_since(*at);
+                    eprintln!("  acked k={k} by {node} at {:?}", wall);
                 }
             }
         }
-        v
+        o.lost += lost.len();
     }
+    o
+}
+
+/// Every node's copy of session `base`, each with `held_by` (its route).
+async fn copies(admins: &[SocketAddr], base: &str) -> Vec<serde_json::Value> {
+    let mut v = Vec::new();
+    for (i, admin) in admins.iter().enumerate() {
+        // Off loopback, session contents need the admin token (#21).
+        let mut req = get(&format!("/sessions/{base}"));
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+        );
+        if let Ok(Ok(r)) = tokio::time::timeout(CLIENT_TIMEOUT, try_http(*admin, req)).await {
+            if r.status == StatusCode::OK {
+                let mut s: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                s["held_by"] = format!("n{}", i + 1).into();
+                v.push(s);
+            }
+        }
+    }
+    v
 }
 
 fn kill(n: &mut Node) {
@@ -566,7 +600,7 @@ fn kill(n: &mut Node) {
 
 /// One client: its own session, writes in round-robin order over the nodes, the next node
 /// at once after any failure. Bounded: it stops when `stop` is set (the round's end).
-async fn client(
+pub async fn client(
     id: usize,
     addrs: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,

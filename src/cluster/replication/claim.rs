@@ -174,7 +174,9 @@ impl Replicator {
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
         let mut voters = self.membership.live();
-        voters.retain(|i| i.jvm_route != owner);
+        // A draining owner is alive and votes with its own copy, the freshest: a handover
+        // (or a takeover while it drains) then keeps even its async writes.
+        voters.retain(|i| i.jvm_route != owner || i.state == State::Draining);
         let answers = join_all(
             voters
                 .iter()

@@ -15,6 +15,7 @@
 //! - `rejoin`: catching up after a lapsed lease, both sides.
 
 mod claim;
+mod handover;
 mod metrics;
 mod peer;
 mod peers;
@@ -39,6 +40,7 @@ use super::messages::encode_change;
 use super::routing;
 use crate::session::{Change, FullSession, Key, Remote, SessionStore};
 use crate::tasks::Tasks;
+pub use handover::HandOverRound;
 pub use metrics::ReplMetrics;
 pub use peers::{PeerQueue, ReplicationStatus};
 

@@ -184,6 +184,17 @@ impl SessionStore {
         }
     }
 
+    /// A draining owner handed `key` to `to`, which confirmed it took it over: this copy
+    /// routes there from now on. Its epoch stays the older one, so `to`'s changes replace
+    /// it; with BackupManager (no copy here any more in `to`'s eyes) it only ages out.
+    pub fn release(&self, key: Key, to: &str) {
+        if let Some(mut s) = self.map.get_mut(&key) {
+            if *s.owner == *self.route {
+                s.owner = Arc::from(to);
+            }
+        }
+    }
+
     /// (key, epoch, version) of every session held.
     pub fn digest(&self) -> Digest {
         self.map
