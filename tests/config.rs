@@ -326,3 +326,26 @@ fn a_non_loopback_admin_needs_a_token() {
                  [backends]\nservers = [\"http://127.0.0.1:9\"]\n";
     assert_config_error(short, &[], Some(4), "admin.token", "at least 16");
 }
+
+#[test]
+fn dns_membership_needs_a_valid_name_and_refresh() {
+    let dns = |extra: &str| {
+        format!("{BASE}[cluster]\nenabled = true\n[cluster.membership]\nkind = \"dns\"\n{extra}")
+    };
+    assert_config_error(
+        &dns("name = \"bad name!\"\n"),
+        &[],
+        Some(9),
+        "cluster.membership.name",
+        "dns membership needs a DNS name",
+    );
+    assert_config_error(
+        &dns("name = \"peers.example\"\nrefresh = \"10ms\"\n"),
+        &[],
+        Some(10),
+        "cluster.membership.refresh",
+        "at least 100ms",
+    );
+    let (code, err, _, _dir) = check_config(&dns("name = \"caracal-peers\"\n"), &[]);
+    assert_eq!(code, 0, "{err}");
+}

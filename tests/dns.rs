@@ -475,7 +475,10 @@ async fn rolling_restart_and_rescale_lose_nothing() {
         }
         for (who, log) in &logs {
             eprintln!("==== {who}: warnings ====");
-            for l in log.lines().filter(|l| l.contains("WARN") || l.contains("ERROR")) {
+            for l in log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            {
                 eprintln!("{l}");
             }
         }
