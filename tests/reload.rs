@@ -300,3 +300,26 @@ async fn a_reload_sets_the_filter_and_session_limits() {
     let png = http(node.http, reflect("/a.png", Some(&cookie), &[])).await;
     assert!(!has_session(&png), "the filter again: {}", png.text());
 }
+
+/// A reload of session timeouts keeps the runtime state of the backends (a drained one
+/// stays drained); only a new `max_session_bytes` renews them (the response head cap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_timeout_reload_keeps_a_drained_backend_drained() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let node = Node::start(&conf(&[&a, &b])).await;
+    let mut drain = with_body("POST", "/backends/0/state", "{\"state\":\"drain\"}");
+    drain
+        .headers_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    assert_eq!(http(node.admin, drain).await.status, 200);
+    let text = format!("{}[session]\nmax_inactive = \"10m\"\n", conf(&[&a, &b]));
+    std::fs::write(node.conf_path(), text).unwrap();
+    let r = http(node.admin, reload_req()).await;
+    assert_eq!(r.json()["applied"], serde_json::json!(["session"]));
+    assert_eq!(node.status().await["backends"][0]["mode"], "drain");
+    let before = a.hits();
+    for _ in 0..10 {
+        assert_eq!(http(node.http, get("/")).await.status, 200);
+    }
+    assert_eq!(a.hits(), before, "the drained backend got new requests");
+}

@@ -158,7 +158,14 @@ impl Reloader {
         let mut live = Vec::new();
         if session_live && changed.contains(&"session") {
             self.proxy.set_session_limits(&new.session);
-            if !changed.contains(&"backends") {
+            // Only a new `max_session_bytes` renews them (which resets the runtime modes and
+            // weights, as a `[backends]` change does); timeouts and counts do not.
+            let cap = |t: &toml::Table| {
+                t.get("session")
+                    .and_then(|s| s.get("max_session_bytes"))
+                    .cloned()
+            };
+            if !changed.contains(&"backends") && cap(&running) != cap(&table) {
                 self.proxy.swap_upstream(&new.backends);
             }
             live.push("session");
