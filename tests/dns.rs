@@ -307,14 +307,7 @@ async fn rr_client(
             if let Some(id) = set_cookie_id(&r) {
                 c.cookie = Some(id);
             }
-            let seen: std::collections::HashSet<u64> =
-                serde_json::from_slice::<serde_json::Value>(&r.body)
-                    .ok()
-                    .and_then(|b| b["log"].as_str().map(str::to_string))
-                    .unwrap_or_default()
-                    .split(',')
-                    .filter_map(|k| k.parse().ok())
-                    .collect();
+            let seen = harness::seen_writes(&r.body);
             if c.acked.iter().any(|k| !seen.contains(k)) {
                 c.stale += 1;
             }

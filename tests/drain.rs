@@ -14,15 +14,6 @@ use http::StatusCode;
 
 const TOKEN: &str = "drain-test-admin-token";
 
-fn count(cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut b = http::Request::get("/count").header("host", "app");
-    if let Some(c) = cookie {
-        b = b.header("cookie", format!("JSESSIONID={c}"));
-    }
-    b.body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap()
-}
-
 fn node_state(state: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
     let mut r = with_body("POST", "/node/state", format!("{{\"state\":\"{state}\"}}"));
     r.headers_mut()

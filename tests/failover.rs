@@ -9,15 +9,6 @@ use common::*;
 use http::StatusCode;
 use serde_json::Value;
 
-fn count(cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut b = http::Request::get("/count").header("host", "app");
-    if let Some(c) = cookie {
-        b = b.header("cookie", format!("JSESSIONID={c}"));
-    }
-    b.body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap()
-}
-
 async fn three(port: u16, domain: &str) -> (TestBackend, Vec<Node>) {
     let b = TestBackend::start("b").await;
     let confs: Vec<String> = ["n1", "n2", "n3"]

@@ -598,6 +598,17 @@ fn kill(n: &mut Node) {
     let _ = n.child.wait();
 }
 
+/// The writes (`k` of `/log?k=K`) the backend saw in the session before this request.
+pub fn seen_writes(body: &[u8]) -> std::collections::HashSet<u64> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|b| b["log"].as_str().map(str::to_string))
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|k| k.parse().ok())
+        .collect()
+}
+
 /// One client: its own session, writes in round-robin order over the nodes, the next node
 /// at once after any failure. Bounded: it stops when `stop` is set (the round's end).
 pub async fn client(
@@ -606,14 +617,7 @@ pub async fn client(
     stop: Arc<AtomicBool>,
     fault_on: Arc<AtomicBool>,
 ) -> Client {
-    let mut c = Client {
-        cookie: None,
-        acked: Vec::new(),
-        history: Vec::new(),
-        failed: 0,
-        stale: 0,
-        stall: Duration::ZERO,
-    };
+    let mut c = Client::new();
     let mut next = id;
     let mut k = 0u64;
     let mut last_ack = Instant::now();
@@ -643,14 +647,7 @@ pub async fn client(
         if let Some(id) = set_cookie_id(&r) {
             c.cookie = Some(id);
         }
-        let seen: std::collections::HashSet<u64> =
-            serde_json::from_slice::<serde_json::Value>(&r.body)
-                .ok()
-                .and_then(|b| b["log"].as_str().map(str::to_string))
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|k| k.parse().ok())
-                .collect();
+        let seen = seen_writes(&r.body);
         // Every write acked before this request was sent must be in what it saw.
         if c.acked.iter().any(|k| !seen.contains(k)) {
             c.stale += 1;

@@ -746,6 +746,17 @@ pub fn reflect(path: &str, cookie: Option<&str>, replies: &[(&str, &str)]) -> Re
     b.body(Full::new(Bytes::new())).unwrap()
 }
 
+/// `GET /count` (the [`TestBackend`]'s visit counter kept in the session), with the
+/// session cookie `cookie` if any.
+pub fn count(cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    let mut b = http::Request::get("/count").header("host", "app");
+    if let Some(c) = cookie {
+        b = b.header("cookie", format!("JSESSIONID={c}"));
+    }
+    b.body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap()
+}
+
 /// The `JSESSIONID` value a response set, if any.
 pub fn set_cookie_id(r: &Resp) -> Option<String> {
     r.headers
