@@ -253,3 +253,22 @@ async fn sigterm_under_load_fails_no_request_and_loses_no_write() {
     }
     drop(n1);
 }
+
+/// The last node of a cluster has nobody to hand its sessions to: SIGTERM does not wait
+/// for `drain_timeout`, it leaves at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_node_leaves_without_waiting_for_drain_timeout() {
+    let b = TestBackend::start("b").await;
+    let conf = cluster_node("alone", &b.url(), 46764, "drain-alone", "")
+        .replace("[node]\n", "[node]\ndrain_timeout = \"20s\"\n");
+    let mut node = Node::start(&conf).await;
+    let r = http(node.http, count(None)).await;
+    assert!(set_cookie_id(&r).is_some());
+    let t = Instant::now();
+    node.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || node.wait_exit(Duration::from_secs(15)))
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

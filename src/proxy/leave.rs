@@ -61,6 +61,16 @@ impl SessionLayer {
             if keys.is_empty() || Instant::now() >= deadline {
                 break;
             }
+            let ready = c
+                .members()
+                .iter()
+                .any(|m| m.state == crate::lifecycle::State::Ready);
+            if !ready {
+                // The last node: nobody to hand to (its sessions end with it, or wait in
+                // the copies of members that are not ready).
+                report.refused = vec!["no ready member to hand the sessions to".into()];
+                break;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let round = match tokio::time::timeout(left, c.hand_over(&keys)).await {
                 Ok(r) => r,
