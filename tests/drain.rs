@@ -77,6 +77,11 @@ async fn run_admin_drain(manager: &str, port: u16) {
     let s = nodes[0].status().await;
     assert_eq!(s["node"]["state"], "draining");
     assert_eq!(s["sessions"]["owned"], 0);
+    let page = http(nodes[0].admin, get("/")).await.text();
+    assert!(
+        page.contains(">draining<") && page.contains("drain this node"),
+        "{page}"
+    );
     assert_eq!(
         http(nodes[0].admin, get("/ready")).await.status,
         StatusCode::SERVICE_UNAVAILABLE

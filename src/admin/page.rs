@@ -1,5 +1,5 @@
 //! `GET /`: the cluster page, server-rendered HTML from the `/status` JSON, with no external
-//! assets (inline CSS, a few lines of inline script for the backend buttons). `?refresh=N`
+//! assets (inline CSS, a few lines of inline script for the backend and node buttons). `?refresh=N`
 //! reloads it every N seconds (1..=3600). Every value from the cluster is escaped.
 
 use std::fmt::Write;
@@ -20,7 +20,8 @@ th{background:#f2f2f2}.ok{color:#070}.bad{color:#b00;font-weight:bold}.warn{colo
 
 const SCRIPT: &str = "function tok(){let t=sessionStorage.getItem('caracal-token');\
 if(!t){t=prompt('admin token');if(t)sessionStorage.setItem('caracal-token',t)}return t}\
-function act(b,what,body){fetch('/backends/'+b+'/'+what,{method:'POST',\
+function act(b,what,body){post('/backends/'+b+'/'+what,body)}\
+function post(p,body){fetch(p,{method:'POST',\
 headers:{'Authorization':'Bearer '+tok(),'Content-Type':'application/json'},\
 body:JSON.stringify(body)}).then(r=>r.text().then(t=>{if(!r.ok){sessionStorage.removeItem('caracal-token');alert(t)}else location.reload()}))}";
 
@@ -106,6 +107,13 @@ impl Admin {
             ]],
         );
 
+        if self.token.is_some() {
+            // The node itself (SPEC 4.8): drain hands its sessions to their successors.
+            out.push_str(
+                "<p><button onclick=\"post('/node/state',{state:'drain'})\">drain this node</button> \
+                 <button onclick=\"post('/node/state',{state:'ready'})\">ready</button></p>",
+            );
+        }
         out.push_str("<h2>Members</h2>");
         let members = s["members"].as_array().cloned().unwrap_or_default();
         let rows = members

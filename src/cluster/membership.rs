@@ -263,6 +263,13 @@ impl Membership {
                 }
             }
             match t.get_mut(&info.node_id) {
+                // Older news of this process than what the table has (a pong generated
+                // before the ping that told us `draining`, processed after it): it proves
+                // the member alive, but its state is not the current one.
+                Some(m) if info.alive_ms < m.info.alive_ms => {
+                    m.last_heard = now;
+                    m.suspect = false;
+                }
                 Some(m) => {
                     if m.info.state != info.state || m.info.http_addr != info.http_addr {
                         events.push(MemberEvent::Changed(info.clone()));

@@ -260,6 +260,12 @@ impl Cluster {
     /// Sends the current state now (after `ready`, `draining` and `leaving`); every
     /// current member is also pinged, so when this returns the reachable ones know it.
     pub async fn announce(&self) {
+        self.send_state().await;
+        transport::ping_members(&self.membership).await;
+    }
+
+    /// The heartbeats (multicast) or the static list's pings that carry the state.
+    async fn send_state(&self) {
         match &self.multicast {
             Some(mc) => {
                 // UDP may drop one; three in a row make `leaving` reliable on a LAN.
@@ -269,15 +275,24 @@ impl Cluster {
             }
             None => transport::ping_all(&self.static_members, &self.membership).await,
         }
-        transport::ping_members(&self.membership).await;
     }
+
+    /// How many times a drain pings the members that missed its `draining` (a slow or
+    /// dropped ping): a member that did not hear it would send this node's sessions back
+    /// here while this node sends them to their successors.
+    const DRAIN_ANNOUNCE_TRIES: usize = 3;
 
     /// Graceful leave, first step (SPEC 4.8): announces `draining` and waits until the
     /// members heard it; from then on [`Cluster::is_handing_over`] holds, and the sticky
     /// layer sends this node's sessions' requests to their successors.
     pub async fn drain(&self) {
         self.membership.link.set_state(State::Draining);
-        self.announce().await;
+        self.send_state().await;
+        for _ in 0..Self::DRAIN_ANNOUNCE_TRIES {
+            if transport::ping_members(&self.membership).await == 0 {
+                break;
+            }
+        }
         self.handing_over
             .store(true, std::sync::atomic::Ordering::Release);
         self.membership

@@ -134,19 +134,26 @@ pub async fn run_static(members: Vec<String>, m: Arc<Membership>, shutdown: Canc
 /// every reachable member knows it (`draining` must be known before this node forwards
 /// its sessions' requests to their successors, or a member that did not hear it yet would
 /// forward them back).
-pub async fn ping_members(m: &Arc<Membership>) {
+/// Returns how many did not answer.
+pub async fn ping_members(m: &Arc<Membership>) -> usize {
     let mut tasks = tokio::task::JoinSet::new();
     for info in m.infos() {
         let m = m.clone();
         tasks.spawn(async move {
-            if let Ok(pong) = m.link.ping(info.mesh_addr).await {
-                if pong.node_id == info.node_id {
+            match m.link.ping(info.mesh_addr).await {
+                Ok(pong) if pong.node_id == info.node_id => {
                     m.observe(pong);
+                    true
                 }
+                _ => false,
             }
         });
     }
-    while tasks.join_next().await.is_some() {}
+    let mut missed = 0;
+    while let Some(answered) = tasks.join_next().await {
+        missed += usize::from(!answered.unwrap_or(false));
+    }
+    missed
 }
 
 /// One round of pings (also used to announce a state change such as `leaving`).
