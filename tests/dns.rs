@@ -352,6 +352,15 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_and_rescale_lose_nothing() {
+    rolling("delta").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_and_rescale_lose_nothing_backup() {
+    rolling("backup").await;
+}
+
+async fn rolling(manager: &str) {
     if skip() {
         return;
     }
@@ -368,6 +377,10 @@ async fn rolling_restart_and_rescale_lose_nothing() {
             backend.addr,
             KEY,
             &tls_section(lab.certs(), &format!("n{}", i + 1)),
+        )
+        .replace(
+            "[cluster]\n",
+            &format!("[cluster]\nmanager = \"{manager}\"\n"),
         );
         let ns = lab.ns(i).to_string();
         async move {
@@ -449,9 +462,10 @@ async fn rolling_restart_and_rescale_lose_nothing() {
         all.push(c);
     }
     let admins: Vec<SocketAddr> = (0..3).map(|i| admin(&lab, i)).collect();
-    let o = harness::check(&admins, &all, 3).await;
+    let copies = if manager == "backup" { 2 } else { 3 };
+    let o = harness::check(&admins, &all, copies).await;
     let sessions = all.iter().filter(|c| c.cookie.is_some()).count();
-    eprintln!("rolling restart figures:");
+    eprintln!("rolling restart figures ({manager}):");
     for f in &figures {
         eprintln!("  {f}");
     }

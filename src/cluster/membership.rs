@@ -412,6 +412,16 @@ impl Membership {
             .collect()
     }
 
+    /// The live members that may hold new copies (BackupManager): not `draining`, which
+    /// is about to leave.
+    pub fn placeable(&self) -> Vec<NodeInfo> {
+        self.table()
+            .values()
+            .filter(|m| !matches!(m.info.state, State::Leaving | State::Draining))
+            .map(|m| m.info.clone())
+            .collect()
+    }
+
     /// Verifies a member now (a failed send or forward), unless already under way.
     pub fn suspect(self: &Arc<Self>, node_id: u64) {
         let target = {

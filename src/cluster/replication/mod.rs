@@ -84,6 +84,9 @@ pub struct Load {
 
 struct PeerHandle {
     route: Arc<str>,
+    /// The member drains (SPEC 4.8): it keeps the copies it has until it leaves, but
+    /// BackupManager places no copy on it.
+    draining: std::sync::atomic::AtomicBool,
     tx: mpsc::UnboundedSender<Outgoing>,
     load: Arc<Load>,
     metrics: metrics::PeerMetrics,
@@ -146,7 +149,11 @@ impl Replicator {
     /// BackupManager: the peer that holds the copy of session `key` now.
     fn backup_of(&self, key: u128) -> Option<Arc<str>> {
         let peers = self.peers_read();
-        let route = routing::backup(key, peers.values().map(|p| &*p.route))?;
+        let placeable = peers
+            .values()
+            .filter(|p| !p.draining.load(Ordering::Relaxed))
+            .map(|p| &*p.route);
+        let route = routing::backup(key, placeable)?;
         peers
             .values()
             .find(|p| &*p.route == route)

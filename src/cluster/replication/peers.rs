@@ -93,7 +93,9 @@ impl Replicator {
             return;
         }
         let mut peers = self.peers.write().unwrap_or_else(|p| p.into_inner());
-        if peers.contains_key(&info.node_id) {
+        if let Some(p) = peers.get(&info.node_id) {
+            p.draining
+                .store(info.state == State::Draining, Ordering::Relaxed);
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -112,6 +114,7 @@ impl Replicator {
             info.node_id,
             PeerHandle {
                 route: info.jvm_route.as_str().into(),
+                draining: std::sync::atomic::AtomicBool::new(info.state == State::Draining),
                 tx,
                 load,
                 metrics,

@@ -25,8 +25,11 @@ impl Replicator {
             return;
         }
         let mut events = self.membership.subscribe();
-        let routes =
-            |m: &Membership| -> Vec<String> { m.live().into_iter().map(|i| i.jvm_route).collect() };
+        // Where copies go: a draining member is no backup any more (its copies move before
+        // it leaves), but its own sessions are its until it hands them over.
+        let routes = |m: &Membership| -> Vec<String> {
+            m.placeable().into_iter().map(|i| i.jvm_route).collect()
+        };
         let mut old = routes(&self.membership);
         // A node without a lease does not move copies (it may own nothing any more): the
         // change waits until it caught up and holds one again.
@@ -59,6 +62,13 @@ impl Replicator {
 
     async fn rebalance_once(&self, old: &[String], new: &[String]) -> usize {
         let me = self.store.route().to_string();
+        // A draining owner is out of `new` but alive: it hands its sessions over itself.
+        let alive: Vec<String> = self
+            .membership
+            .live()
+            .into_iter()
+            .map(|i| i.jvm_route)
+            .collect();
         let mut moved = 0;
         let mut drops: Vec<(String, Change)> = Vec::new();
         let mut waits = Vec::new();
@@ -83,7 +93,10 @@ impl Replicator {
                     };
                     drops.push((ob.to_string(), drop));
                 }
-            } else if old.iter().any(|r| **r == *owner) && !new.iter().any(|r| **r == *owner) {
+            } else if old.iter().any(|r| **r == *owner)
+                && !new.iter().any(|r| **r == *owner)
+                && !alive.iter().any(|r| **r == *owner)
+            {
                 // A copy of a dead owner's session: one this node saw leave. An owner it
                 // has not seen yet (a joiner gets copies from owners before it hears all
                 // their heartbeats) is not dead: taking those over split a live owner's
@@ -158,12 +171,18 @@ impl Replicator {
             .into_iter()
             .map(|i| i.jvm_route)
             .collect();
+        let placeable: Vec<String> = self
+            .membership
+            .placeable()
+            .into_iter()
+            .map(|i| i.jvm_route)
+            .collect();
         let mut dropped = 0;
         for (key, owner, ver) in self.store.placements() {
             if *owner == *me || !live.iter().any(|r| **r == *owner) {
                 continue;
             }
-            let holders = live
+            let holders = placeable
                 .iter()
                 .map(String::as_str)
                 .filter(|r| *r != &*owner)
