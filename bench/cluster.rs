@@ -142,7 +142,7 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// p-quantile from a Prometheus histogram's cumulative buckets (upper bound of the bucket).
 fn quantile(text: &str, hist: &str, q: f64) -> f64 {
-    caracal::metrics::quantile(text, hist, q).unwrap_or(f64::NAN)
+    caracal::testing::quantile(text, hist, q).unwrap_or(f64::NAN)
 }
 
 fn pct(v: &mut [f64], q: f64) -> f64 {
@@ -207,8 +207,8 @@ async fn throughput(mode: &str, secs: u64, b: SocketAddr) {
 }
 
 fn single_delta_bytes() -> usize {
-    use caracal::cluster::{encode_mesh, MeshMessage};
-    use caracal::session::Change;
+    use caracal::testing::Change;
+    use caracal::testing::{encode_mesh, MeshMessage};
     let d = Change::Delta {
         key: u128::MAX / 3,
         epoch: 1,

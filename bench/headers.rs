@@ -4,7 +4,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue};
 
-use caracal::proxy::{Added, ClientInfo, Hygiene};
+use caracal::testing::{Added, ClientInfo, Hygiene};
 
 fn browser_request() -> HeaderMap {
     let mut m = HeaderMap::new();

@@ -7,10 +7,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Map, Value};
 
-use caracal::metrics::Metrics;
-use caracal::session::attrs;
-use caracal::session::id::{self, Key};
-use caracal::session::{CookieConfig, Directives, Limits, Outcome, SecureMode, SessionStore};
+use caracal::testing::Metrics;
+use caracal::testing::{
+    canonical_attrs, parse_id, CookieConfig, Directives, Key, Outcome, SecureMode, SessionLimits,
+    SessionStore,
+};
 
 const SESSIONS: usize = 1_000_000;
 
@@ -23,7 +24,7 @@ fn attrs(i: usize) -> Map<String, Value> {
 
 /// A `-Set` as the protocol parser hands it to the store: canonical text.
 fn set_text(m: &Map<String, Value>) -> String {
-    String::from_utf8(attrs::canonical(m)).unwrap_or_default()
+    String::from_utf8(canonical_attrs(m)).unwrap_or_default()
 }
 
 fn rss_bytes() -> usize {
@@ -41,7 +42,7 @@ fn rss_bytes() -> usize {
 fn filled_store() -> (SessionStore, Vec<String>) {
     let store = SessionStore::new(
         "node1",
-        Limits {
+        SessionLimits {
             default_max_inactive: Duration::from_secs(1800),
             max_session_bytes: 65536,
             max_active_sessions: 0,
@@ -97,7 +98,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             cookie
                 .from_cookies(&headers)
-                .and_then(id::parse)
+                .and_then(parse_id)
                 .map(|p| p.base.len())
         })
     });

@@ -25,7 +25,11 @@ const CSS: &str = "body{font-family:sans-serif;max-width:40em;margin:2em auto;li
 code{background:#eee;padding:0 .3em}.n{font-size:3em;font-weight:bold}\n";
 
 /// Serves the demo app on `listener` as backend `name` until `shutdown`.
-pub async fn serve_backend(listener: TcpListener, name: String, shutdown: CancellationToken) {
+pub(crate) async fn serve_backend(
+    listener: TcpListener,
+    name: String,
+    shutdown: CancellationToken,
+) {
     let name = Arc::new(name);
     let conns = tokio_util::task::TaskTracker::new();
     while let Some((stream, _)) = crate::net::accept(&listener, &shutdown, "demo-backend").await {
@@ -154,7 +158,7 @@ fn redirect(to: &'static str) -> Response<Full<Bytes>> {
 /// Ports of `caracal demo`: node i (0..3) uses `http + i` and `admin + i`; the two backends
 /// `backend` and `backend + 1`.
 #[derive(Debug, Clone, Copy)]
-pub struct DemoPorts {
+pub(crate) struct DemoPorts {
     pub http: u16,
     pub admin: u16,
     pub backend: u16,
@@ -167,7 +171,11 @@ const NODES: u16 = 3;
 ///
 /// `tls`: the nodes' mesh is mutual TLS, with a CA and node certificates made for the run
 /// (`caracal certs`) and a random cluster key.
-pub async fn run(ports: DemoPorts, tls: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    ports: DemoPorts,
+    tls: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let b = [ports.backend, ports.backend.wrapping_add(1)];
     let mut backend_urls = Vec::new();
     let backends = tokio_util::task::TaskTracker::new();

@@ -12,27 +12,47 @@
 //! 7. [`node`] (wires one node together), `demo`;
 //! 8. `cli`: the command line.
 //!
-//! Modules are private inside; what the binary, the tests and the benches use is re-exported.
+//! Every module is private. The crate's public surface is [`main`] (the binary's whole
+//! body) and [`testing`], what this crate's own tests and benches reach inside it.
 #![forbid(unsafe_code)]
-#![warn(clippy::unwrap_used, clippy::expect_used)]
+#![warn(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod admin;
 mod cli;
-pub mod cluster;
-pub mod config;
+mod cluster;
+mod config;
 mod demo;
 mod lifecycle;
 mod logging;
-pub mod metrics;
+mod metrics;
 mod net;
-pub mod node;
-pub mod proxy;
-pub mod session;
+mod node;
+mod proxy;
+mod session;
 mod tasks;
 mod tls;
 mod wire;
 
 pub use cli::main;
-pub use lifecycle::State;
-pub use tls::{mesh_tls, MeshTls, MESH_NAME};
-pub use wire::{codec as mesh_codec, Key as ClusterKey};
+
+/// What this crate's own tests (`tests/`) and benches (`bench/`) reach inside it: wire
+/// codecs to play a forged or foreign member, the session store and header code the
+/// micro-benchmarks time, and `node::run` for the in-process lifecycle test. Not an API for
+/// other programs: these names follow the code they come from.
+pub mod testing {
+    pub use crate::cluster::{
+        decode_mesh, encode_heartbeat, encode_mesh, multicast_socket, open_mesh, seal_mesh,
+        successor, Heartbeat, MeshMessage, NodeInfo, MESH_VERSION,
+    };
+    pub use crate::config::{load_str, Config};
+    pub use crate::lifecycle::State;
+    pub use crate::metrics::{quantile, Metrics};
+    pub use crate::node::{run, Listeners};
+    pub use crate::proxy::{ticking, Added, ClientInfo, Hygiene};
+    pub use crate::session::{
+        canonical_attrs, epoch_tag, next_epoch, parse_id, Change, CookieConfig, Directives,
+        FullSession, Key, Outcome, SecureMode, SessionLimits, SessionStore,
+    };
+    pub use crate::tls::{mesh_tls, MeshTls, MESH_NAME};
+    pub use crate::wire::{codec as mesh_codec, ClusterKey};
+}

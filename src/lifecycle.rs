@@ -41,7 +41,7 @@ impl State {
 }
 
 /// This node: its route, its client addresses, its uptime and its current [`State`].
-pub struct NodeState {
+pub(crate) struct NodeState {
     pub jvm_route: String,
     pub http_addrs: Vec<SocketAddr>,
     pub https_addrs: Vec<SocketAddr>,
@@ -51,7 +51,7 @@ pub struct NodeState {
 
 impl NodeState {
     /// A node that is `starting`.
-    pub fn new(
+    pub(crate) fn new(
         jvm_route: String,
         http_addrs: Vec<SocketAddr>,
         https_addrs: Vec<SocketAddr>,
@@ -65,7 +65,7 @@ impl NodeState {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         match self.state.load(Ordering::Acquire) {
             0 => State::Starting,
             1 => State::Ready,
@@ -74,11 +74,11 @@ impl NodeState {
         }
     }
 
-    pub fn set_state(&self, s: State) {
+    pub(crate) fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
     }
 
-    pub fn uptime_ms(&self) -> u64 {
+    pub(crate) fn uptime_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 }

@@ -8,13 +8,13 @@ type SetLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 static SET_LEVEL: OnceLock<SetLevel> = OnceLock::new();
 
 /// Called once, by the command line, with what replaces the filter.
-pub fn install(f: SetLevel) {
+pub(crate) fn install(f: SetLevel) {
     let _ = SET_LEVEL.set(f);
 }
 
 /// A new filter (`RUST_LOG` syntax, e.g. `info,caracal::cluster=debug`); an error when the
 /// process has no reloadable subscriber (an embedding or a test harness).
-pub fn set_level(directives: &str) -> Result<(), String> {
+pub(crate) fn set_level(directives: &str) -> Result<(), String> {
     match SET_LEVEL.get() {
         Some(f) => f(directives),
         None => Err("this process's logging cannot change its level".into()),

@@ -12,7 +12,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// The next connection on `listener`, or `None` once `shutdown` is cancelled. A failed
 /// accept is logged (as `what`) and retried after a short pause.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: &TcpListener,
     shutdown: &CancellationToken,
     what: &'static str,

@@ -12,18 +12,18 @@ use tokio_util::task::TaskTracker;
 
 /// A set of tracked tasks sharing one shutdown token.
 #[derive(Clone, Default)]
-pub struct Tasks {
+pub(crate) struct Tasks {
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
 
 impl Tasks {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Spawns a task that watches [`Tasks::token`] itself (a loop with its own `select!`).
-    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -32,7 +32,7 @@ impl Tasks {
     }
 
     /// Spawns a task that is dropped where it stands when the token is cancelled.
-    pub fn spawn_until_stopped<F>(&self, task: F) -> JoinHandle<()>
+    pub(crate) fn spawn_until_stopped<F>(&self, task: F) -> JoinHandle<()>
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -46,22 +46,18 @@ impl Tasks {
     }
 
     /// The token the tasks end on.
-    pub fn token(&self) -> &CancellationToken {
+    pub(crate) fn token(&self) -> &CancellationToken {
         &self.cancel
     }
 
     /// Tasks still running.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.tracker.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tracker.is_empty()
     }
 
     /// Cancels the token and waits at most `grace` for every task to end; `false` if some
     /// did not.
-    pub async fn stop(&self, grace: Duration) -> bool {
+    pub(crate) async fn stop(&self, grace: Duration) -> bool {
         self.cancel.cancel();
         self.tracker.close();
         tokio::time::timeout(grace, self.tracker.wait())

@@ -19,7 +19,7 @@ pub enum TlsError {
 }
 
 /// The crypto provider every rustls config in caracal uses.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -58,7 +58,7 @@ impl rustls::server::ResolvesServerCert for Rotating {
 }
 
 /// Builds the server config around a [`Rotating`] certificate; `http2` adds `h2` to ALPN.
-pub fn server_config(
+pub(crate) fn server_config(
     cert: &Path,
     key: &Path,
     http2: bool,
@@ -140,7 +140,7 @@ pub fn mesh_tls(cert: &Path, key: &Path, ca: &Path) -> Result<MeshTls, TlsError>
 
 /// The certificate (already verified against the CA) names `route` (a DNS SAN): a member
 /// may speak only for its own jvm_route.
-pub fn names_route(cert: &CertificateDer<'_>, route: &str) -> bool {
+pub(crate) fn names_route(cert: &CertificateDer<'_>, route: &str) -> bool {
     let Ok(name) = rustls::pki_types::ServerName::try_from(route) else {
         return false;
     };
@@ -165,7 +165,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 /// `caracal certs`: a cluster CA and one certificate per node (SANs: the node's name, which
 /// is its jvm_route, and [`MESH_NAME`]; usable as server and as client), PEM files in
 /// `out`: `ca.pem`, `ca-key.pem`, `<node>.pem`, `<node>-key.pem`.
-pub fn write_cluster_certs(out: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, String> {
+pub(crate) fn write_cluster_certs(out: &Path, nodes: &[String]) -> Result<Vec<PathBuf>, String> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,

@@ -7,28 +7,28 @@ use ring::hmac;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Length of the HMAC-SHA256 tag.
-pub const TAG_LEN: usize = 32;
+pub(crate) const TAG_LEN: usize = 32;
 /// Bit 0 of a packet's flags byte: a tag follows the body.
-pub const FLAG_TAGGED: u8 = 1;
+pub(crate) const FLAG_TAGGED: u8 = 1;
 
 /// The cluster's HMAC key.
 #[derive(Clone)]
-pub struct Key(hmac::Key);
+pub struct ClusterKey(hmac::Key);
 
-impl Key {
+impl ClusterKey {
     pub fn new(secret: &[u8]) -> Self {
-        Key(hmac::Key::new(hmac::HMAC_SHA256, secret))
+        ClusterKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 }
 
-impl std::fmt::Debug for Key {
+impl std::fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Key(..)")
+        f.write_str("ClusterKey(..)")
     }
 }
 
 /// The flags byte of a packet sealed with `key`.
-pub fn flags(key: Option<&Key>) -> u8 {
+pub(crate) fn flags(key: Option<&ClusterKey>) -> u8 {
     if key.is_some() {
         FLAG_TAGGED
     } else {
@@ -37,7 +37,7 @@ pub fn flags(key: Option<&Key>) -> u8 {
 }
 
 /// Appends the tag over everything in `out`, when there is a key.
-pub fn tag(mut out: Vec<u8>, key: Option<&Key>) -> Vec<u8> {
+pub(crate) fn tag(mut out: Vec<u8>, key: Option<&ClusterKey>) -> Vec<u8> {
     if let Some(k) = key {
         let tag = hmac::sign(&k.0, &out);
         out.extend_from_slice(tag.as_ref());
@@ -47,7 +47,7 @@ pub fn tag(mut out: Vec<u8>, key: Option<&Key>) -> Vec<u8> {
 
 /// Why a packet's tag does not check out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TagError {
+pub(crate) enum TagError {
     /// The key requires a tag and there is none.
     Missing,
     Bad,
@@ -60,7 +60,11 @@ pub enum TagError {
 /// Checks the tag of `packet`: a header of `header` bytes whose last byte is the flags,
 /// the body, and the tag when flagged. Returns the body. The caller checked that `packet`
 /// holds the header.
-pub fn untag<'a>(packet: &'a [u8], header: usize, key: Option<&Key>) -> Result<&'a [u8], TagError> {
+pub(crate) fn untag<'a>(
+    packet: &'a [u8],
+    header: usize,
+    key: Option<&ClusterKey>,
+) -> Result<&'a [u8], TagError> {
     let tagged = packet
         .get(header.wrapping_sub(1))
         .is_some_and(|f| f & FLAG_TAGGED != 0);
@@ -80,20 +84,20 @@ pub fn untag<'a>(packet: &'a [u8], header: usize, key: Option<&Key>) -> Result<&
 }
 
 /// The HMAC-SHA256 of `data` (the forwarding marker's, #20 finding 7).
-pub fn sign(key: &Key, data: &[u8]) -> [u8; TAG_LEN] {
+pub(crate) fn sign(key: &ClusterKey, data: &[u8]) -> [u8; TAG_LEN] {
     let mut out = [0u8; TAG_LEN];
     out.copy_from_slice(hmac::sign(&key.0, data).as_ref());
     out
 }
 
 /// Whether `tag` is the HMAC of `data` under `key` (compared in constant time).
-pub fn verify(key: &Key, data: &[u8], tag: &[u8]) -> bool {
+pub(crate) fn verify(key: &ClusterKey, data: &[u8], tag: &[u8]) -> bool {
     hmac::verify(&key.0, data, tag).is_ok()
 }
 
 /// Postcard's varint: seven bits per byte, lowest first, the high bit set on all but the
 /// last byte.
-pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(crate) fn push_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -115,11 +119,11 @@ mod tests {
 
     #[test]
     fn tags_check_both_ways() {
-        let k = Key::new(b"a-secret-of-some-length");
+        let k = ClusterKey::new(b"a-secret-of-some-length");
         let sealed = tag(vec![7, flags(Some(&k)), 1, 2, 3], Some(&k));
         assert_eq!(untag(&sealed, 2, Some(&k)), Ok(&[1u8, 2, 3][..]));
         assert_eq!(untag(&sealed, 2, None), Err(TagError::Unexpected));
-        let other = Key::new(b"another-secret-entirely");
+        let other = ClusterKey::new(b"another-secret-entirely");
         assert_eq!(untag(&sealed, 2, Some(&other)), Err(TagError::Bad));
         let plain = tag(vec![7, flags(None), 1], None);
         assert_eq!(untag(&plain, 2, None), Ok(&[1u8][..]));

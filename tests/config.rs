@@ -349,3 +349,36 @@ fn dns_membership_needs_a_valid_name_and_refresh() {
     let (code, err, _, _dir) = check_config(&dns("name = \"caracal-peers\"\n"), &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// Cluster settings with no `[cluster] enabled` would start a standalone node its operator
+/// believes clustered: exit 2 naming the key. An explicit `enabled = false` is a choice.
+#[test]
+fn cluster_settings_without_enabled_are_refused() {
+    let conf = format!(
+        "{BASE}[cluster]\nkey = \"a-cluster-key-0123456789\"\n[cluster.membership]\nkind = \"dns\"\nname = \"caracal-peers\"\n"
+    );
+    assert_config_error(&conf, &[], Some(6), "cluster.key", "the cluster is off");
+    let conf = format!("{BASE}[cluster.membership]\nkind = \"dns\"\nname = \"caracal-peers\"\n");
+    assert_config_error(
+        &conf,
+        &[],
+        Some(6),
+        "cluster.membership.kind",
+        "set [cluster] enabled = true",
+    );
+    // Through an override as well.
+    assert_config_error(
+        BASE,
+        &["--set", "cluster.manager=backup"],
+        None,
+        "cluster.manager",
+        "the cluster is off",
+    );
+    for enabled in ["true", "false"] {
+        let conf = format!(
+            "{BASE}[cluster]\nenabled = {enabled}\nkey = \"a-cluster-key-0123456789\"\n[cluster.membership]\nkind = \"static\"\nmembers = [\"127.0.0.1:4001\"]\n"
+        );
+        let (code, err, _, _dir) = check_config(&conf, &[]);
+        assert_eq!(code, 0, "enabled = {enabled}: {err}");
+    }
+}

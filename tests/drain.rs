@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use caracal::cluster::successor;
+use caracal::testing::successor;
 use common::*;
 use http::StatusCode;
 

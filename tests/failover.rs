@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use caracal::cluster::successor;
+use caracal::testing::successor;
 use common::*;
 use http::StatusCode;
 use serde_json::Value;
@@ -139,7 +139,7 @@ async fn parallel_requests_after_a_kill_make_one_owner_and_lose_nothing() {
     );
     let seen = owners(&[&nodes[0], &nodes[1]], &base).await;
     assert_eq!(seen[0], seen[1], "nodes disagree on the owner");
-    let raised = caracal::session::epoch::next(epoch0, caracal::session::epoch::tag(&seen[0].0));
+    let raised = caracal::testing::next_epoch(epoch0, caracal::testing::epoch_tag(&seen[0].0));
     assert_eq!(seen[0].1, raised, "epoch raised once");
     let info = session_info(nodes[0].admin, &base).await.unwrap();
     let attrs = info["attributes"].as_object().unwrap();
@@ -256,7 +256,7 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
         .unwrap()
         .parse()
         .unwrap();
-    let stale = caracal::session::Change::Delta {
+    let stale = caracal::testing::Change::Delta {
         key,
         epoch: 1,
         version: 99,

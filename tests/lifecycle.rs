@@ -138,12 +138,12 @@ struct Running {
 }
 
 async fn start(conf: &str) -> Running {
-    let cfg = caracal::config::load_str(Path::new("test.toml"), conf, &[]).unwrap();
-    let listeners = caracal::node::Listeners::bind(&cfg).await.unwrap();
+    let cfg = caracal::testing::load_str(Path::new("test.toml"), conf, &[]).unwrap();
+    let listeners = caracal::testing::Listeners::bind(&cfg).await.unwrap();
     let http = listeners.http[0].local_addr().unwrap();
     let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
     let stop = CancellationToken::new();
-    let done = tokio::spawn(caracal::node::run(cfg, listeners, stop.clone()));
+    let done = tokio::spawn(caracal::testing::run(cfg, listeners, stop.clone()));
     Running {
         http,
         admin,
@@ -243,7 +243,7 @@ fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
     });
     assert_eq!(left, 0, "tasks still alive after both nodes returned");
     assert!(
-        !caracal::proxy::timer::ticking(),
+        !caracal::testing::ticking(),
         "the timer thread still runs after the nodes stopped"
     );
     // The tunnel was closed by the node's shutdown.

@@ -6,9 +6,9 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use caracal::cluster::{encode_heartbeat, Heartbeat, NodeInfo};
-use caracal::ClusterKey as Key;
-use caracal::State;
+use caracal::testing::ClusterKey as Key;
+use caracal::testing::State;
+use caracal::testing::{encode_heartbeat, Heartbeat, NodeInfo};
 use common::*;
 use serde_json::Value;
 
@@ -159,7 +159,7 @@ async fn forged_heartbeats_are_rejected_and_counted() {
     wait_routes(&nodes[0], &["n2"], Duration::from_secs(2)).await;
 
     // A socket of the test's own, joined on 127.0.0.1: nothing leaves the machine.
-    let sock = caracal::cluster::multicast_socket(GROUP, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
+    let sock = caracal::testing::multicast_socket(GROUP, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
     let target = SocketAddr::from((GROUP, PORT));
     // Capture a real heartbeat of n2 to replay it.
     let mut buf = vec![0u8; 4096];

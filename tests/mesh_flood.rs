@@ -11,8 +11,8 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use caracal::cluster::{encode_heartbeat, Heartbeat, NodeInfo};
-use caracal::State;
+use caracal::testing::State;
+use caracal::testing::{encode_heartbeat, Heartbeat, NodeInfo};
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -163,7 +163,7 @@ async fn spoofed_heartbeats_from_random_ids_make_no_member() {
     let n2_route = "n2";
 
     let group = Ipv4Addr::new(228, 0, 0, 4);
-    let sock = caracal::cluster::multicast_socket(group, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
+    let sock = caracal::testing::multicast_socket(group, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
     // A port nobody listens on: the admission ping of a spoofed id is refused at once.
     let nowhere = closed_port();
     let mut sent = 0u64;

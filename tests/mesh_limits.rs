@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caracal::cluster::{encode_mesh, MeshMessage};
+use caracal::testing::{encode_mesh, MeshMessage};
 use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,7 +75,7 @@ async fn the_mesh_is_bounded_before_authentication() {
         domain: "limits".into(),
         from: stranger("stranger"),
     };
-    let mut f = tokio_util::codec::Framed::new(c, caracal::mesh_codec(1 << 20));
+    let mut f = tokio_util::codec::Framed::new(c, caracal::testing::mesh_codec(1 << 20));
     f.send(Bytes::from(encode_mesh(&claim))).await.unwrap();
     c = f.into_inner();
     assert!(closed_after(&mut c, Duration::from_secs(3)).await.is_some());
@@ -108,8 +108,10 @@ async fn the_mesh_is_bounded_before_authentication() {
         domain: "limits".into(),
         from: stranger("stranger"),
     };
-    let mut f =
-        tokio_util::codec::Framed::new(connect_from_2(mesh).await, caracal::mesh_codec(1 << 20));
+    let mut f = tokio_util::codec::Framed::new(
+        connect_from_2(mesh).await,
+        caracal::testing::mesh_codec(1 << 20),
+    );
     f.send(Bytes::from(encode_mesh(&ping))).await.unwrap();
     let mut c = f.into_inner();
     let t = closed_after(&mut c, Duration::from_secs(5))

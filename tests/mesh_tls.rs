@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use caracal::cluster::{encode_mesh, MeshMessage};
+use caracal::testing::{encode_mesh, MeshMessage};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,14 +44,14 @@ async fn pings_over_tls(
     node: &str,
     routes: &[&str],
 ) -> Vec<MeshMessage> {
-    let tls = caracal::mesh_tls(
+    let tls = caracal::testing::mesh_tls(
         &dir.join(format!("{node}.pem")),
         &dir.join(format!("{node}-key.pem")),
         &dir.join("ca.pem"),
     )
     .unwrap();
     let tcp = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from(caracal::MESH_NAME).unwrap();
+    let name = rustls::pki_types::ServerName::try_from(caracal::testing::MESH_NAME).unwrap();
     let mut answers = Vec::new();
     let Ok(s) = tokio_rustls::TlsConnector::from(tls.client)
         .connect(name, tcp)
@@ -59,19 +59,19 @@ async fn pings_over_tls(
     else {
         return answers;
     };
-    let mut f = Framed::new(s, caracal::mesh_codec(1 << 20));
-    let key = caracal::ClusterKey::new(KEY.as_bytes());
+    let mut f = Framed::new(s, caracal::testing::mesh_codec(1 << 20));
+    let key = caracal::testing::ClusterKey::new(KEY.as_bytes());
     for route in routes {
         let ping = MeshMessage::Ping {
             domain: "tls".into(),
             from: stranger(route),
         };
-        let sealed = caracal::cluster::seal_mesh(&ping, Some(&key));
+        let sealed = caracal::testing::seal_mesh(&ping, Some(&key));
         if f.send(Bytes::from(sealed)).await.is_err() {
             break;
         }
         let answer = match tokio::time::timeout(Duration::from_secs(3), f.next()).await {
-            Ok(Some(Ok(frame))) => caracal::cluster::open_mesh(&frame, Some(&key)).ok(),
+            Ok(Some(Ok(frame))) => caracal::testing::open_mesh(&frame, Some(&key)).ok(),
             _ => None,
         };
         match answer {

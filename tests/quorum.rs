@@ -133,7 +133,7 @@ async fn a_copy_claiming_an_ownership_its_sender_cannot_have_won_is_dropped() {
         .unwrap()
         .parse()
         .unwrap();
-    let forged = caracal::session::Change::Full(caracal::session::FullSession {
+    let forged = caracal::testing::Change::Full(caracal::testing::FullSession {
         key: u128::from_str_radix(&base, 16).unwrap(),
         owner: "n3".into(),
         epoch: before["epoch"].as_u64().unwrap() + (99 << 16),

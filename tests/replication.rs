@@ -5,9 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
-use caracal::session::Change;
-use caracal::State;
+use caracal::testing::Change;
+use caracal::testing::State;
+use caracal::testing::{encode_mesh, MeshMessage, NodeInfo};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
@@ -151,7 +151,7 @@ async fn async_mode_converges() {
 /// A raw mesh client of the test's own: replays old changes at a node.
 async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> Vec<u128> {
     let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let codec = caracal::mesh_codec(1 << 20);
+    let codec = caracal::testing::mesh_codec(1 << 20);
     let mut f = tokio_util::codec::Framed::new(stream, codec);
     let me = NodeInfo {
         node_id: 99,
@@ -172,7 +172,7 @@ async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> V
     };
     f.send(Bytes::from(encode_mesh(&msg))).await.unwrap();
     let frame = f.next().await.unwrap().unwrap();
-    match caracal::cluster::decode_mesh(&frame).unwrap() {
+    match caracal::testing::decode_mesh(&frame).unwrap() {
         MeshMessage::Ack {
             seq: 1, need_full, ..
         } => need_full,
@@ -221,7 +221,7 @@ async fn invalidate_removes_everywhere_and_a_late_delta_cannot_resurrect() {
             epoch: 1,
             version: 1,
         },
-        Change::Full(caracal::session::FullSession {
+        Change::Full(caracal::testing::FullSession {
             key,
             owner: "n1".into(),
             epoch: 1,
@@ -367,7 +367,7 @@ async fn bad_mesh_frames_close_that_connection_only() {
         vec![0x7f, 0xff, 0xff, 0xff, 1, 2, 3],
         [
             &[0, 0, 0, 5][..],
-            &[caracal::cluster::MESH_VERSION, 0, 0xff, 0xff, 0xff],
+            &[caracal::testing::MESH_VERSION, 0, 0xff, 0xff, 0xff],
         ]
         .concat(),
         [&[0, 0, 0, 3][..], &[9, 9, 9]].concat(),
@@ -501,9 +501,9 @@ async fn a_member_back_from_a_pause_is_resynced() {
 /// and a frame without the tag, or with a tag of another key, is dropped with its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
-    use caracal::cluster::seal_mesh;
-    use caracal::session::FullSession;
-    use caracal::ClusterKey as Key;
+    use caracal::testing::seal_mesh;
+    use caracal::testing::ClusterKey as Key;
+    use caracal::testing::FullSession;
     let (_b, nodes) = cluster(2, 46310, "keyed", "key = \"mesh-secret-0123456789\"").await;
     let r = http(
         nodes[0].http,
@@ -537,7 +537,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
     let wrong = Key::new(b"not-the-cluster-secret");
     for frame in [encode_mesh(&forged), seal_mesh(&forged, Some(&wrong))] {
         let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-        let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
+        let mut f = tokio_util::codec::Framed::new(stream, caracal::testing::mesh_codec(1 << 20));
         f.send(Bytes::from(frame)).await.unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(3), f.next())
             .await
@@ -570,9 +570,9 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
 /// `require_state_transfer = true` (SPEC 4.7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
-    use caracal::cluster::{encode_heartbeat, Heartbeat};
+    use caracal::testing::{encode_heartbeat, Heartbeat};
     const PORT: u16 = 46311;
-    use caracal::cluster::{decode_mesh, encode_mesh, MeshMessage};
+    use caracal::testing::{decode_mesh, encode_mesh, MeshMessage};
     use futures_util::{SinkExt, StreamExt};
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
@@ -589,7 +589,8 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
         while let Ok((s, _)) = silent.accept().await {
             let info = info.clone();
             tokio::spawn(async move {
-                let mut f = tokio_util::codec::Framed::new(s, caracal::mesh_codec(1 << 20));
+                let mut f =
+                    tokio_util::codec::Framed::new(s, caracal::testing::mesh_codec(1 << 20));
                 while let Some(Ok(frame)) = f.next().await {
                     // Pings are answered (admission, verification); a state request is
                     // not: the connection stays open and silent.
@@ -603,7 +604,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
     });
     let group = std::net::Ipv4Addr::new(228, 0, 0, 4);
     let sock =
-        caracal::cluster::multicast_socket(group, PORT, std::net::Ipv4Addr::LOCALHOST, 0).unwrap();
+        caracal::testing::multicast_socket(group, PORT, std::net::Ipv4Addr::LOCALHOST, 0).unwrap();
     let ghost = tokio::spawn(async move {
         for seq in 1..=600u64 {
             let hb = Heartbeat {

@@ -35,7 +35,7 @@ use crate::tasks::Tasks;
 const MAX_BODY: usize = 4096;
 
 /// What the admin endpoints read, and the one secret that lets them change anything.
-pub struct Admin {
+pub(crate) struct Admin {
     pub state: Arc<NodeState>,
     pub proxy: Arc<Proxy>,
     pub cluster: Option<Arc<Cluster>>,
@@ -50,13 +50,13 @@ pub struct Admin {
 }
 
 /// What `POST /reload` calls (the node layer's reload, floor 7).
-pub type ReloadFn = Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
+pub(crate) type ReloadFn = Arc<dyn Fn() -> Result<serde_json::Value, String> + Send + Sync>;
 
 type Resp = Response<Full<Bytes>>;
 
 impl Admin {
     /// Serves `listener` until `tasks` stop; each connection is one of their tasks.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, tasks: Tasks) {
+    pub(crate) async fn serve(self: Arc<Self>, listener: TcpListener, tasks: Tasks) {
         while let Some((stream, _)) = crate::net::accept(&listener, tasks.token(), "admin").await {
             let this = self.clone();
             let shutdown = tasks.token().clone();
@@ -188,7 +188,7 @@ impl Admin {
 
 /// Cells of the `fields` of each object in the array `list` (`f` renders one), for the
 /// tables of the page and of `caracal status`.
-pub fn rows(
+pub(crate) fn rows(
     list: &serde_json::Value,
     fields: &[&str],
     f: impl Fn(&serde_json::Value) -> String,
@@ -202,7 +202,7 @@ pub fn rows(
         .unwrap_or_default()
 }
 
-pub use page::PEER_FIELDS;
+pub(crate) use page::PEER_FIELDS;
 
 /// Compares in time independent of where the inputs differ.
 fn same(a: &[u8], b: &[u8]) -> bool {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{Admin, Resp};
 
 /// The columns of a peer's queue (the page and `caracal status` show the same).
-pub const PEER_FIELDS: [&str; 4] = ["route", "depth", "bytes", "overflowed"];
+pub(crate) const PEER_FIELDS: [&str; 4] = ["route", "depth", "bytes", "overflowed"];
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.4em}h2{font-size:1.1em;margin-top:1.6em}\

@@ -7,7 +7,7 @@ use crate::cluster::Manager;
 
 impl Admin {
     /// `GET /status`.
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let up = self.proxy.upstream();
         let now = up.now_ms();
         let backends: Vec<_> = up

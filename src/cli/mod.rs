@@ -22,7 +22,7 @@ use crate::config;
     about = "Reverse-proxy load balancer with replicated sessions"
 )]
 #[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -75,7 +75,7 @@ enum Command {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct NodeArgs {
+pub(crate) struct NodeArgs {
     /// The conf file.
     #[arg(long, short = 'c', default_value = "conf/caracal.toml")]
     config: PathBuf,

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 /// Fetches `GET <admin>/status` (plain HTTP, host:port or `http://host:port`).
-pub async fn fetch(admin: &str) -> anyhow::Result<Value> {
+pub(super) async fn fetch(admin: &str) -> anyhow::Result<Value> {
     let addr = admin
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -67,7 +67,7 @@ fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
 }
 
 /// The text `caracal status` prints.
-pub fn render(s: &Value) -> String {
+pub(super) fn render(s: &Value) -> String {
     let mut out = String::new();
     let n = &s["node"];
     let q = &s["quorum"];

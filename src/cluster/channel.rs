@@ -23,7 +23,7 @@ use super::messages::MeshMessage;
 use crate::wire::codec;
 
 /// A forwarding channel a member opened to this node.
-pub struct MemberChannel {
+pub(crate) struct MemberChannel {
     pub stream: MeshStream,
     pub peer: SocketAddr,
     /// The route its `Hello` named, which its certificate names too.
@@ -32,7 +32,7 @@ pub struct MemberChannel {
 
 /// Serves the channels members open (the proxy's HTTP/1 server); a channel's connection
 /// task awaits it.
-pub type ChannelHandler =
+pub(crate) type ChannelHandler =
     Arc<dyn Fn(MemberChannel) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// `ChannelOpen` is one small frame.
@@ -40,7 +40,7 @@ const OPEN_MAX_FRAME: usize = 1024;
 
 impl Link {
     /// A forwarding channel to the member `route` at `addr`, within `verify_timeout`.
-    pub async fn open_channel(
+    pub(super) async fn open_channel(
         &self,
         addr: SocketAddr,
         route: &str,
@@ -92,18 +92,18 @@ impl Link {
 /// forwarder verifies and plans again). Cleared at shutdown: the handler holds the proxy,
 /// which holds the cluster.
 #[derive(Default)]
-pub struct Channels {
+pub(super) struct Channels {
     handler: std::sync::RwLock<Option<ChannelHandler>>,
 }
 
 impl Channels {
-    pub fn set(&self, h: Option<ChannelHandler>) {
+    pub(super) fn set(&self, h: Option<ChannelHandler>) {
         if let Ok(mut g) = self.handler.write() {
             *g = h;
         }
     }
 
-    pub fn handler(&self) -> Option<ChannelHandler> {
+    pub(super) fn handler(&self) -> Option<ChannelHandler> {
         self.handler.read().ok()?.clone()
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::messages::FrameError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClusterError {
+pub(crate) enum ClusterError {
     #[error(
         "another live node already has jvm_route {route:?} (mesh {mesh}, http {http}): \
          each node needs its own [node] jvm_route; refusing to start"
@@ -28,7 +28,7 @@ pub enum ClusterError {
 
 /// One mesh exchange that failed, and where.
 #[derive(Debug, thiserror::Error)]
-pub enum MeshError {
+pub(crate) enum MeshError {
     #[error("connect {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -67,7 +67,7 @@ pub enum MeshError {
 impl MeshError {
     /// The address answered but not as a member of this cluster: its TLS or its frames
     /// failed authentication, or it closed the connection on our ping (it refused ours).
-    pub fn is_auth(&self) -> bool {
+    pub(crate) fn is_auth(&self) -> bool {
         matches!(
             self,
             MeshError::Tls { .. } | MeshError::Frame { .. } | MeshError::Closed { .. }
@@ -77,7 +77,7 @@ impl MeshError {
     /// The peer's process is certainly gone: its address refuses connections (the host is
     /// up, nothing listens), or another process answers there. A timeout is not: a paused
     /// or cut-off node may still hold its lease.
-    pub fn is_gone(&self) -> bool {
+    pub(crate) fn is_gone(&self) -> bool {
         match self {
             MeshError::Connect { source, .. } => {
                 source.kind() == std::io::ErrorKind::ConnectionRefused
@@ -90,7 +90,7 @@ impl MeshError {
 
 /// Why a takeover did not happen (SPEC 4.9); each is answered 503 with this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClaimError {
+pub(crate) enum ClaimError {
     #[error("this node is cut off from the cluster majority (no lease)")]
     NoLease,
     #[error("no majority agreed the owner {owner} is gone ({granted} of {needed} votes)")]
@@ -105,7 +105,7 @@ pub enum ClaimError {
 
 /// Why a sync write did not count (SPEC 4.6, 4.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SettleError {
+pub(crate) enum SettleError {
     #[error("a member fenced the write: the session has a newer owner")]
     Fenced,
     #[error("the write reached {applied} of the {needed} copies a majority needs")]

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const KEPT: usize = 32;
 
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct Event {
+pub(crate) struct Event {
     /// Unix milliseconds.
     pub at_ms: u64,
     /// `member_added`, `member_removed`, `takeover`.
@@ -20,12 +20,12 @@ pub struct Event {
 }
 
 #[derive(Default)]
-pub struct Events {
+pub(super) struct Events {
     ring: Mutex<VecDeque<Event>>,
 }
 
 impl Events {
-    pub fn push(&self, kind: &'static str, route: &str, detail: String) {
+    pub(super) fn push(&self, kind: &'static str, route: &str, detail: String) {
         let at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -42,7 +42,7 @@ impl Events {
     }
 
     /// Newest first.
-    pub fn recent(&self) -> Vec<Event> {
+    pub(super) fn recent(&self) -> Vec<Event> {
         let r = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         r.iter().rev().cloned().collect()
     }

@@ -25,7 +25,7 @@ use super::config::PartitionHandling;
 use super::membership::Membership;
 use crate::tasks::Tasks;
 
-pub struct Lease {
+pub(super) struct Lease {
     pub handling: PartitionHandling,
     pub duration: Duration,
     /// `expected_members`, or the static list plus one; 0 = the routes heard.
@@ -44,7 +44,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(
+    pub(super) fn new(
         handling: PartitionHandling,
         duration: Duration,
         fixed_size: usize,
@@ -72,13 +72,13 @@ impl Lease {
     /// Whether this node may serve sessions as their owner at `now` (a real clock read:
     /// after a pause, the coarse clock would still say "valid").
     #[inline]
-    pub fn holds(&self, now: Instant) -> bool {
+    pub(super) fn holds(&self, now: Instant) -> bool {
         self.handling == PartitionHandling::Available
             || self.ns(now) < self.until_ns.load(Ordering::Acquire)
     }
 
     /// Nodes in the cluster, this one included.
-    pub fn size(&self) -> usize {
+    pub(super) fn size(&self) -> usize {
         if self.fixed_size > 0 {
             self.fixed_size
         } else {
@@ -87,7 +87,7 @@ impl Lease {
     }
 
     /// Nodes that make a majority.
-    pub fn quorum(&self) -> usize {
+    pub(super) fn quorum(&self) -> usize {
         match self.handling {
             PartitionHandling::Quorum => self.size() / 2 + 1,
             PartitionHandling::Available => 1,
@@ -113,7 +113,7 @@ impl Lease {
 
     /// Pings every member each `frequency` and renews the lease from the answers; after a
     /// lapse, `catch_up` must succeed before the lease is held again. Until `tasks` stop.
-    pub async fn keep<F, Fut>(self: Arc<Self>, tasks: Tasks, catch_up: F)
+    pub(super) async fn keep<F, Fut>(self: Arc<Self>, tasks: Tasks, catch_up: F)
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = bool> + Send + 'static,
@@ -203,7 +203,7 @@ impl Lease {
     }
 
     /// Waits until the lease is held, at most `limit` (a node about to become ready).
-    pub async fn wait(&self, limit: Duration) -> bool {
+    pub(super) async fn wait(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         loop {
             let now = Instant::now();

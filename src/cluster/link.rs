@@ -20,14 +20,14 @@ use super::error::MeshError;
 use super::messages::{open_mesh, seal_mesh, seal_replicate, FrameError, MeshMessage, NodeInfo};
 use crate::lifecycle::NodeState;
 use crate::tls::MESH_NAME;
-use crate::wire::{codec, Key};
+use crate::wire::{codec, ClusterKey};
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Frames of pings and pongs are small; this caps what a verifier reads.
 const PING_MAX_FRAME: usize = 64 * 1024;
 
 /// This node, as it announces itself.
-pub struct Me {
+pub(super) struct Me {
     /// Random per process start: tells a restarted node from its previous life.
     pub node_id: u64,
     pub mesh_addr: SocketAddr,
@@ -35,8 +35,8 @@ pub struct Me {
     pub state: Arc<NodeState>,
 }
 
-pub struct Link {
-    key: Option<Key>,
+pub(super) struct Link {
+    key: Option<ClusterKey>,
     /// `[cluster.membership] domain`: frames of another cluster are refused.
     pub domain: String,
     me: Me,
@@ -52,10 +52,10 @@ pub struct Link {
 }
 
 /// A mesh connection, plain or TLS (either end).
-pub type MeshStream = Either<TcpStream, TlsStream<TcpStream>>;
+pub(crate) type MeshStream = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// The certificate the other end of `s` presented (TLS only).
-pub fn peer_cert(s: &MeshStream) -> Option<CertificateDer<'static>> {
+pub(super) fn peer_cert(s: &MeshStream) -> Option<CertificateDer<'static>> {
     match s {
         Either::Left(_) => None,
         Either::Right(t) => t.get_ref().1.peer_certificates()?.first().cloned(),
@@ -63,8 +63,8 @@ pub fn peer_cert(s: &MeshStream) -> Option<CertificateDer<'static>> {
 }
 
 impl Link {
-    pub fn new(
-        key: Option<Key>,
+    pub(super) fn new(
+        key: Option<ClusterKey>,
         domain: String,
         me: Me,
         verify_timeout: Duration,
@@ -85,7 +85,7 @@ impl Link {
     /// A connection to a member's mesh address; with `[cluster.tls]`, mutual TLS, the
     /// member's certificate valid for [`MESH_NAME`] and, when `route` is known and
     /// `bind_routes` is on, for that route.
-    pub async fn connect(
+    pub(super) async fn connect(
         &self,
         addr: SocketAddr,
         route: Option<&str>,
@@ -114,7 +114,7 @@ impl Link {
 
     /// The other end of `s` may speak for `route`: always without TLS or with
     /// `bind_routes = false`; else its certificate must name the route.
-    pub fn speaks_for(&self, s: &MeshStream, route: &str) -> bool {
+    pub(super) fn speaks_for(&self, s: &MeshStream, route: &str) -> bool {
         match &self.tls {
             Some(t) if t.bind_routes => {
                 peer_cert(s).is_some_and(|c| crate::tls::names_route(&c, route))
@@ -125,11 +125,11 @@ impl Link {
 
     /// What this node announces now.
     /// This node's announced state changes (the next heartbeat or ping carries it).
-    pub fn set_state(&self, s: crate::lifecycle::State) {
+    pub(super) fn set_state(&self, s: crate::lifecycle::State) {
         self.me.state.set_state(s);
     }
 
-    pub fn me(&self) -> NodeInfo {
+    pub(super) fn me(&self) -> NodeInfo {
         let s = &self.me.state;
         NodeInfo {
             node_id: self.me.node_id,
@@ -141,30 +141,30 @@ impl Link {
         }
     }
 
-    pub fn node_id(&self) -> u64 {
+    pub(super) fn node_id(&self) -> u64 {
         self.me.node_id
     }
 
-    pub fn route(&self) -> &str {
+    pub(super) fn route(&self) -> &str {
         &self.me.state.jvm_route
     }
 
-    pub fn mesh_addr(&self) -> SocketAddr {
+    pub(super) fn mesh_addr(&self) -> SocketAddr {
         self.me.mesh_addr
     }
 
-    pub fn key(&self) -> Option<&Key> {
+    pub(super) fn key(&self) -> Option<&ClusterKey> {
         self.key.as_ref()
     }
 
     /// A mesh frame of this cluster (tagged when it has a key).
-    pub fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
+    pub(super) fn seal(&self, msg: &MeshMessage) -> bytes::Bytes {
         bytes::Bytes::from(seal_mesh(msg, self.key.as_ref()))
     }
 
     /// The `Hello` that opens a connection for anything but a ping: the receiver takes
     /// nothing larger, and nothing else, before it (`mesh`, bounded before authentication).
-    pub fn hello(&self) -> bytes::Bytes {
+    pub(super) fn hello(&self) -> bytes::Bytes {
         self.seal(&MeshMessage::Hello {
             domain: self.domain.clone(),
             from: self.me(),
@@ -172,7 +172,7 @@ impl Link {
     }
 
     /// A `Replicate` frame of changes already encoded ([`super::messages::encode_change`]).
-    pub fn seal_replicate<'a>(
+    pub(super) fn seal_replicate<'a>(
         &self,
         seq: u64,
         changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
@@ -181,7 +181,7 @@ impl Link {
     }
 
     /// Opens a mesh frame: version, tag, decoding.
-    pub fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
+    pub(super) fn open(&self, frame: &[u8]) -> Result<MeshMessage, FrameError> {
         open_mesh(frame, self.key.as_ref())
     }
 
@@ -189,7 +189,7 @@ impl Link {
     /// connection kept from the last ping, or (none, or it turned out closed) a new one,
     /// kept after. A kept connection that stays silent is the member's silence: no second
     /// try, so a stopped member is found within `verify_timeout` as before.
-    pub async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
+    pub(super) async fn ping(&self, addr: SocketAddr) -> Result<NodeInfo, MeshError> {
         let limit = self.verify_timeout;
         let ping = self.seal(&MeshMessage::Ping {
             domain: self.domain.clone(),
@@ -255,13 +255,13 @@ impl Link {
     }
 
     /// Forgets the ping connection kept to `addr` (its member left).
-    pub fn forget(&self, addr: SocketAddr) {
+    pub(super) fn forget(&self, addr: SocketAddr) {
         self.kept.remove(&addr);
     }
 
     /// One request and its answer on a connection of its own, within `limit`; answers
     /// larger than `max_frame` are refused.
-    pub async fn call(
+    pub(super) async fn call(
         &self,
         addr: SocketAddr,
         msg: &MeshMessage,

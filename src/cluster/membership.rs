@@ -38,7 +38,7 @@ const MAX_SEEN: usize = 4096;
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     pub info: NodeInfo,
     pub last_heard: Instant,
     pub suspect: bool,
@@ -47,13 +47,13 @@ pub struct Member {
 }
 
 #[derive(Debug, Clone)]
-pub enum MemberEvent {
+pub(super) enum MemberEvent {
     Added(NodeInfo),
     Changed(NodeInfo),
     Removed { info: NodeInfo, reason: String },
 }
 
-pub struct Membership {
+pub(super) struct Membership {
     pub link: Arc<Link>,
     pub cfg: MembershipConfig,
     members: Mutex<HashMap<u64, Member>>,
@@ -76,7 +76,7 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(
+    pub(super) fn new(
         link: Arc<Link>,
         cfg: MembershipConfig,
         metrics: ClusterMetrics,
@@ -101,12 +101,12 @@ impl Membership {
         self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<MemberEvent> {
         self.events.subscribe()
     }
 
     /// The other members now.
-    pub fn members(&self) -> Vec<Member> {
+    pub(super) fn members(&self) -> Vec<Member> {
         let mut v: Vec<Member> = self.table().values().cloned().collect();
         v.sort_by(|a, b| a.info.jvm_route.cmp(&b.info.jvm_route));
         v
@@ -117,31 +117,35 @@ impl Membership {
     }
 
     /// How many other routes were heard this run and did not leave.
-    pub fn routes_heard(&self) -> usize {
+    pub(super) fn routes_heard(&self) -> usize {
         self.routes_seen().len()
     }
 
     /// The member with route `route`, if any.
-    pub fn by_route(&self, route: &str) -> Option<Member> {
+    pub(super) fn by_route(&self, route: &str) -> Option<Member> {
         self.table()
             .values()
             .find(|m| m.info.jvm_route == route)
             .cloned()
     }
 
-    pub fn conflict(&self) -> Option<NodeInfo> {
+    pub(super) fn conflict(&self) -> Option<NodeInfo> {
         self.conflict
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn clear_conflict(&self) {
+    pub(super) fn clear_conflict(&self) {
         *self.conflict.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// A heartbeat datagram that decoded and authenticated.
-    pub fn on_heartbeat(self: &Arc<Self>, hb: Heartbeat, tagged: bool) -> Result<(), Reject> {
+    pub(super) fn on_heartbeat(
+        self: &Arc<Self>,
+        hb: Heartbeat,
+        tagged: bool,
+    ) -> Result<(), Reject> {
         if hb.domain != self.cfg.domain {
             return Err(Reject::Domain);
         }
@@ -184,7 +188,7 @@ impl Membership {
     /// with random ids make no member, no per-peer series and no route in the cluster
     /// size.
     /// A `leaving` from a process not in the table changes nothing.
-    pub fn hear(self: &Arc<Self>, info: NodeInfo) {
+    pub(super) fn hear(self: &Arc<Self>, info: NodeInfo) {
         if self.table().contains_key(&info.node_id) {
             self.observe(info);
         } else if info.state != State::Leaving {
@@ -225,7 +229,7 @@ impl Membership {
     }
 
     /// What a member says about itself (heartbeat, ping or pong).
-    pub fn observe(&self, info: NodeInfo) {
+    pub(super) fn observe(&self, info: NodeInfo) {
         if info.node_id == self.link.node_id() {
             return;
         }
@@ -298,7 +302,7 @@ impl Membership {
         self.emit(events);
     }
 
-    pub fn remove(&self, node_id: u64, reason: &str) {
+    pub(super) fn remove(&self, node_id: u64, reason: &str) {
         let removed = {
             let mut t = self.table();
             let r = t.remove(&node_id);
@@ -357,7 +361,7 @@ impl Membership {
 
     /// Connect + ping/pong within `verify_timeout`: the member's announced state if it is
     /// the same process, else why not. Counted either way.
-    pub async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
+    pub(super) async fn probe(&self, info: &NodeInfo) -> Result<State, MeshError> {
         let res = self.link.ping(info.mesh_addr).await;
         let out = match res {
             Ok(pong) if pong.node_id == info.node_id => Ok(pong.state),
@@ -372,7 +376,7 @@ impl Membership {
 
     /// Verifies a member now and waits for the answer (a refused forward): `true` if it is
     /// alive; a dead member is removed before this returns.
-    pub async fn check_now(self: &Arc<Self>, node_id: u64) -> bool {
+    pub(super) async fn check_now(self: &Arc<Self>, node_id: u64) -> bool {
         let Some(info) = self.table().get(&node_id).map(|m| m.info.clone()) else {
             return false;
         };
@@ -392,19 +396,19 @@ impl Membership {
     /// Whether `ip` is a current member's announced mesh address: its connections are not
     /// held to the limits for strangers (a flood from elsewhere must not crowd out the
     /// pings that tell a member alive, nor a burst of its own forwarding channels).
-    pub fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
+    pub(super) fn is_member_ip(&self, ip: std::net::IpAddr) -> bool {
         self.table()
             .values()
             .any(|m| m.info.mesh_addr.ip().to_canonical() == ip)
     }
 
-    pub fn infos(&self) -> Vec<NodeInfo> {
+    pub(super) fn infos(&self) -> Vec<NodeInfo> {
         self.table().values().map(|m| m.info.clone()).collect()
     }
 
     /// The other members that have not announced `leaving`: those that count for a
     /// majority, vote, answer digests and hold copies.
-    pub fn live(&self) -> Vec<NodeInfo> {
+    pub(super) fn live(&self) -> Vec<NodeInfo> {
         self.table()
             .values()
             .filter(|m| m.info.state != State::Leaving)
@@ -414,7 +418,7 @@ impl Membership {
 
     /// The live members that may hold new copies (BackupManager): not `draining`, which
     /// is about to leave.
-    pub fn placeable(&self) -> Vec<NodeInfo> {
+    pub(super) fn placeable(&self) -> Vec<NodeInfo> {
         self.table()
             .values()
             .filter(|m| !matches!(m.info.state, State::Leaving | State::Draining))
@@ -423,7 +427,7 @@ impl Membership {
     }
 
     /// Verifies a member now (a failed send or forward), unless already under way.
-    pub fn suspect(self: &Arc<Self>, node_id: u64) {
+    pub(super) fn suspect(self: &Arc<Self>, node_id: u64) {
         let target = {
             let mut t = self.table();
             t.get_mut(&node_id).and_then(|m| {
@@ -462,7 +466,7 @@ impl Membership {
     }
 
     /// The failure detector: verifies members silent for `drop_time`.
-    pub async fn detect(self: Arc<Self>) {
+    pub(super) async fn detect(self: Arc<Self>) {
         let shutdown = self.tasks.token().clone();
         let every = (self.cfg.frequency / 2).max(Duration::from_millis(20));
         let mut tick = tokio::time::interval(every);

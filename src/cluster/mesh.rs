@@ -39,7 +39,7 @@ use crate::tasks::Tasks;
 use crate::wire::codec;
 
 /// Binds the receiver on the first free port of `port .. port + auto_bind`.
-pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
     let mut last = None;
     for i in 0..cfg.auto_bind {
         let Some(port) = cfg.port.checked_add(i) else {
@@ -57,10 +57,10 @@ pub async fn bind(cfg: &ReceiverConfig) -> std::io::Result<TcpListener> {
 }
 
 /// The largest first frame: a `Hello` or `Ping` is a few hundred bytes.
-pub const FIRST_FRAME: usize = 4096;
+pub(super) const FIRST_FRAME: usize = 4096;
 
 /// `[cluster.receiver]`'s bounds on connections.
-pub struct Limits {
+pub(super) struct MeshLimits {
     total: Arc<Semaphore>,
     per_source: usize,
     open: Arc<DashMap<IpAddr, usize>>,
@@ -68,8 +68,8 @@ pub struct Limits {
     idle: Duration,
 }
 
-impl Limits {
-    pub fn new(cfg: &ReceiverConfig) -> Self {
+impl MeshLimits {
+    pub(super) fn new(cfg: &ReceiverConfig) -> Self {
         Self {
             total: Arc::new(Semaphore::new(cfg.max_connections)),
             per_source: cfg.max_connections_per_source,
@@ -106,7 +106,7 @@ impl Limits {
     }
 }
 
-/// A connection's place under [`Limits`], given back when it ends.
+/// A connection's place under [`MeshLimits`], given back when it ends.
 struct Slot {
     _permit: Option<OwnedSemaphorePermit>,
     /// The source counted, for a stranger's connection.
@@ -128,9 +128,9 @@ impl Drop for Slot {
 }
 
 /// Accepts mesh connections until the tasks stop; each connection is a task of `tasks`.
-pub async fn serve(
+pub(super) async fn serve(
     listener: TcpListener,
-    limits: Limits,
+    limits: MeshLimits,
     membership: Arc<Membership>,
     replicator: Arc<Replicator>,
     channels: Arc<Channels>,
@@ -163,7 +163,7 @@ struct Receiver {
     m: Arc<Membership>,
     r: Arc<Replicator>,
     channels: Arc<Channels>,
-    limits: Limits,
+    limits: MeshLimits,
     max_frame: usize,
 }
 

@@ -15,11 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::State;
 use crate::session::{Change, Fresher, FullSession};
-pub use crate::wire::Key;
+pub(super) use crate::wire::ClusterKey;
 use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 
-pub const MAGIC: &[u8; 4] = b"CRCL";
-pub const HEARTBEAT_VERSION: u8 = 1;
+pub(super) const MAGIC: &[u8; 4] = b"CRCL";
+pub(super) const HEARTBEAT_VERSION: u8 = 1;
 /// 2: `Ack` carries the fenced sessions. 3: claims, votes and digests (SPEC 4.9).
 pub const MESH_VERSION: u8 = 3;
 
@@ -47,7 +47,7 @@ pub struct Heartbeat {
 
 /// Why a heartbeat was dropped (also the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Reject {
+pub(super) enum Reject {
     #[error("bad magic")]
     Magic,
     #[error("unsupported format version")]
@@ -67,7 +67,7 @@ pub enum Reject {
 }
 
 impl Reject {
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             Reject::Magic => "magic",
             Reject::Version => "version",
@@ -82,7 +82,7 @@ impl Reject {
 }
 
 /// Encodes a heartbeat datagram.
-pub fn encode_heartbeat(hb: &Heartbeat, key: Option<&Key>) -> Vec<u8> {
+pub fn encode_heartbeat(hb: &Heartbeat, key: Option<&ClusterKey>) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.extend_from_slice(MAGIC);
     out.push(HEARTBEAT_VERSION);
@@ -96,7 +96,7 @@ pub fn encode_heartbeat(hb: &Heartbeat, key: Option<&Key>) -> Vec<u8> {
 
 /// Decodes and authenticates a heartbeat datagram. Domain and replay checks are the
 /// caller's (they need state).
-pub fn decode_heartbeat(pkt: &[u8], key: Option<&Key>) -> Result<Heartbeat, Reject> {
+pub(super) fn decode_heartbeat(pkt: &[u8], key: Option<&ClusterKey>) -> Result<Heartbeat, Reject> {
     if pkt.len() < 6 {
         return Err(if pkt.starts_with(&MAGIC[..pkt.len().min(4)]) {
             Reject::Malformed
@@ -244,7 +244,7 @@ impl MeshMessage {
 }
 
 /// Encodes a mesh frame body (the length prefix is the codec's), tagged when `key` is set.
-pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
+pub fn seal_mesh(msg: &MeshMessage, key: Option<&ClusterKey>) -> Vec<u8> {
     let mut out = vec![MESH_VERSION, flags(key)];
     if let Ok(body) = postcard::to_stdvec(msg) {
         out.extend_from_slice(&body);
@@ -254,7 +254,7 @@ pub fn seal_mesh(msg: &MeshMessage, key: Option<&Key>) -> Vec<u8> {
 
 /// One change as it goes inside a `Replicate` frame: encoded once, however many peers it
 /// goes to ([`seal_replicate`]).
-pub fn encode_change(c: &Change) -> bytes::Bytes {
+pub(super) fn encode_change(c: &Change) -> bytes::Bytes {
     postcard::to_stdvec(c).map(Into::into).unwrap_or_default()
 }
 
@@ -265,10 +265,10 @@ const REPLICATE_VARIANT: u64 = 3;
 /// [`encode_change`]. Postcard's wire format is specified and stable: a variant is its
 /// index and a sequence its length, each as a varint, followed by the elements; a test
 /// checks this frame equals [`seal_mesh`] of the message.
-pub fn seal_replicate<'a>(
+pub(super) fn seal_replicate<'a>(
     seq: u64,
     changes: impl ExactSizeIterator<Item = &'a [u8]> + Clone,
-    key: Option<&Key>,
+    key: Option<&ClusterKey>,
 ) -> Vec<u8> {
     let len = changes.clone().map(<[u8]>::len).sum::<usize>();
     let mut out = Vec::with_capacity(2 + 3 * 10 + len + TAG_LEN);
@@ -317,7 +317,7 @@ impl FrameError {
 }
 
 /// Checks (version, tag) and decodes a mesh frame.
-pub fn open_mesh(frame: &[u8], key: Option<&Key>) -> Result<MeshMessage, FrameError> {
+pub fn open_mesh(frame: &[u8], key: Option<&ClusterKey>) -> Result<MeshMessage, FrameError> {
     let (&v, rest) = frame.split_first().ok_or(FrameError::Empty)?;
     if v != MESH_VERSION {
         return Err(FrameError::Version(v));
@@ -365,7 +365,7 @@ mod tests {
             }),
         ];
         let encoded: Vec<bytes::Bytes> = changes.iter().map(|c| encode_change(c)).collect();
-        for key in [None, Some(Key::new(b"secret"))] {
+        for key in [None, Some(ClusterKey::new(b"secret"))] {
             for seq in [0, 127, 128, u64::MAX] {
                 let msg = MeshMessage::Replicate {
                     seq,
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_and_without_key() {
-        let k = Key::new(b"secret");
+        let k = ClusterKey::new(b"secret");
         assert_eq!(
             decode_heartbeat(&encode_heartbeat(&hb(), None), None),
             Ok(hb())
@@ -409,8 +409,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_packets() {
-        let k = Key::new(b"secret");
-        let other = Key::new(b"other");
+        let k = ClusterKey::new(b"secret");
+        let other = ClusterKey::new(b"other");
         let plain = encode_heartbeat(&hb(), None);
         let tagged = encode_heartbeat(&hb(), Some(&k));
         assert_eq!(decode_heartbeat(&plain, Some(&k)), Err(Reject::MissingTag));
@@ -442,7 +442,7 @@ mod tests {
             decode_mesh(&[MESH_VERSION, 0, 200, 200, 200]),
             Err(FrameError::Malformed)
         );
-        let k = Key::new(b"a-mesh-secret-of-some-length");
+        let k = ClusterKey::new(b"a-mesh-secret-of-some-length");
         let sealed = seal_mesh(&m, Some(&k));
         assert_eq!(open_mesh(&sealed, Some(&k)), Ok(m.clone()));
         assert_eq!(
@@ -450,7 +450,7 @@ mod tests {
             Err(FrameError::MissingTag)
         );
         assert_eq!(open_mesh(&sealed, None), Err(FrameError::UnexpectedTag));
-        let other = Key::new(b"another-secret-entirely");
+        let other = ClusterKey::new(b"another-secret-entirely");
         assert_eq!(open_mesh(&sealed, Some(&other)), Err(FrameError::BadTag));
     }
 }

@@ -25,7 +25,7 @@ struct ResultLabel {
 }
 
 #[derive(Clone, Default)]
-pub struct ClusterMetrics {
+pub(super) struct ClusterMetrics {
     pub heartbeats_sent: Counter,
     pub heartbeats_received: Counter,
     heartbeats_rejected: Family<Reason, Counter>,
@@ -39,7 +39,7 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    pub fn register(metrics: &Metrics) -> Self {
+    pub(super) fn register(metrics: &Metrics) -> Self {
         let m = Self::default();
         metrics.with_registry(|r| {
             r.register(
@@ -86,26 +86,26 @@ impl ClusterMetrics {
         m
     }
 
-    pub fn rejected(&self, reason: &'static str) -> Counter {
+    pub(super) fn rejected(&self, reason: &'static str) -> Counter {
         self.heartbeats_rejected
             .get_or_create_owned(&Reason { reason })
     }
 
-    pub fn members(&self, s: State) -> Gauge {
+    pub(super) fn members(&self, s: State) -> Gauge {
         self.members
             .get_or_create_owned(&StateLabel { state: s.as_str() })
     }
 
-    pub fn verification(&self, result: &'static str) -> Counter {
+    pub(super) fn verification(&self, result: &'static str) -> Counter {
         self.verifications
             .get_or_create_owned(&ResultLabel { result })
     }
 
-    pub fn dns(&self, result: &'static str) -> Counter {
+    pub(super) fn dns(&self, result: &'static str) -> Counter {
         self.dns.get_or_create_owned(&ResultLabel { result })
     }
 
-    pub fn mesh_rejected(&self, reason: &'static str) -> Counter {
+    pub(super) fn mesh_rejected(&self, reason: &'static str) -> Counter {
         self.mesh_rejected.get_or_create_owned(&Reason { reason })
     }
 }

@@ -42,31 +42,32 @@ use tokio::net::TcpListener;
 use crate::lifecycle::{NodeState, State};
 use crate::session::{Change, SessionStore};
 use crate::tasks::Tasks;
-use crate::wire::Key;
+use crate::wire::ClusterKey;
 use link::{Link, Me};
 use membership::Membership;
 use replication::Replicator;
 use transport::Multicast;
 
-pub use channel::{ChannelHandler, MemberChannel};
-pub use config::{
+pub(crate) use channel::{ChannelHandler, MemberChannel};
+pub(crate) use config::{
     ClusterConfig, Manager, MembershipConfig, MembershipKind, MeshTlsConfig, PartitionHandling,
     ReceiverConfig, SendMode,
 };
-pub use error::{ClaimError, ClusterError, MeshError, SettleError};
-pub use events::Event;
-pub use link::MeshStream;
-pub use membership::Member;
-pub use mesh::bind as bind_receiver;
+pub(crate) use error::{ClaimError, ClusterError, MeshError, SettleError};
+pub(crate) use events::Event;
+pub(crate) use link::MeshStream;
+pub(crate) use membership::Member;
+pub(crate) use mesh::bind as bind_receiver;
 pub use messages::{
-    decode_heartbeat, decode_mesh, encode_change, encode_heartbeat, encode_mesh, open_mesh,
-    seal_mesh, seal_replicate, FrameError, Heartbeat, MeshMessage, NodeInfo, Reject, MESH_VERSION,
+    decode_mesh, encode_heartbeat, encode_mesh, open_mesh, seal_mesh, Heartbeat, MeshMessage,
+    NodeInfo, MESH_VERSION,
 };
-pub use replication::{HandOverRound, PeerQueue, ReplicationStatus, Wait};
-pub use routing::{decide, ready_successor, successor, Decision};
+pub(crate) use replication::{HandOverRound, ReplicationStatus, Wait};
+pub use routing::successor;
+pub(crate) use routing::Decision;
 pub use transport::multicast_socket;
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     membership: Arc<Membership>,
     lease: Arc<lease::Lease>,
     replicator: Arc<Replicator>,
@@ -89,7 +90,7 @@ fn reachable(addr: SocketAddr, fallback: IpAddr) -> SocketAddr {
 impl Cluster {
     /// Starts membership and the mesh receiver on `mesh_listener`; the node is `starting`.
     /// Every task it starts belongs to `tasks` and ends when they stop.
-    pub fn start(
+    pub(crate) fn start(
         cfg: &ClusterConfig,
         store: Arc<SessionStore>,
         state: Arc<NodeState>,
@@ -115,7 +116,7 @@ impl Cluster {
             http_addr,
             state,
         };
-        let key = cfg.key.as_deref().map(Key::new);
+        let key = cfg.key.as_deref().map(ClusterKey::new);
         let link = Arc::new(Link::new(
             key,
             cfg.membership.domain.clone(),
@@ -165,7 +166,7 @@ impl Cluster {
         let channels = Arc::new(channel::Channels::default());
         tasks.spawn(mesh::serve(
             mesh_listener,
-            mesh::Limits::new(&cfg.receiver),
+            mesh::MeshLimits::new(&cfg.receiver),
             membership.clone(),
             replicator.clone(),
             channels.clone(),
@@ -229,7 +230,7 @@ impl Cluster {
 
     /// The join window of a starting node: about two heartbeat periods to hear the others,
     /// then a node announcing our own route is verified; if it answers, we refuse to start.
-    pub async fn join(&self) -> Result<(), ClusterError> {
+    pub(crate) async fn join(&self) -> Result<(), ClusterError> {
         let m = &self.membership;
         tokio::time::sleep(m.cfg.frequency * 2 + m.cfg.frequency / 2).await;
         if let Some(other) = m.conflict() {
@@ -253,13 +254,13 @@ impl Cluster {
 
     /// State transfer of a starting node (SPEC 4.7): `Ok(None)` when there was nobody to
     /// ask (or the manager pulls nothing), else the source's route and its session count.
-    pub async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
+    pub(crate) async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
         self.replicator.state_transfer().await
     }
 
     /// Sends the current state now (after `ready`, `draining` and `leaving`); every
     /// current member is also pinged, so when this returns the reachable ones know it.
-    pub async fn announce(&self) {
+    pub(crate) async fn announce(&self) {
         self.send_state().await;
         transport::ping_members(&self.membership).await;
     }
@@ -285,7 +286,7 @@ impl Cluster {
     /// Graceful leave, first step (SPEC 4.8): announces `draining` and waits until the
     /// members heard it; from then on [`Cluster::is_handing_over`] holds, and the sticky
     /// layer sends this node's sessions' requests to their successors.
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.membership.link.set_state(State::Draining);
         self.send_state().await;
         for _ in 0..Self::DRAIN_ANNOUNCE_TRIES {
@@ -301,7 +302,7 @@ impl Cluster {
     }
 
     /// Back to `ready` after an admin drain (the sessions handed over stay where they are).
-    pub async fn resume(&self) {
+    pub(crate) async fn resume(&self) {
         self.handing_over
             .store(false, std::sync::atomic::Ordering::Release);
         self.membership.link.set_state(State::Ready);
@@ -310,13 +311,13 @@ impl Cluster {
 
     /// Whether this node drains and its sessions' requests go to their successors.
     #[inline]
-    pub fn is_handing_over(&self) -> bool {
+    pub(crate) fn is_handing_over(&self) -> bool {
         self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Hands `keys` (sessions this node owns) to their successors; see
     /// [`HandOverRound`].
-    pub async fn hand_over(&self, keys: &[crate::session::Key]) -> HandOverRound {
+    pub(crate) async fn hand_over(&self, keys: &[crate::session::Key]) -> HandOverRound {
         self.replicator.hand_over(keys).await
     }
 
@@ -324,13 +325,13 @@ impl Cluster {
     /// sync mode with `waits`, one ack wait per target is added. Called under the session's
     /// guard: synchronous and cheap.
     #[inline]
-    pub fn replicate(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
+    pub(crate) fn replicate(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
         self.replicator.enqueue(change, waits);
     }
 
     /// `send_options = sync`: responses wait for the members' acks.
     #[inline]
-    pub fn is_sync(&self) -> bool {
+    pub(crate) fn is_sync(&self) -> bool {
         self.replicator.mode == SendMode::Sync
     }
 
@@ -338,36 +339,36 @@ impl Cluster {
     /// `ack_timeout`; a member that misses it is verified). An error if the write does not
     /// count: a member fenced it (the session has a newer owner), or too few copies hold it
     /// for a majority (SPEC 4.9).
-    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
+    pub(crate) async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
         self.replicator.settle(waits).await
     }
 
     /// Whether this node may serve sessions now (SPEC 4.9): it heard from a majority within
     /// the lease, or `partition_handling = "available"`. One atomic load.
     #[inline]
-    pub fn has_lease(&self, now: std::time::Instant) -> bool {
+    pub(crate) fn has_lease(&self, now: std::time::Instant) -> bool {
         self.lease.holds(now)
     }
 
     /// Waits for the lease (a node about to become ready), at most `limit`.
-    pub async fn wait_lease(&self, limit: Duration) -> bool {
+    pub(crate) async fn wait_lease(&self, limit: Duration) -> bool {
         self.lease.wait(limit).await
     }
 
     /// Whether ownership moves only by a majority's vote.
-    pub fn is_quorum(&self) -> bool {
+    pub(crate) fn is_quorum(&self) -> bool {
         self.lease.handling == PartitionHandling::Quorum
     }
 
     /// (cluster size, majority) now, for `/status`.
-    pub fn quorum(&self) -> (usize, usize) {
+    pub(crate) fn quorum(&self) -> (usize, usize) {
         (self.lease.size(), self.lease.quorum())
     }
 
     /// Takes session `key` of the gone owner `owner` over by a majority's vote (SPEC 4.9);
     /// the new ownership is replicated, with ack waits in `waits` (sync mode). `Ok(false)`:
     /// the session turned out removed.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         key: crate::session::Key,
         owner: &str,
@@ -380,29 +381,48 @@ impl Cluster {
     }
 
     /// The other members' announced identity and state, for routing.
-    pub fn members(&self) -> Vec<NodeInfo> {
+    /// Who serves session `base`, given the owner this node's copy records and the
+    /// cookie's route (docs/REFERENCE.md, "Ownership and failover").
+    pub(crate) fn decide(
+        &self,
+        base: &str,
+        me: &str,
+        copy_owner: Option<&str>,
+        cookie_route: Option<&str>,
+        members: &[NodeInfo],
+    ) -> Decision {
+        routing::decide(base, me, copy_owner, cookie_route, members)
+    }
+
+    /// The ready member that succeeds this node for session `base`: where a draining node
+    /// sends the session's requests.
+    pub(crate) fn ready_successor(&self, base: &str, members: &[NodeInfo]) -> Option<NodeInfo> {
+        routing::ready_successor(base, members)
+    }
+
+    pub(crate) fn members(&self) -> Vec<NodeInfo> {
         self.membership.infos()
     }
 
     /// Verifies a member now and waits for the answer: `true` if it is alive; a dead
     /// member is removed before this returns.
-    pub async fn verify(&self, node_id: u64) -> bool {
+    pub(crate) async fn verify(&self, node_id: u64) -> bool {
         self.membership.check_now(node_id).await
     }
 
     /// `[cluster] key`: it also authenticates the forwarding marker (#20, finding 7).
-    pub fn key(&self) -> Option<&crate::wire::Key> {
+    pub(crate) fn key(&self) -> Option<&crate::wire::ClusterKey> {
         self.membership.link.key()
     }
 
     /// How long a verification may take (`verify_timeout`).
-    pub fn verify_timeout(&self) -> Duration {
+    pub(crate) fn verify_timeout(&self) -> Duration {
         self.membership.link.verify_timeout
     }
 
     /// Whether `route` is a member whose announced HTTP address has the IP `ip` (the
     /// forwarding marker's trust rule, SPEC 4.4).
-    pub fn is_member_at(&self, route: &str, ip: IpAddr) -> bool {
+    pub(crate) fn is_member_at(&self, route: &str, ip: IpAddr) -> bool {
         self.membership
             .infos()
             .iter()
@@ -411,12 +431,12 @@ impl Cluster {
 
     /// With `[cluster.tls]`, forwards go over mesh channels (SPEC 4.10), and the
     /// forwarding marker is honoured only there.
-    pub fn forwards_over_mesh(&self) -> bool {
+    pub(crate) fn forwards_over_mesh(&self) -> bool {
         self.membership.link.tls.is_some()
     }
 
     /// A forwarding channel to `to` (mutual TLS, its certificate naming its route).
-    pub async fn open_channel(&self, to: &NodeInfo) -> Result<MeshStream, MeshError> {
+    pub(crate) async fn open_channel(&self, to: &NodeInfo) -> Result<MeshStream, MeshError> {
         self.membership
             .link
             .open_channel(to.mesh_addr, &to.jvm_route)
@@ -425,30 +445,30 @@ impl Cluster {
 
     /// Hands the forwarding channels members open to `h` (the proxy's HTTP server);
     /// `None` refuses them from now on.
-    pub fn serve_channels(&self, h: Option<ChannelHandler>) {
+    pub(crate) fn serve_channels(&self, h: Option<ChannelHandler>) {
         self.channels.set(h);
     }
 
     /// The last members added and removed and sessions taken over, newest first.
-    pub fn events(&self) -> Vec<Event> {
+    pub(crate) fn events(&self) -> Vec<Event> {
         self.membership.log.recent()
     }
 
     /// Queues and counters of replication, for `/status`.
-    pub fn replication(&self) -> ReplicationStatus {
+    pub(crate) fn replication(&self) -> ReplicationStatus {
         self.replicator.status()
     }
 
     /// The member table, for `/status`.
-    pub fn member_table(&self) -> Vec<Member> {
+    pub(crate) fn member_table(&self) -> Vec<Member> {
         self.membership.members()
     }
 
-    pub fn mesh_addr(&self) -> SocketAddr {
+    pub(crate) fn mesh_addr(&self) -> SocketAddr {
         self.membership.link.mesh_addr()
     }
 
-    pub fn manager(&self) -> Manager {
+    pub(crate) fn manager(&self) -> Manager {
         self.replicator.manager
     }
 }

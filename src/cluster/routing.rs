@@ -12,7 +12,7 @@ use crate::session::{hash64, Key};
 
 /// Rendezvous (highest random weight) score of `route` for `base`: the stable hash of
 /// `base`, a separator, `route`.
-pub fn score(base: &str, route: &str) -> u64 {
+pub(super) fn score(base: &str, route: &str) -> u64 {
     hash64(
         base.bytes()
             .chain(std::iter::once(0u8))
@@ -29,14 +29,14 @@ pub fn successor<'a>(base: &str, routes: impl IntoIterator<Item = &'a str>) -> O
 
 /// BackupManager: the route among `routes` that holds the copy of session `key` (the
 /// successor for its base id).
-pub fn backup<'a>(key: u128, routes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(super) fn backup<'a>(key: u128, routes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     successor(&Key(key).base(), routes)
 }
 
 /// The ready member among `members` that succeeds this node for session `base`: where a
 /// draining node sends the session's requests (every member's routing picks the same one
 /// once it heard `draining`).
-pub fn ready_successor(base: &str, members: &[NodeInfo]) -> Option<NodeInfo> {
+pub(super) fn ready_successor(base: &str, members: &[NodeInfo]) -> Option<NodeInfo> {
     let ready = members.iter().filter(|m| m.state == State::Ready);
     let s = successor(base, ready.map(|m| m.jvm_route.as_str()))?;
     members.iter().find(|m| m.jvm_route == s).cloned()
@@ -44,7 +44,7 @@ pub fn ready_successor(base: &str, members: &[NodeInfo]) -> Option<NodeInfo> {
 
 /// What to do with a request for a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// This node owns it (or takes it over): serve here.
     Local,
     /// This node is the successor of a gone owner: take over, then serve here.
@@ -60,7 +60,7 @@ pub enum Decision {
 /// - `copy_owner`: the owner recorded in this node's copy, if it holds one;
 /// - `cookie_route`: the client's route suffix;
 /// - `members`: the other members as this node sees them.
-pub fn decide(
+pub(super) fn decide(
     base: &str,
     me: &str,
     copy_owner: Option<&str>,

@@ -38,14 +38,14 @@ pub fn multicast_socket(
 
 /// Sends heartbeats (multicast) and receives them.
 /// Heartbeats are tagged with the link's key (`Membership::link`).
-pub struct Multicast {
+pub(super) struct Multicast {
     socket: UdpSocket,
     target: SocketAddr,
     seq: AtomicU64,
 }
 
 impl Multicast {
-    pub fn new(socket: UdpSocket, target: SocketAddr) -> Self {
+    pub(super) fn new(socket: UdpSocket, target: SocketAddr) -> Self {
         Self {
             socket,
             target,
@@ -54,7 +54,7 @@ impl Multicast {
     }
 
     /// One heartbeat with the current state, now.
-    pub async fn send(&self, m: &Membership) {
+    pub(super) async fn send(&self, m: &Membership) {
         let hb = Heartbeat {
             domain: m.cfg.domain.clone(),
             info: m.link.me(),
@@ -72,7 +72,7 @@ impl Multicast {
         }
     }
 
-    pub async fn run(self: Arc<Self>, m: Arc<Membership>, shutdown: CancellationToken) {
+    pub(super) async fn run(self: Arc<Self>, m: Arc<Membership>, shutdown: CancellationToken) {
         let sender = {
             let (this, m, shutdown) = (self.clone(), m.clone(), shutdown.clone());
             async move {
@@ -118,7 +118,11 @@ impl Multicast {
 
 /// Static membership: pings every configured member each `frequency`; a pong is that
 /// member's heartbeat.
-pub async fn run_static(members: Vec<String>, m: Arc<Membership>, shutdown: CancellationToken) {
+pub(super) async fn run_static(
+    members: Vec<String>,
+    m: Arc<Membership>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(m.cfg.frequency);
     loop {
         tokio::select! {
@@ -135,7 +139,7 @@ pub async fn run_static(members: Vec<String>, m: Arc<Membership>, shutdown: Canc
 /// its sessions' requests to their successors, or a member that did not hear it yet would
 /// forward them back).
 /// Returns how many did not answer.
-pub async fn ping_members(m: &Arc<Membership>) -> usize {
+pub(super) async fn ping_members(m: &Arc<Membership>) -> usize {
     let mut tasks = tokio::task::JoinSet::new();
     for info in m.infos() {
         let m = m.clone();
@@ -157,7 +161,7 @@ pub async fn ping_members(m: &Arc<Membership>) -> usize {
 }
 
 /// One round of pings (also used to announce a state change such as `leaving`).
-pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
+pub(super) async fn ping_all(members: &[String], m: &Arc<Membership>) {
     let mut tasks = tokio::task::JoinSet::new();
     for addr in members {
         let (addr, m) = (addr.clone(), m.clone());
@@ -195,7 +199,7 @@ pub async fn ping_all(members: &[String], m: &Arc<Membership>) {
 /// - An empty, NXDOMAIN or failed answer keeps the last candidates, and members are pinged
 ///   where they announced themselves whatever DNS says: a removed record evicts no one. A
 ///   dead member is dropped by the failure detector's verification, as in every mode.
-pub async fn run_dns(
+pub(super) async fn run_dns(
     name: String,
     port: u16,
     refresh: std::time::Duration,

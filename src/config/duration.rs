@@ -9,10 +9,10 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// A duration read from the conf file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
+pub(super) struct Dur(pub Duration);
 
 /// Parses `<integer><unit>` with unit one of `ms`, `s`, `m`, `h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

@@ -5,13 +5,13 @@ use toml_edit::{Document, Item, Value};
 
 /// One step of a key path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seg {
+pub(super) enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// Renders a path as `backends.servers[1].url`.
-pub fn render(path: &[Seg]) -> String {
+pub(super) fn render(path: &[Seg]) -> String {
     let mut out = String::new();
     for seg in path {
         match seg {
@@ -28,7 +28,7 @@ pub fn render(path: &[Seg]) -> String {
 }
 
 /// 1-based line of the deepest element of `path` found in `doc`.
-pub fn line_of(doc: &Document<String>, text: &str, path: &[Seg]) -> Option<usize> {
+pub(super) fn line_of(doc: &Document<String>, text: &str, path: &[Seg]) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut item: Option<&Item> = None;
     let mut value: Option<&Value> = None;
@@ -77,7 +77,7 @@ pub fn line_of(doc: &Document<String>, text: &str, path: &[Seg]) -> Option<usize
 }
 
 /// 1-based line number of a byte offset.
-pub fn line_at(text: &str, offset: usize) -> usize {
+pub(super) fn line_at(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
     text.as_bytes()[..end]
         .iter()

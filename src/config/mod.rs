@@ -30,8 +30,6 @@ use locate::Seg;
 use raw::RawConfig;
 use source::Source;
 
-pub use duration::parse_duration;
-
 /// A validated node configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -122,7 +120,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Reads, overrides and validates a conf file.
-pub fn load(file: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+pub(crate) fn load(file: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
         file: file.to_path_buf(),
         origin: Origin::File { line: None },
@@ -169,6 +167,13 @@ pub fn load_str(file: &Path, text: &str, overrides: &[String]) -> Result<Config,
         overridden,
     };
 
+    if let Some(k) = silent_standalone(&table) {
+        return Err(src.error(
+            &source::key(&k),
+            "cluster settings are given but the cluster is off: set [cluster] enabled = true, \
+             or enabled = false to run this node standalone on purpose",
+        ));
+    }
     let raw: RawConfig =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path: Vec<Seg> = e
@@ -184,6 +189,21 @@ pub fn load_str(file: &Path, text: &str, overrides: &[String]) -> Result<Config,
             src.error(&path, reason)
         })?;
     validate::validate(raw, &src)
+}
+
+/// The first `[cluster]` key set while `[cluster] enabled` is not: such a file would start a
+/// standalone node that its operator believes clustered (docs/REFERENCE.md, "Configuration").
+/// An explicit `enabled = false` is a choice, and passes.
+fn silent_standalone(table: &toml::Table) -> Option<String> {
+    let cluster = table.get("cluster")?.as_table()?;
+    if cluster.contains_key("enabled") {
+        return None;
+    }
+    let (k, v) = cluster.iter().next()?;
+    match v.as_table().and_then(|t| t.keys().next()) {
+        Some(inner) => Some(format!("cluster.{k}.{inner}")),
+        None => Some(format!("cluster.{k}")),
+    }
 }
 
 /// Applies `a.b.c=value` (value in TOML syntax; a bare word is taken as a string) and

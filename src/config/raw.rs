@@ -10,7 +10,7 @@ use super::duration::Dur;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     pub node: RawNode,
     pub http: RawHttp,
     pub https: Option<RawHttps>,
@@ -26,7 +26,7 @@ pub struct RawConfig {
 /// `[log]`: the access log.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawLog {
+pub(super) struct RawLog {
     /// The log filter when RUST_LOG is not set (RUST_LOG syntax).
     pub level: String,
     /// off | common | combined | json.
@@ -51,7 +51,7 @@ impl Default for RawLog {
 /// JvmRouteBinderValve: rewrite the cookie's route after a failover.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawBinder {
+pub(super) struct RawBinder {
     pub enabled: bool,
 }
 
@@ -63,7 +63,7 @@ impl Default for RawBinder {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawNode {
+pub(super) struct RawNode {
     pub jvm_route: Option<String>,
     pub workers: usize,
     pub shutdown_grace: Dur,
@@ -83,7 +83,7 @@ impl Default for RawNode {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawHttp {
+pub(super) struct RawHttp {
     pub listen: Vec<String>,
     pub max_connections: usize,
     pub header_read_timeout: Dur,
@@ -115,7 +115,7 @@ impl Default for RawHttp {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawHttps {
+pub(super) struct RawHttps {
     pub listen: Vec<String>,
     pub cert: String,
     pub key: String,
@@ -129,7 +129,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     /// Empty string disables the admin listener.
     pub listen: String,
     /// Bearer token for the mutating endpoints (and session contents off loopback).
@@ -147,7 +147,7 @@ impl Default for RawAdmin {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawBackends {
+pub(super) struct RawBackends {
     pub algorithm: String,
     pub servers: Vec<RawServer>,
     pub connect_timeout: Dur,
@@ -182,14 +182,14 @@ impl Default for RawBackends {
     untagged,
     expecting = "a URL string or a table { url = \"http://...\", weight = N }"
 )]
-pub enum RawServer {
+pub(super) enum RawServer {
     Url(String),
     Table(RawServerTable),
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServerTable {
+pub(super) struct RawServerTable {
     pub url: String,
     #[serde(default = "one")]
     pub weight: u32,
@@ -201,7 +201,7 @@ fn one() -> u32 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawHealth {
+pub(super) struct RawHealth {
     pub enabled: bool,
     pub path: String,
     pub interval: Dur,
@@ -226,7 +226,7 @@ impl Default for RawHealth {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawSession {
+pub(super) struct RawSession {
     pub cookie_name: String,
     pub cookie_path: String,
     pub cookie_secure: String,
@@ -256,7 +256,7 @@ impl Default for RawSession {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawReplication {
+pub(super) struct RawReplication {
     pub filter: String,
 }
 
@@ -270,7 +270,7 @@ impl Default for RawReplication {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawCluster {
+pub(super) struct RawCluster {
     pub enabled: bool,
     pub manager: String,
     /// A name ("sync", "async") or a Tomcat channelSendOptions number.
@@ -299,7 +299,7 @@ pub struct RawCluster {
 /// `[cluster.tls]`: mutual TLS on the mesh.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMeshTls {
+pub(super) struct RawMeshTls {
     pub cert: String,
     pub key: String,
     pub ca: String,
@@ -336,7 +336,7 @@ impl Default for RawCluster {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawMembership {
+pub(super) struct RawMembership {
     pub kind: String,
     pub domain: String,
     pub address: String,
@@ -376,7 +376,7 @@ impl Default for RawMembership {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawReceiver {
+pub(super) struct RawReceiver {
     pub address: String,
     pub port: u16,
     pub auto_bind: u16,

@@ -6,7 +6,7 @@
 
 mod reload;
 
-pub use reload::{Reloader, Report};
+pub(crate) use reload::Reloader;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -180,7 +180,7 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ticker = proxy::timer::start().map_err(anyhow::Error::msg)?;
+    let ticker = proxy::start_timer().map_err(anyhow::Error::msg)?;
     // Background parts stop after the drain, so health and admin stay true while draining.
     let background = Tasks::new();
     let res = serve(cfg, listeners, shutdown, &background).await;

@@ -42,14 +42,14 @@ const SECTIONS: &[&str] = &[
 ];
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Sections changed and applied.
     pub applied: Vec<&'static str>,
     /// Sections changed that only a restart applies (their running values stay).
     pub restart_needed: Vec<&'static str>,
 }
 
-pub struct Reloader {
+pub(crate) struct Reloader {
     proxy: Arc<Proxy>,
     /// The HTTPS listeners' certificate (rotated by a reload).
     certs: Option<Arc<crate::tls::Rotating>>,
@@ -79,7 +79,7 @@ fn table_of(text: &str) -> toml::Table {
 }
 
 impl Reloader {
-    pub fn new(cfg: &Config, proxy: Arc<Proxy>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(cfg: &Config, proxy: Arc<Proxy>, metrics: &Metrics) -> Self {
         let reloads = Counter::default();
         let failures = Counter::default();
         metrics.with_registry(|r| {
@@ -112,7 +112,7 @@ impl Reloader {
 
     /// Reads the file again and applies what can change live; `Err`: the reason, and
     /// nothing changed.
-    pub fn reload(&self) -> Result<Report, String> {
+    pub(crate) fn reload(&self) -> Result<Report, String> {
         let Some(src) = &self.source else {
             return Err("this node's config was not read from a file".into());
         };

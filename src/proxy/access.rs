@@ -31,7 +31,7 @@ pub enum Format {
 }
 
 /// What one request leaves for its line.
-pub struct Entry {
+pub(crate) struct Entry {
     pub at: SystemTime,
     pub request_id: String,
     pub client: SocketAddr,
@@ -53,7 +53,7 @@ pub struct Entry {
     pub user_agent: Option<HeaderValue>,
 }
 
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     pub format: Format,
     tx: Option<SyncSender<Entry>>,
     dropped: Counter,
@@ -62,7 +62,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Starts the writer thread on `sink`; at most `buffer` lines wait for it.
-    pub fn start(
+    pub(crate) fn start(
         format: Format,
         sink: Box<dyn Write + Send>,
         buffer: usize,
@@ -81,7 +81,7 @@ impl AccessLog {
     }
 
     /// Hands a line to the writer; never blocks.
-    pub fn log(&self, e: Entry) {
+    pub(crate) fn log(&self, e: Entry) {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(e) {
             Ok(()) => {}
@@ -168,7 +168,7 @@ fn header_text(v: &Option<HeaderValue>) -> String {
 }
 
 /// One line, with its newline.
-pub fn render(format: Format, e: &Entry, out: &mut String) {
+pub(super) fn render(format: Format, e: &Entry, out: &mut String) {
     use std::fmt::Write as _;
     let ms = |v: f64| format!("{v:.3}");
     match format {
@@ -289,7 +289,7 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// What a request's line needs, gathered on its way (boxed: only when the log is on, and
 /// the request's future grows by one pointer).
-pub struct Pending {
+pub(super) struct Pending {
     method: Method,
     target: String,
     client: SocketAddr,
@@ -302,7 +302,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn of<B>(req: &http::Request<B>, client: SocketAddr, format: Format) -> Box<Self> {
+    pub(super) fn of<B>(req: &http::Request<B>, client: SocketAddr, format: Format) -> Box<Self> {
         let combined = format == Format::Combined;
         let header =
             |n: http::HeaderName| combined.then(|| req.headers().get(n).cloned()).flatten();
@@ -323,12 +323,12 @@ impl Pending {
     }
 
     /// The upstream answered (its head): how long it took from the send.
-    pub fn answered(&mut self, upstream: String) {
+    pub(super) fn answered(&mut self, upstream: String) {
         self.upstream_ms = self.sent.map(|t| t.elapsed().as_secs_f64() * 1e3);
         self.upstream = Some(upstream);
     }
 
-    pub fn entry(
+    pub(super) fn entry(
         self,
         request_id: String,
         status: u16,

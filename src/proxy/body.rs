@@ -5,14 +5,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::upstream::ResponseBody;
-pub use super::upstream::UpBody;
+pub(super) use super::upstream::UpBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 /// What the proxy sends to the client: a backend's body (which returns its connection to the
 /// pool when it ends), or a short body the proxy wrote itself.
 #[derive(Debug)]
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Upstream(ResponseBody),
     /// A member's answer to a forward over a mesh channel (hyper's client).
     Member(hyper::body::Incoming),
@@ -20,12 +20,12 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
-    pub fn full(b: impl Into<Bytes>) -> Self {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
         ProxyBody::Full(if b.is_empty() { None } else { Some(b) })
     }
 
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         ProxyBody::Full(None)
     }
 }

@@ -13,7 +13,7 @@ use std::task::Context;
 use futures_util::task::AtomicWaker;
 
 #[derive(Default)]
-pub struct Drain {
+pub(super) struct Drain {
     inner: Mutex<Inner>,
 }
 
@@ -32,7 +32,7 @@ struct Flag {
 
 impl Drain {
     /// Tells every open connection, and every one registered from now on, to finish.
-    pub fn close_all(&self) {
+    pub(super) fn close_all(&self) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.closing = true;
         for f in inner.open.values() {
@@ -42,7 +42,7 @@ impl Drain {
     }
 
     /// The signal of one connection; unregisters itself when dropped.
-    pub fn register(self: &Arc<Self>) -> Signal {
+    pub(super) fn register(self: &Arc<Self>) -> Signal {
         let flag = Arc::new(Flag::default());
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.closing {
@@ -69,7 +69,7 @@ impl Drain {
 }
 
 /// One connection's view of [`Drain`].
-pub struct Signal {
+pub(super) struct Signal {
     drain: Arc<Drain>,
     id: u64,
     flag: Arc<Flag>,
@@ -77,7 +77,7 @@ pub struct Signal {
 
 impl Signal {
     /// Whether the connection must finish; if not yet, the task is woken when it must.
-    pub fn poll_stop(&self, cx: &mut Context<'_>) -> bool {
+    pub(super) fn poll_stop(&self, cx: &mut Context<'_>) -> bool {
         if self.flag.stop.load(Ordering::Acquire) {
             return true;
         }

@@ -2,9 +2,9 @@
 //!
 //! `Display` is the full detail, for the log (backend addresses, member routes, I/O
 //! errors); [`ProxyError::client_text`] is what the response body says: a short fixed
-//! reason per kind, never a backend URL or a member's route (#20, finding 9), with the
-//! request id that finds the log line (as neon's proxy keeps `UserFacingError` apart from
-//! its logs).
+//! reason per kind, built only from fixed text and typed fields (never a backend URL, a
+//! member's route or an address: docs/REFERENCE.md, "Bad input"), with the request id that
+//! finds the log line (as neon's proxy keeps `UserFacingError` apart from its logs).
 
 use std::borrow::Cow;
 
@@ -12,11 +12,11 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::upstream::{Failure, UpstreamError};
-use crate::session::SessionError;
+use crate::session::{DirectiveError, SessionError, Unsafe};
 
 /// Whose fault an error is: decides the log level and the status class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Blame {
+pub(super) enum Blame {
     /// The client sent something this proxy will not pass on: a 4xx, never a backend's
     /// failure.
     Client,
@@ -25,7 +25,7 @@ pub enum Blame {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(super) enum ProxyError {
     #[error("no healthy backend")]
     NoHealthyBackend,
     #[error("could not connect to a backend: {0}")]
@@ -36,22 +36,24 @@ pub enum ProxyError {
     #[error("backend did not respond in time")]
     BackendTimeout,
     #[error("bad session directive from backend: {0}")]
-    BadDirective(String),
-    #[error("{0}")]
-    SessionLimit(String),
+    BadDirective(DirectiveError),
+    /// `max_active_sessions` reached.
+    #[error("session limit reached: max_active_sessions = {0}")]
+    SessionLimit(usize),
     #[error("internal error: {0}")]
-    Internal(String),
-    /// The text is the client's: it names the reason, never an address.
+    Internal(&'static str),
+    /// The detail (for the log) names the owner; the client is told only the kind.
     #[error("cannot route the session: {0}")]
     Unroutable(String),
     /// The session's owner changed while the request ran: its write was refused (here, or
     /// fenced by the members that saw the takeover).
     #[error("the session moved to another node while this request ran: retry")]
     SessionMoved,
-    /// This node cannot serve the session safely now (SPEC 4.9): no lease, no majority for
-    /// a takeover, or a write that too few copies hold. The text is the client's.
-    #[error("{0}: retry")]
-    NoMajority(String),
+    /// This node cannot serve the session safely now (docs/REFERENCE.md, "Failure model"):
+    /// no lease, no majority for a takeover, or a write that too few copies hold. The client
+    /// is told `why`; `detail` (which may name the owner) is logged.
+    #[error("{detail}: retry")]
+    NoMajority { why: Unsafe, detail: String },
     /// The backend answered, but not with anything that can be passed on (a head over
     /// the limit, a transfer coding the proxy cannot carry): 502, the backend stays up.
     #[error("backend response refused: {0}")]
@@ -86,17 +88,28 @@ impl From<UpstreamError> for ProxyError {
 impl From<SessionError> for ProxyError {
     fn from(e: SessionError) -> Self {
         match e {
-            SessionError::Directive(d) => ProxyError::BadDirective(d.to_string()),
-            SessionError::Limit(_) => ProxyError::SessionLimit(e.to_string()),
-            SessionError::Random(_) => ProxyError::Internal(e.to_string()),
+            SessionError::Directive(d) => ProxyError::BadDirective(d),
+            SessionError::Limit(max) => ProxyError::SessionLimit(max),
+            SessionError::Random(e) => {
+                tracing::error!(error = %e, "cannot generate a session id");
+                ProxyError::Internal("cannot generate a session id")
+            }
             SessionError::Moved => ProxyError::SessionMoved,
-            SessionError::NoMajority(why) => ProxyError::NoMajority(why),
+            SessionError::NoMajority { why, detail } => ProxyError::NoMajority { why, detail },
         }
     }
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    /// A refusal of a session this node cannot serve safely, with its detail for the log.
+    pub(super) fn unsafe_now(why: Unsafe) -> Self {
+        ProxyError::NoMajority {
+            why,
+            detail: why.client_text().to_string(),
+        }
+    }
+
+    pub(super) fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoHealthyBackend => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BackendConnect(_) | ProxyError::BackendFailed(_) => StatusCode::BAD_GATEWAY,
@@ -104,9 +117,9 @@ impl ProxyError {
             ProxyError::BadDirective(_) => StatusCode::BAD_GATEWAY,
             ProxyError::SessionLimit(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::Unroutable(_) | ProxyError::SessionMoved | ProxyError::NoMajority(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Unroutable(_)
+            | ProxyError::SessionMoved
+            | ProxyError::NoMajority { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Refused(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ClientBody(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -114,7 +127,7 @@ impl ProxyError {
         }
     }
 
-    pub fn blame(&self) -> Blame {
+    pub(super) fn blame(&self) -> Blame {
         match self {
             ProxyError::ClientBody(_)
             | ProxyError::BadRequest(_)
@@ -124,13 +137,13 @@ impl ProxyError {
             | ProxyError::SessionLimit(_)
             | ProxyError::Internal(_)
             | ProxyError::SessionMoved
-            | ProxyError::NoMajority(_) => Blame::Proxy,
+            | ProxyError::NoMajority { .. } => Blame::Proxy,
             _ => Blame::Backend,
         }
     }
 
     /// Short label for metrics.
-    pub fn reason(&self) -> &'static str {
+    pub(super) fn reason(&self) -> &'static str {
         match self {
             ProxyError::NoHealthyBackend => "no_healthy_backend",
             ProxyError::BackendConnect(_) => "backend_connect",
@@ -141,7 +154,7 @@ impl ProxyError {
             ProxyError::Internal(_) => "internal",
             ProxyError::Unroutable(_) => "unroutable",
             ProxyError::SessionMoved => "session_moved",
-            ProxyError::NoMajority(_) => "no_majority",
+            ProxyError::NoMajority { .. } => "no_majority",
             ProxyError::Refused(_) => "backend_response_refused",
             ProxyError::ClientBody(_) => "client_body",
             ProxyError::BadRequest(_) => "bad_request",
@@ -150,23 +163,27 @@ impl ProxyError {
         }
     }
 
-    /// What the client is told: a short reason per kind (SPEC 3 and 5: the body names the
-    /// problem), without backend URLs, member routes or I/O details, which stay in the log
-    /// line under the same request id.
-    pub fn client_text(&self) -> Cow<'static, str> {
+    /// What the client is told: a short reason per kind (the body names the problem),
+    /// built only from fixed text and typed fields, so no backend URL, member route, address
+    /// or I/O detail can reach it; those stay in the log line under the same request id.
+    pub(super) fn client_text(&self) -> Cow<'static, str> {
         match self {
             ProxyError::NoHealthyBackend => "no healthy backend".into(),
             ProxyError::BackendConnect(_) => "could not connect to a backend".into(),
             ProxyError::BackendFailed(_) => "backend failed".into(),
             ProxyError::BackendTimeout => "backend did not respond in time".into(),
-            // SPEC 5 wants the directive's problem named; it holds no address.
-            ProxyError::BadDirective(_) => self.to_string().into(),
+            // The directive's problem is named (the header and the kind, not the value).
+            ProxyError::BadDirective(d) => {
+                format!("bad session directive from backend: {}", d.client_text()).into()
+            }
             ProxyError::Refused(_) => "the backend's response cannot be forwarded".into(),
-            ProxyError::SessionLimit(_) => self.to_string().into(),
+            ProxyError::SessionLimit(_) => "session limit reached (max_active_sessions)".into(),
             ProxyError::Internal(_) => "internal error".into(),
             ProxyError::Unroutable(_) => "cannot route the session: retry".into(),
-            // Written for the client (never an address or route): SPEC 4.9 wants the reason.
-            ProxyError::SessionMoved | ProxyError::NoMajority(_) => self.to_string().into(),
+            ProxyError::SessionMoved => {
+                "the session moved to another node while this request ran: retry".into()
+            }
+            ProxyError::NoMajority { why, .. } => format!("{}: retry", why.client_text()).into(),
             ProxyError::ClientBody(_) => "bad request body".into(),
             ProxyError::BadRequest(why) => format!("bad request: {why}").into(),
             ProxyError::MethodNotAllowed(why) => format!("method not allowed: {why}").into(),
@@ -176,7 +193,7 @@ impl ProxyError {
 
     /// A short plain-text response naming the reason and the request id (also in its
     /// `header`, when one is configured).
-    pub fn to_response(
+    pub(super) fn to_response(
         &self,
         request_id: &str,
         header: Option<&http::HeaderName>,
@@ -197,11 +214,10 @@ impl ProxyError {
         if let (Some(h), Ok(v)) = (header, HeaderValue::from_str(request_id)) {
             resp.headers_mut().insert(h.clone(), v);
         }
-        if matches!(
-            self,
-            ProxyError::MethodNotAllowed(_) | ProxyError::ClientBody(_)
-        ) {
-            // A tunnel request or a broken body leaves the connection in no known state.
+        if self.blame() == Blame::Client {
+            // A refused request leaves the connection in no known state (a tunnel request,
+            // a broken body, a head cut at the size cap, an unknown Host): it is closed, as
+            // for every other framing error (docs/REFERENCE.md, "Bad input").
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -228,6 +244,18 @@ mod tests {
         assert!(!e.client_text().contains("10.1.2.3"));
         let e = ProxyError::Unroutable("the session's owner node2 cannot be reached".into());
         assert!(!e.client_text().contains("node2"), "no member route");
+        let e = ProxyError::NoMajority {
+            why: Unsafe::NoVote,
+            detail: "no majority agreed the owner node7 is gone (1 of 2 votes)".into(),
+        };
+        assert!(e.to_string().contains("node7"), "the log has the owner");
+        assert!(!e.client_text().contains("node7"), "the client does not");
+        let e = ProxyError::BadDirective(DirectiveError::BadBool {
+            header: "X-Session-Invalidate".into(),
+            value: "10.9.8.7".into(),
+        });
+        assert!(!e.client_text().contains("10.9.8.7"), "{}", e.client_text());
+        assert!(e.client_text().contains("expected true or false"));
         let r = e.to_response("abc123", None);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -13,6 +13,7 @@ use super::sticky::Plan;
 use super::upstream::{self, Failure, SendError};
 use super::{Proxy, ToBackend};
 use crate::cluster::NodeInfo;
+use crate::session::Unsafe;
 
 impl Proxy {
     /// A request whose session another member owns: forwarded there (or, for a gone
@@ -37,12 +38,10 @@ impl Proxy {
             match plan {
                 Plan::Static => break None,
                 Plan::Local(rs) => break Some(rs),
-                Plan::Refuse(why) => return Err(ProxyError::NoMajority(why.to_string())),
+                Plan::Refuse(why) => return Err(ProxyError::unsafe_now(why)),
                 Plan::Claim { key, owner } => {
                     if claimed {
-                        return Err(ProxyError::NoMajority(
-                            "the session was taken over but is still not servable here".into(),
-                        ));
+                        return Err(ProxyError::unsafe_now(Unsafe::NotServable));
                     }
                     claimed = true;
                     self.sessions.claim(key, &owner).await?;

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::headers::ConnFlags;
 
 /// A connection whose reads are checked (see the module docs).
-pub struct Guarded<I> {
+pub(super) struct Guarded<I> {
     io: I,
     scan: Scanner,
 }
@@ -39,7 +39,7 @@ impl<I> Guarded<I> {
     /// guard of an HTTP/1 connection also counts each head's bytes, and sets
     /// `flags.big_head` when one may be over `max_head` (requests then count their heads
     /// exactly; the others skip that).
-    pub fn new(io: I, http1: bool, flags: Arc<ConnFlags>, max_head: usize) -> Self {
+    pub(super) fn new(io: I, http1: bool, flags: Arc<ConnFlags>, max_head: usize) -> Self {
         let mut scan = Scanner {
             max_head,
             ..Scanner::default()

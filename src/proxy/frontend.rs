@@ -103,7 +103,7 @@ macro_rules! http2_settings {
 /// Settings and shared state of all client listeners of a node. The protocol is known
 /// without sniffing (TLS says it in ALPN, plain listeners speak HTTP/1.1 unless h2c is on),
 /// so only h2c listeners pay for hyper's version-detecting `auto` connection.
-pub struct Frontend {
+pub(crate) struct Frontend {
     proxy: Arc<Proxy>,
     /// HTTP/1.1 or HTTP/2 by the connection preface (h2c prior knowledge).
     auto: auto::Builder<TokioExecutor>,
@@ -118,7 +118,7 @@ pub struct Frontend {
 }
 
 impl Frontend {
-    pub fn new(proxy: Arc<Proxy>, cfg: &HttpConfig) -> Self {
+    pub(crate) fn new(proxy: Arc<Proxy>, cfg: &HttpConfig) -> Self {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         http1_settings!(builder.http1(), cfg);
         http2_settings!(builder.http2(), cfg);
@@ -141,7 +141,7 @@ impl Frontend {
 
     /// Accepts on `listener` until `shutdown`, then asks the open connections to finish;
     /// connections are tracked by `tracker`.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<TlsAcceptor>,
@@ -232,7 +232,7 @@ impl Frontend {
     /// Serves a forwarding channel a member opened over the mesh (HTTP/1.1): its requests'
     /// client is that member, whose forwarding marker counts (`ClientInfo::member`).
     /// It drains with the client connections.
-    pub async fn serve_channel(self: Arc<Self>, ch: crate::cluster::MemberChannel) {
+    pub(crate) async fn serve_channel(self: Arc<Self>, ch: crate::cluster::MemberChannel) {
         let client = ClientInfo::member(ch.peer, &ch.route);
         self.serve_io(TokioIo::new(ch.stream), client, Protocol::Http1)
             .await

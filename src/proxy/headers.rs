@@ -19,14 +19,15 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-pub use super::client::{ClientInfo, ConnFlags};
+pub use super::client::ClientInfo;
+pub(super) use super::client::ConnFlags;
 use super::survey::{
     hop_index, Survey, FWD, HOP_BY_HOP, RID, UPGRADE_BIT, XFF, XFH, XFO, XFP, XRI,
 };
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers a hop adds to a request, written by the upstream client after the request's own.
@@ -231,7 +232,7 @@ fn set_upgrade(headers: &mut HeaderMap, value: HeaderValue) {
 }
 
 /// The comma-separated tokens of every `Connection` header, trimmed.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+pub(super) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -249,7 +250,7 @@ fn upgrade_requested(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes the standard hop-by-hop headers and every header named in `Connection`.
 /// One pass over the names; nothing is allocated unless `Connection` names other headers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Bit i: HOP_BY_HOP[i] is present; the bit past them: Upgrade.
     let mut present = 0u16;
     for name in headers.keys() {
@@ -322,7 +323,7 @@ fn strip_underscored(headers: &mut HeaderMap, prefix: &str) {
 }
 
 /// Removes every header whose (lower-case) name starts with `prefix`.
-pub fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
+pub(super) fn strip_prefixed(headers: &mut HeaderMap, prefix: &str) {
     // Scan first: the common case finds nothing and allocates nothing.
     if !headers.keys().any(|k| k.as_str().starts_with(prefix)) {
         return;

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue, Method};
 
-use crate::wire::{self, Key};
+use crate::wire::{self, ClusterKey};
 
 pub(super) const HOP: HeaderName = HeaderName::from_static("x-caracal-hop");
 
@@ -53,7 +53,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The marker a member sends with a forward.
 pub(super) fn encode(
     hop: Hop<'_>,
-    key: Option<&Key>,
+    key: Option<&ClusterKey>,
     method: &Method,
     target: &str,
 ) -> Option<HeaderValue> {
@@ -69,7 +69,7 @@ pub(super) fn encode(
 /// Reads a marker; with a key, only a correctly signed, fresh one for this request.
 pub(super) fn decode<'a>(
     v: &'a HeaderValue,
-    key: Option<&Key>,
+    key: Option<&ClusterKey>,
     method: &Method,
     target: &str,
 ) -> Option<Hop<'a>> {
@@ -119,12 +119,12 @@ mod tests {
         assert_eq!(plain, "1 node2 https");
         assert_eq!(decode(&plain, None, &get, "/a"), Some(hop));
 
-        let k = Key::new(b"a-cluster-key-of-some-length");
+        let k = ClusterKey::new(b"a-cluster-key-of-some-length");
         let signed = encode(hop, Some(&k), &get, "/a").unwrap();
         assert_eq!(decode(&signed, Some(&k), &get, "/a"), Some(hop));
         // Unsigned, signed with another key, for another request, or altered: refused.
         assert_eq!(decode(&plain, Some(&k), &get, "/a"), None);
-        let other = Key::new(b"another-key-entirely-here");
+        let other = ClusterKey::new(b"another-key-entirely-here");
         assert_eq!(decode(&signed, Some(&other), &get, "/a"), None);
         assert_eq!(decode(&signed, Some(&k), &get, "/b"), None);
         assert_eq!(decode(&signed, Some(&k), &Method::POST, "/a"), None);

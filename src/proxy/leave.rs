@@ -19,7 +19,7 @@ use crate::session::Key;
 
 /// What a drain did, for the log and `POST /node/state`.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct DrainReport {
+pub(crate) struct DrainReport {
     pub state: &'static str,
     /// Sessions the successors confirmed they took over.
     pub handed_over: u64,
@@ -38,7 +38,7 @@ const RETRY: Duration = Duration::from_millis(100);
 impl SessionLayer {
     /// Drains this node (see the module docs), within `limit`. Without a cluster there is
     /// nobody to hand sessions to: nothing to do.
-    pub async fn drain(&self, limit: Duration) -> DrainReport {
+    pub(super) async fn drain(&self, limit: Duration) -> DrainReport {
         let started = Instant::now();
         let deadline = started + limit;
         let mut report = DrainReport {

@@ -37,7 +37,7 @@ mod member;
 mod request_id;
 mod sticky;
 mod survey;
-pub mod timer;
+mod timer;
 mod trailers;
 mod tunnel;
 mod upstream;
@@ -59,17 +59,18 @@ use hop::HOP;
 use request_id::RequestId;
 use sticky::{Plan, SessionLayer};
 
-pub use access::{AccessLog, Format as AccessFormat};
-pub use frontend::{Frontend, HttpConfig, HttpsConfig};
+pub(crate) use access::{AccessLog, Format as AccessFormat};
+pub(crate) use frontend::{Frontend, HttpConfig, HttpsConfig};
 pub use headers::{Added, ClientInfo, Hygiene};
-pub use leave::DrainReport;
-pub use upstream::{
-    Algorithm, Backend, BackendsConfig, HealthConfig, Mode, ServerConfig, Upstream,
-    DEFAULT_MAX_HEAD,
+pub(crate) use leave::DrainReport;
+pub(crate) use timer::start as start_timer;
+pub use timer::ticking;
+pub(crate) use upstream::{
+    Algorithm, BackendsConfig, HealthConfig, Mode, ServerConfig, Upstream, DEFAULT_MAX_HEAD,
 };
 
 /// What a node's proxy is built from (the config layer's sections).
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub jvm_route: &'a str,
     pub http: &'a HttpConfig,
     pub backends: &'a BackendsConfig,
@@ -80,7 +81,7 @@ pub struct Settings<'a> {
 }
 
 /// Everything a request needs, shared by all connections of a node.
-pub struct Proxy {
+pub(crate) struct Proxy {
     hygiene: Hygiene,
     /// `[http] request_id_header`.
     request_id: Option<http::HeaderName>,
@@ -102,7 +103,11 @@ pub struct Proxy {
 impl Proxy {
     /// `tasks` own what outlives a request: tunnels, and request bodies still being
     /// written to a backend.
-    pub fn new(s: &Settings<'_>, metrics: Arc<Metrics>, tasks: Tasks) -> Result<Self, http::Error> {
+    pub(crate) fn new(
+        s: &Settings<'_>,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Result<Self, http::Error> {
         let prefix = &s.session.header_prefix;
         Ok(Self {
             hygiene: Hygiene::new(
@@ -138,7 +143,7 @@ impl Proxy {
     }
 
     /// The backends now.
-    pub fn upstream(&self) -> Arc<Upstream> {
+    pub(crate) fn upstream(&self) -> Arc<Upstream> {
         self.upstream
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -147,7 +152,7 @@ impl Proxy {
 
     /// A reload's new `[backends]`: new requests go to `new` (its health checks started);
     /// the old one's checks stop, and its connections close as their requests end.
-    pub fn swap_upstream(&self, cfg: &BackendsConfig) {
+    pub(crate) fn swap_upstream(&self, cfg: &BackendsConfig) {
         let new = Arc::new(Upstream::new(
             cfg,
             self.hygiene.prefix(),
@@ -163,52 +168,52 @@ impl Proxy {
     }
 
     /// A reload's `[session]` limits.
-    pub fn set_session_limits(&self, s: &SessionConfig) {
+    pub(crate) fn set_session_limits(&self, s: &SessionConfig) {
         self.sessions.set_limits(s);
     }
 
     /// A reload's `[replication] filter`.
-    pub fn set_filter(&self, replication: &ReplicationConfig) {
+    pub(crate) fn set_filter(&self, replication: &ReplicationConfig) {
         self.sessions.set_filter(replication);
     }
 
     /// Writes a line per request to `log` (set before the proxy serves).
-    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+    pub(crate) fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
         self.access = log;
         self
     }
 
     /// The session store (for the admin endpoints and the cluster).
-    pub fn store(&self) -> &Arc<crate::session::SessionStore> {
+    pub(crate) fn store(&self) -> &Arc<crate::session::SessionStore> {
         &self.sessions.store
     }
 
     /// From now on session changes are replicated (set once, before the node serves).
-    pub fn set_cluster(&self, c: Arc<crate::cluster::Cluster>) {
+    pub(crate) fn set_cluster(&self, c: Arc<crate::cluster::Cluster>) {
         self.sessions.set_cluster(c);
     }
 
     /// Ends every session this node owns and waits for the cluster to apply it
     /// (`expire_sessions_on_shutdown`).
-    pub async fn end_owned_sessions(&self) -> usize {
+    pub(crate) async fn end_owned_sessions(&self) -> usize {
         self.sessions.end_owned_sessions().await
     }
 
     /// Drains this node: hands its sessions to their successors (SPEC 4.8), within
     /// `limit`; see [`DrainReport`].
-    pub async fn drain(&self, limit: std::time::Duration) -> DrainReport {
+    pub(crate) async fn drain(&self, limit: std::time::Duration) -> DrainReport {
         self.sessions.drain(limit).await
     }
 
     /// An admin drain ends: ready again (the sessions handed over stay where they are).
-    pub async fn resume(&self) {
+    pub(crate) async fn resume(&self) {
         if let Some(c) = self.sessions.cluster() {
             c.resume().await;
         }
     }
 
     /// Removes expired sessions every `every` until the tasks stop.
-    pub fn start_sweep(&self, every: std::time::Duration, tasks: &Tasks) {
+    pub(crate) fn start_sweep(&self, every: std::time::Duration, tasks: &Tasks) {
         tasks.spawn(self.sessions.clone().sweep(every, tasks.token().clone()));
     }
 
@@ -224,7 +229,7 @@ impl Proxy {
     /// in an `async fn` of its own: every level of `async fn` keeps its arguments for its
     /// whole life and is moved whole into its caller, and this future is moved several
     /// times per request (callgrind: each level cost ~10% of the proxy's own instructions).
-    pub fn handle(
+    pub(crate) fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,
         client: &ClientInfo,
@@ -281,7 +286,7 @@ impl Proxy {
                         break 'done Err(std::mem::replace(e, ProxyError::SessionMoved))
                     }
                     Step::Forward(_) | Step::Taken => {
-                        break 'done Err(ProxyError::Internal("request planned twice".into()))
+                        break 'done Err(ProxyError::Internal("request planned twice"))
                     }
                 };
                 if let Some(p) = &mut logged {
@@ -423,7 +428,7 @@ impl Proxy {
             match self.sessions.on_request(&mut parts, &mut added, tls) {
                 Plan::Static => None,
                 Plan::Local(rs) => Some(rs),
-                Plan::Refuse(why) => return Step::Fail(ProxyError::NoMajority(why.to_string())),
+                Plan::Refuse(why) => return Step::Fail(ProxyError::unsafe_now(why)),
                 plan @ (Plan::Forward(_) | Plan::Claim { .. }) => {
                     if let (Some(name), Some(_)) = (&self.request_id, own_id) {
                         added.push((name.clone(), id.value()));

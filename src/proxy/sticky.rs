@@ -14,13 +14,14 @@ use super::headers::Added;
 use crate::cluster::{self, Cluster, NodeInfo, Wait};
 use crate::metrics::Metrics;
 use crate::session::{
-    self as session, id, Change, CookieConfig, DirectiveError, Key, Limits, Names, Outcome,
-    Planned, ReplicationConfig, SessionConfig, SessionError, SessionStore, StaticFilter,
+    self as session, Change, CookieConfig, DirectiveError, Key, Names, Outcome, Planned,
+    ReplicationConfig, SessionConfig, SessionError, SessionLimits, SessionStore, StaticFilter,
+    Unsafe,
 };
 
 /// The session state of one request between `on_request` and `on_response`.
 #[derive(Default)]
-pub struct RequestSession {
+pub(super) struct RequestSession {
     /// The live session the request carried.
     pub key: Option<Key>,
     /// The owner's epoch of that session when the request was planned (this node's).
@@ -39,7 +40,7 @@ pub struct RequestSession {
 }
 
 /// Where a request goes (SPEC 3, 4.4).
-pub enum Plan {
+pub(super) enum Plan {
     /// The static filter matched: no session work at all.
     Static,
     /// Served by this node's backends.
@@ -49,11 +50,11 @@ pub enum Plan {
     /// The owner is gone and this node is its successor: take the session over by a
     /// majority's vote ([`SessionLayer::claim`]), then plan again.
     Claim { key: Key, owner: String },
-    /// This node cannot serve the session safely (SPEC 4.9): answered 503 with the reason.
-    Refuse(&'static str),
+    /// This node cannot serve the session safely: answered 503 with the reason.
+    Refuse(Unsafe),
 }
 
-pub struct SessionLayer {
+pub(super) struct SessionLayer {
     pub store: Arc<SessionStore>,
     /// Set once the cluster runs; without it changes stay local.
     cluster: OnceLock<Arc<Cluster>>,
@@ -74,7 +75,7 @@ pub struct SessionLayer {
 
 impl SessionLayer {
     /// `jvm_route` is this node's route; `binder` is `[jvm_route_binder] enabled`.
-    pub fn new(
+    pub(super) fn new(
         jvm_route: &str,
         s: &SessionConfig,
         replication: &ReplicationConfig,
@@ -83,7 +84,7 @@ impl SessionLayer {
     ) -> Result<Self, http::Error> {
         let store = Arc::new(SessionStore::new(
             jvm_route,
-            Limits {
+            SessionLimits {
                 default_max_inactive: s.max_inactive,
                 max_session_bytes: s.max_session_bytes,
                 max_active_sessions: s.max_active_sessions,
@@ -113,8 +114,8 @@ impl SessionLayer {
     }
 
     /// A reload's session limits (the cookie and the header prefix need a restart).
-    pub fn set_limits(&self, s: &SessionConfig) {
-        self.store.set_limits(&Limits {
+    pub(super) fn set_limits(&self, s: &SessionConfig) {
+        self.store.set_limits(&SessionLimits {
             default_max_inactive: s.max_inactive,
             max_session_bytes: s.max_session_bytes,
             max_active_sessions: s.max_active_sessions,
@@ -122,7 +123,7 @@ impl SessionLayer {
     }
 
     /// A reload's replication filter.
-    pub fn set_filter(&self, replication: &ReplicationConfig) {
+    pub(super) fn set_filter(&self, replication: &ReplicationConfig) {
         *self.filter.write().unwrap_or_else(|p| p.into_inner()) = replication.filter.clone();
     }
 
@@ -132,7 +133,12 @@ impl SessionLayer {
     /// The session headers for the backend (SPEC 5) go to `added`, which the upstream
     /// client writes after the request's own (a client's session-prefixed headers were
     /// stripped by the header hygiene).
-    pub fn on_request(&self, parts: &mut request::Parts, added: &mut Added, tls: bool) -> Plan {
+    pub(super) fn on_request(
+        &self,
+        parts: &mut request::Parts,
+        added: &mut Added,
+        tls: bool,
+    ) -> Plan {
         let filtered = self
             .filter
             .read()
@@ -157,7 +163,7 @@ impl SessionLayer {
             .from_cookies(&parts.headers)
             .or_else(|| path_param.as_ref().map(|(v, _)| *v));
         rs.presented = presented.is_some();
-        let client_id = presented.and_then(id::parse);
+        let client_id = presented.and_then(session::parse_id);
 
         let Some(c) = client_id else {
             if let Some(to) = self.elsewhere_while_draining() {
@@ -185,7 +191,7 @@ impl SessionLayer {
             }
             Some(r) => {
                 if !r.has_lease(now) {
-                    return Plan::Refuse(NO_LEASE);
+                    return Plan::Refuse(Unsafe::NoLease);
                 }
                 match self
                     .store
@@ -196,18 +202,18 @@ impl SessionLayer {
                         found = Some(f);
                         cluster::Decision::Local
                     }
-                    Ok(_) => match cluster::ready_successor(c.base, &r.members()) {
+                    Ok(_) => match r.ready_successor(c.base, &r.members()) {
                         // Draining (SPEC 4.8): the successor takes the session over.
                         Some(to) => return Plan::Forward(to),
                         None => cluster::Decision::Local,
                     },
                     Err(o) => {
                         let members = r.members();
-                        let d = cluster::decide(c.base, me, o.as_deref(), c.route, &members);
+                        let d = r.decide(c.base, me, o.as_deref(), c.route, &members);
                         let here =
                             matches!(d, cluster::Decision::TakeOver | cluster::Decision::Local);
                         if here && r.is_handing_over() {
-                            if let Some(to) = cluster::ready_successor(c.base, &members) {
+                            if let Some(to) = r.ready_successor(c.base, &members) {
                                 return Plan::Forward(to);
                             }
                         }
@@ -302,16 +308,16 @@ impl SessionLayer {
     }
 
     /// Requests serving a session this node owns, now.
-    pub fn local_in_flight(&self) -> usize {
+    pub(super) fn local_in_flight(&self) -> usize {
         Arc::strong_count(&self.in_flight) - 1
     }
 
     /// From now on changes go to the cluster (set once, before the node serves).
-    pub fn set_cluster(&self, c: Arc<Cluster>) {
+    pub(super) fn set_cluster(&self, c: Arc<Cluster>) {
         let _ = self.cluster.set(c);
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+    pub(super) fn cluster(&self) -> Option<&Arc<Cluster>> {
         self.cluster.get()
     }
 
@@ -327,7 +333,7 @@ impl SessionLayer {
     /// directive the session is unchanged and the caller answers 502.
     /// `directives` are the backend's session-prefixed response headers, which the
     /// upstream client set aside.
-    pub fn on_response(
+    pub(super) fn on_response(
         &self,
         rs: &mut RequestSession,
         parts: &mut response::Parts,
@@ -384,7 +390,7 @@ impl SessionLayer {
         if let (Some(_), Some(key)) = (&rs.rebind, rs.key) {
             if let Some(c) = self
                 .cookie
-                .set(&id::full(&key.base(), self.store.route()), rs.tls)
+                .set(&session::full_id(&key.base(), self.store.route()), rs.tls)
             {
                 parts.headers.append(SET_COOKIE, c);
             }
@@ -394,11 +400,14 @@ impl SessionLayer {
     /// Sync mode: waits until the members applied the changes (bounded by ack_timeout).
     /// A change a member fenced is [`SessionError::Moved`]; one too few copies hold is
     /// [`SessionError::NoMajority`]: the write did not count.
-    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
+    pub(super) async fn settle(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
         match self.cluster.get() {
             Some(r) => r.settle(waits).await.map_err(|e| match e {
                 cluster::SettleError::Fenced => SessionError::Moved,
-                other => SessionError::NoMajority(other.to_string()),
+                other => SessionError::NoMajority {
+                    why: Unsafe::NotReplicated,
+                    detail: other.to_string(),
+                },
             }),
             None => Ok(()),
         }
@@ -406,7 +415,7 @@ impl SessionLayer {
 
     /// Takes the session `key` of the gone `owner` over by a majority's vote (SPEC 4.9),
     /// and in sync mode waits until the members hold the new ownership.
-    pub async fn claim(&self, key: Key, owner: &str) -> Result<(), SessionError> {
+    pub(super) async fn claim(&self, key: Key, owner: &str) -> Result<(), SessionError> {
         let Some(r) = self.cluster.get() else {
             return Ok(());
         };
@@ -415,7 +424,14 @@ impl SessionLayer {
         let taken = r
             .claim(key, owner, sync.then_some(&mut waits))
             .await
-            .map_err(|e| SessionError::NoMajority(e.to_string()))?;
+            .map_err(|e| SessionError::NoMajority {
+                why: match e {
+                    cluster::ClaimError::NoLease => Unsafe::NoLease,
+                    cluster::ClaimError::NoMajority { .. } => Unsafe::NoVote,
+                    cluster::ClaimError::Lost => Unsafe::ClaimLost,
+                },
+                detail: e.to_string(),
+            })?;
         if taken {
             tracing::info!(session = %key.base(), from = owner, "session taken over by a majority's vote");
         }
@@ -433,7 +449,7 @@ impl SessionLayer {
 
     /// Ends every session this node owns and waits for the cluster to apply it (Tomcat's
     /// `expireSessionsOnShutdown = true`).
-    pub async fn end_owned_sessions(&self) -> usize {
+    pub(super) async fn end_owned_sessions(&self) -> usize {
         let rep = self.cluster.get();
         let mut waits = Vec::new();
         let now = Instant::now();
@@ -452,7 +468,7 @@ impl SessionLayer {
     }
 
     /// Removes expired sessions periodically until `shutdown`.
-    pub async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
+    pub(super) async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
@@ -467,10 +483,6 @@ impl SessionLayer {
         }
     }
 }
-
-/// The reason a node without a lease gives (SPEC 4.9).
-const NO_LEASE: &str =
-    "this node is cut off from the cluster majority and cannot serve this session safely";
 
 /// Served here: the `;jsessionid=` parameter never reaches a backend.
 fn strip_path_param(parts: &mut request::Parts, stripped: Option<String>) {

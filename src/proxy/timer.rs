@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// How often the ticker thread runs.
-pub const TICK: Duration = Duration::from_millis(TICK_MS);
+pub(super) const TICK: Duration = Duration::from_millis(TICK_MS);
 const TICK_MS: u64 = 10;
 const SHARDS: usize = 16;
 
@@ -154,7 +154,7 @@ fn ticker() -> MutexGuard<'static, TickerThread> {
 /// Keeps the ticker thread running while it lives; the thread stops when the last guard
 /// is dropped (a node holds one while it runs, so a stopped node leaves no thread).
 #[must_use = "the ticker stops when the guard is dropped"]
-pub struct Ticker(());
+pub(crate) struct Ticker(());
 
 impl Drop for Ticker {
     fn drop(&mut self) {
@@ -193,7 +193,7 @@ fn wheel() -> &'static Wheel {
 /// Starts the ticker thread if it is not running, and keeps it running while the guard
 /// lives. The node calls it at startup so that a failure to start a thread is an error
 /// there, not a hang later.
-pub fn start() -> Result<Ticker, String> {
+pub(crate) fn start() -> Result<Ticker, String> {
     let mut t = ticker();
     t.ensure()?;
     t.users += 1;
@@ -223,7 +223,7 @@ fn my_shard() -> usize {
 /// connections, which are seconds long: a real clock read costs ~16 ns on this VM and was
 /// 1.3% of a proxied request at ~9 reads per request (perf, bench/RESULTS.md). The node
 /// starts the ticker ([`start`]); without it this clock stands still.
-pub fn coarse_ms() -> u64 {
+pub(super) fn coarse_ms() -> u64 {
     wheel().now()
 }
 
@@ -252,7 +252,7 @@ fn deadline_ms(deadline: Instant) -> u64 {
 
 /// A future that completes at its deadline (see the module docs for the precision).
 #[derive(Debug)]
-pub struct Sleep {
+pub(super) struct Sleep {
     deadline: u64,
     /// (shard, slab key) once registered.
     slot: Option<(usize, usize)>,
@@ -261,12 +261,12 @@ pub struct Sleep {
 impl Sleep {
     /// A sleep of at least `d`, measured on the ticker's clock from its last tick plus a
     /// tick: never short while the ticker keeps time, up to two ticks long.
-    pub fn new(d: Duration) -> Self {
+    pub(super) fn new(d: Duration) -> Self {
         let d_ms = u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         Self::at(coarse_upper_ms().saturating_add(d_ms))
     }
 
-    pub fn until(deadline: Instant) -> Self {
+    pub(super) fn until(deadline: Instant) -> Self {
         Self::at(deadline_ms(deadline))
     }
 
@@ -340,7 +340,7 @@ impl hyper::rt::Sleep for Sleep {}
 
 /// hyper's timer: its header-read deadline per request costs a slab slot, not a wheel entry.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CoarseTimer;
+pub(super) struct CoarseTimer;
 
 impl hyper::rt::Timer for CoarseTimer {
     /// hyper reads it for deadlines (`now() + header_read_timeout`, HTTP/2 keep-alive) and
@@ -368,7 +368,7 @@ impl hyper::rt::Timer for CoarseTimer {
 }
 
 /// `fut` bounded by `d`: `Err(Elapsed)` when the deadline passes first.
-pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
+pub(super) async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapsed> {
     let sleep = Sleep::new(d);
     tokio::select! {
         biased;
@@ -379,7 +379,7 @@ pub async fn timeout<F: Future>(d: Duration, fut: F) -> Result<F::Output, Elapse
 
 /// The deadline of [`timeout`] passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Elapsed;
+pub(super) struct Elapsed;
 
 #[cfg(test)]
 mod tests {

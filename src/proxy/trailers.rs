@@ -39,7 +39,7 @@ const NOT_IN_TRAILERS: [&str; 25] = [
 /// Removes from trailers `t` every field that must not pass: see [`NOT_IN_TRAILERS`], the
 /// session prefix, `X-Forwarded-*`, `X-Real-IP`, the hop marker and conditionals, with `_`
 /// read as `-`. `prefix` is lower-case.
-pub fn clean(t: &mut HeaderMap, prefix: &[u8]) {
+pub(super) fn clean(t: &mut HeaderMap, prefix: &[u8]) {
     let bad: Vec<HeaderName> = t
         .keys()
         .filter(|k| {

@@ -10,7 +10,11 @@ use super::upstream;
 /// held while the tunnel lives.
 pub(super) async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    backend: (tokio::net::TcpStream, bytes::Bytes, Option<upstream::Lease>),
+    backend: (
+        tokio::net::TcpStream,
+        bytes::Bytes,
+        Option<upstream::BackendHold>,
+    ),
 ) {
     use tokio::io::AsyncWriteExt;
     let (mut b, early, lease) = backend;

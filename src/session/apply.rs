@@ -2,11 +2,11 @@
 //!
 //! Every change carries the (epoch, version) of the session after the change. A replica:
 //! - rejects anything from a lower epoch than it holds (a paused-then-resumed "zombie" owner
-//!   cannot overwrite the new owner): [`Decision::Fenced`];
+//!   cannot overwrite the new owner): [`Verdict::Fenced`];
 //! - ignores anything not newer than what it holds, and anything about a session it holds a
-//!   tombstone for at the same or a newer point (no resurrection): [`Decision::Stale`];
+//!   tombstone for at the same or a newer point (no resurrection): [`Verdict::Stale`];
 //! - applies a delta only on top of the version it extends (v = held + 1, same epoch);
-//!   otherwise asks the owner for a full copy: [`Decision::Gap`];
+//!   otherwise asks the owner for a full copy: [`Verdict::Gap`];
 //! - applies full copies that are newer, and removals from the current or a newer epoch.
 
 /// (epoch, version), ordered epoch first.
@@ -24,7 +24,7 @@ impl Ver {
 
 /// What kind of change arrived, with the point it brings the session to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(super) enum Kind {
     /// A whole session (create, full copy, takeover, state transfer).
     Full(Ver),
     /// Changed attributes on top of `version - 1`.
@@ -36,7 +36,7 @@ pub enum Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(super) enum Verdict {
     Apply,
     Stale,
     Gap,
@@ -44,56 +44,56 @@ pub enum Decision {
 }
 
 /// Decides what a replica holding `held` (live) and `tomb` (removed at) does with `change`.
-pub fn decide(held: Option<Ver>, tomb: Option<Ver>, change: Kind) -> Decision {
+pub(super) fn verdict(held: Option<Ver>, tomb: Option<Ver>, change: Kind) -> Verdict {
     let at = match change {
         Kind::Full(v) | Kind::Delta(v) | Kind::Touch(v) | Kind::Remove(v) => v,
     };
     if let Some(t) = tomb {
         if at.epoch < t.epoch {
-            return Decision::Fenced;
+            return Verdict::Fenced;
         }
         // Removal is final for the (epoch, version) it happened at and anything older;
         // only a later epoch (a takeover that saw a newer state) may bring it back.
         if at <= t || at.epoch == t.epoch {
-            return Decision::Stale;
+            return Verdict::Stale;
         }
     }
     let Some(h) = held else {
         return match change {
-            Kind::Full(_) | Kind::Remove(_) => Decision::Apply,
-            Kind::Delta(_) | Kind::Touch(_) => Decision::Gap,
+            Kind::Full(_) | Kind::Remove(_) => Verdict::Apply,
+            Kind::Delta(_) | Kind::Touch(_) => Verdict::Gap,
         };
     };
     if at.epoch < h.epoch {
-        return Decision::Fenced;
+        return Verdict::Fenced;
     }
     match change {
         Kind::Full(_) => {
             if at > h {
-                Decision::Apply
+                Verdict::Apply
             } else {
-                Decision::Stale
+                Verdict::Stale
             }
         }
-        Kind::Remove(_) => Decision::Apply,
+        Kind::Remove(_) => Verdict::Apply,
         Kind::Delta(_) => {
             if at.epoch > h.epoch {
-                Decision::Gap
+                Verdict::Gap
             } else if at.version <= h.version {
-                Decision::Stale
+                Verdict::Stale
             } else if at.version == h.version + 1 {
-                Decision::Apply
+                Verdict::Apply
             } else {
-                Decision::Gap
+                Verdict::Gap
             }
         }
         Kind::Touch(_) => {
             if at == h {
-                Decision::Apply
+                Verdict::Apply
             } else if at > h {
-                Decision::Gap
+                Verdict::Gap
             } else {
-                Decision::Stale
+                Verdict::Stale
             }
         }
     }
@@ -110,23 +110,23 @@ mod tests {
 
     #[test]
     fn table() {
-        use Decision::*;
         use Kind::*;
-        assert_eq!(decide(None, None, Full(v(1, 1))), Apply);
-        assert_eq!(decide(None, None, Delta(v(1, 2))), Gap);
-        assert_eq!(decide(Some(v(1, 1)), None, Delta(v(1, 2))), Apply);
-        assert_eq!(decide(Some(v(1, 2)), None, Delta(v(1, 2))), Stale);
-        assert_eq!(decide(Some(v(1, 1)), None, Delta(v(1, 3))), Gap);
-        assert_eq!(decide(Some(v(2, 5)), None, Delta(v(1, 6))), Fenced);
-        assert_eq!(decide(Some(v(2, 5)), None, Full(v(1, 9))), Fenced);
-        assert_eq!(decide(Some(v(1, 5)), None, Full(v(2, 5))), Apply);
-        assert_eq!(decide(Some(v(1, 5)), None, Delta(v(2, 6))), Gap);
-        assert_eq!(decide(None, Some(v(1, 4)), Full(v(1, 3))), Stale);
-        assert_eq!(decide(None, Some(v(1, 4)), Delta(v(1, 5))), Stale);
-        assert_eq!(decide(None, Some(v(1, 4)), Full(v(2, 4))), Apply);
-        assert_eq!(decide(None, Some(v(2, 1)), Full(v(1, 9))), Fenced);
-        assert_eq!(decide(Some(v(1, 3)), None, Touch(v(1, 3))), Apply);
-        assert_eq!(decide(Some(v(1, 3)), None, Remove(v(1, 3))), Apply);
+        use Verdict::*;
+        assert_eq!(verdict(None, None, Full(v(1, 1))), Apply);
+        assert_eq!(verdict(None, None, Delta(v(1, 2))), Gap);
+        assert_eq!(verdict(Some(v(1, 1)), None, Delta(v(1, 2))), Apply);
+        assert_eq!(verdict(Some(v(1, 2)), None, Delta(v(1, 2))), Stale);
+        assert_eq!(verdict(Some(v(1, 1)), None, Delta(v(1, 3))), Gap);
+        assert_eq!(verdict(Some(v(2, 5)), None, Delta(v(1, 6))), Fenced);
+        assert_eq!(verdict(Some(v(2, 5)), None, Full(v(1, 9))), Fenced);
+        assert_eq!(verdict(Some(v(1, 5)), None, Full(v(2, 5))), Apply);
+        assert_eq!(verdict(Some(v(1, 5)), None, Delta(v(2, 6))), Gap);
+        assert_eq!(verdict(None, Some(v(1, 4)), Full(v(1, 3))), Stale);
+        assert_eq!(verdict(None, Some(v(1, 4)), Delta(v(1, 5))), Stale);
+        assert_eq!(verdict(None, Some(v(1, 4)), Full(v(2, 4))), Apply);
+        assert_eq!(verdict(None, Some(v(2, 1)), Full(v(1, 9))), Fenced);
+        assert_eq!(verdict(Some(v(1, 3)), None, Touch(v(1, 3))), Apply);
+        assert_eq!(verdict(Some(v(1, 3)), None, Remove(v(1, 3))), Apply);
     }
 
     /// The owner's side of the model: a session's history as a list of states, and the
@@ -211,8 +211,8 @@ mod tests {
     impl Replica {
         fn deliver(&mut self, m: &Msg, owner_now: &State) {
             let held = self.held.as_ref().map(|s| s.at);
-            match decide(held, self.tomb, m.kind) {
-                Decision::Apply => match m.kind {
+            match verdict(held, self.tomb, m.kind) {
+                Verdict::Apply => match m.kind {
                     Kind::Remove(at) => {
                         self.held = None;
                         self.tomb = Some(self.tomb.map_or(at, |t| t.max(at)));
@@ -224,7 +224,7 @@ mod tests {
                         self.history.push((m.state.at, false));
                     }
                 },
-                Decision::Gap => {
+                Verdict::Gap => {
                     let full = Msg {
                         kind: if owner_now.removed {
                             Kind::Remove(owner_now.at)
@@ -235,7 +235,7 @@ mod tests {
                     };
                     self.deliver(&full, owner_now);
                 }
-                Decision::Stale | Decision::Fenced => {}
+                Verdict::Stale | Verdict::Fenced => {}
             }
         }
     }

@@ -26,14 +26,14 @@ pub fn canonical(attrs: &Map<String, Value>) -> Vec<u8> {
 }
 
 /// The attributes of a rendered session (`{}` when it is not an object).
-pub fn parse(rendered: &[u8]) -> Map<String, Value> {
+pub(super) fn parse(rendered: &[u8]) -> Map<String, Value> {
     serde_json::from_slice(rendered).unwrap_or_default()
 }
 
 /// `current` with the canonical object `set` merged in, then the names in `remove` taken
 /// out; over `max` bytes is an error. Owner and replicas run this same merge on the same
 /// texts, so they hold the same bytes.
-pub fn merge(
+pub(super) fn merge(
     current: &[u8],
     set: Option<&[u8]>,
     remove: &[String],

@@ -95,7 +95,7 @@ fn cookie_value<'h>(v: &'h [u8], name: &[u8]) -> Option<&'h str> {
 /// Finds `;<param>=value` in a path (any segment, name case-insensitive) and returns the
 /// first value and the path without any such parameter (a second one, or one on a static
 /// path, must not reach the backend either: #20, finding 9). `None` when the path has none.
-pub fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, String)> {
+pub(crate) fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, String)> {
     let mut first: Option<&'p str> = None;
     let mut stripped = String::new();
     // The end of what has been copied to `stripped` (or skipped) so far.

@@ -5,11 +5,11 @@
 //! strictly rising epochs, so no two winning claims share one either.
 
 /// Low bits of an epoch: the minting node's route tag.
-pub const TAG_BITS: u32 = 16;
+pub(super) const TAG_BITS: u32 = 16;
 
 /// 64-bit FNV-1a of `bytes`, finished with a murmur3-style avalanche. Hand-written: stable
 /// across nodes and versions, which `std`'s hasher does not promise.
-pub fn hash64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+pub(crate) fn hash64(bytes: impl IntoIterator<Item = u8>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let mut h = OFFSET;
@@ -31,7 +31,7 @@ pub fn tag(route: &str) -> u64 {
 }
 
 /// The epoch of a session this node creates.
-pub fn first(tag: u64) -> u64 {
+pub(super) fn first(tag: u64) -> u64 {
     (1 << TAG_BITS) | tag
 }
 

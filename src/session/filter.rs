@@ -8,7 +8,7 @@ use regex::Regex;
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
 /// Tomcat's recommended filter list.
-pub const TOMCAT_DEFAULT: &str =
+pub(crate) const TOMCAT_DEFAULT: &str =
     r".*\.gif|.*\.js|.*\.jpeg|.*\.jpg|.*\.png|.*\.htm|.*\.html|.*\.css|.*\.txt";
 
 #[derive(Debug, Clone, Default)]

@@ -4,22 +4,23 @@
 use std::fmt::Write;
 
 /// Length of a base id in characters.
-pub const BASE_LEN: usize = 32;
+pub(super) const BASE_LEN: usize = 32;
 
 /// A fresh key: 16 bytes from the OS CSPRNG. Fails only if the OS random source does.
-pub fn new_key() -> Result<Key, getrandom::Error> {
+pub(super) fn new_key() -> Result<Key, getrandom::Error> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes)?;
     Ok(Key(u128::from_be_bytes(bytes)))
 }
 
 /// A fresh base id (32 upper-case hex characters).
-pub fn new_base() -> Result<String, getrandom::Error> {
+#[cfg(test)]
+fn new_base() -> Result<String, getrandom::Error> {
     new_key().map(|k| k.base())
 }
 
 /// `base.route`.
-pub fn full(base: &str, route: &str) -> String {
+pub(crate) fn full(base: &str, route: &str) -> String {
     let mut s = String::with_capacity(base.len() + 1 + route.len());
     s.push_str(base);
     s.push('.');
@@ -121,7 +122,7 @@ pub fn parse(value: &str) -> Option<ClientId<'_>> {
 }
 
 /// A jvm_route ends up in cookies and header values: keep it to a safe token.
-pub fn valid_route(r: &str) -> bool {
+pub(crate) fn valid_route(r: &str) -> bool {
     !r.is_empty()
         && r.len() <= 64
         && r.bytes()

@@ -34,7 +34,7 @@ impl Formatter for AsciiFormatter {
 }
 
 /// Serializes `value` as compact ASCII-only JSON.
-pub fn to_ascii_json<T: Serialize>(value: &T) -> Vec<u8> {
+pub(super) fn to_ascii_json<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, AsciiFormatter);
     // Serializing a JSON value into a Vec cannot fail.

@@ -15,28 +15,31 @@
 //! - `config`, `error`: the layer's settings and errors.
 
 mod apply;
-pub mod attrs;
+mod attrs;
 mod change;
 mod config;
 mod cookie;
-pub mod epoch;
+mod epoch;
 mod error;
 mod filter;
-pub mod id;
+mod id;
 mod json;
 mod protocol;
 mod store;
 
-pub use apply::{decide, Decision, Kind, Ver};
+pub(crate) use apply::Ver;
+pub use attrs::canonical as canonical_attrs;
 pub use change::{Change, FullSession};
-pub use config::{ReplicationConfig, SessionConfig};
-pub use cookie::{take_path_param, CookieConfig, SecureMode};
-pub use epoch::hash64;
-pub use error::{DirectiveError, SessionError};
-pub use filter::{StaticFilter, TOMCAT_DEFAULT};
-pub use id::{valid_route, Key};
-pub use protocol::{parse as parse_directives, static_value, Directives, Names};
-pub use store::{
-    Digest, Emit, Found, Fresher, Limits, Outcome, Planned, Promise, Remote, Session, SessionStore,
-    MOVING, PROMISE_TTL, TOMBSTONE_TTL,
-};
+pub(crate) use config::{ReplicationConfig, SessionConfig};
+pub(crate) use cookie::take_path_param;
+pub use cookie::{CookieConfig, SecureMode};
+pub(crate) use epoch::hash64;
+pub use epoch::{next as next_epoch, tag as epoch_tag};
+pub(crate) use error::{DirectiveError, SessionError, Unsafe};
+pub(crate) use filter::{StaticFilter, TOMCAT_DEFAULT};
+pub(crate) use id::{full as full_id, valid_route};
+pub use id::{parse as parse_id, Key};
+pub use protocol::Directives;
+pub(crate) use protocol::{parse as parse_directives, static_value, Names};
+pub(crate) use store::{Fresher, Planned, Promise, Remote, PROMISE_TTL};
+pub use store::{Outcome, SessionLimits, SessionStore};

@@ -16,7 +16,7 @@ use super::error::DirectiveError;
 
 /// Header names built once from the prefix.
 #[derive(Debug, Clone)]
-pub struct Names {
+pub(crate) struct Names {
     pub id: HeaderName,
     pub session: HeaderName,
     pub node: HeaderName,
@@ -30,7 +30,7 @@ pub struct Names {
 
 impl Names {
     /// `prefix` was checked to be a legal header name by the config.
-    pub fn new(prefix: &str) -> Result<Self, http::header::InvalidHeaderName> {
+    pub(crate) fn new(prefix: &str) -> Result<Self, http::header::InvalidHeaderName> {
         let n = |suffix: &str| static_name(&format!("{prefix}{suffix}"));
         Ok(Self {
             id: n("-id")?,
@@ -61,7 +61,7 @@ fn static_name(name: &str) -> Result<HeaderName, http::header::InvalidHeaderName
 
 /// The value of a header added to every request, leaked to `'static` like the session
 /// header names (only visible ASCII and spaces, which `from_static` accepts).
-pub fn static_value(value: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+pub(crate) fn static_value(value: &str) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     let checked = HeaderValue::from_str(value)?;
     if !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
         return Ok(checked);
@@ -102,7 +102,7 @@ impl Directives {
 /// Reads the directives from a backend's session-prefixed response headers (as received:
 /// the name in any case, the value), which the upstream client set aside. Repeated `-Set`
 /// and `-Remove` headers all count, in order; of the others the first counts.
-pub fn parse(
+pub(crate) fn parse(
     headers: &[(Bytes, HeaderValue)],
     names: &Names,
 ) -> Result<Directives, DirectiveError> {

@@ -799,13 +799,13 @@ pub async fn raw_replicate(
     mesh: SocketAddr,
     domain: &str,
     route: &str,
-    change: caracal::session::Change,
+    change: caracal::testing::Change,
 ) {
-    use caracal::cluster::{encode_mesh, MeshMessage, NodeInfo};
-    use caracal::State;
+    use caracal::testing::State;
+    use caracal::testing::{encode_mesh, MeshMessage, NodeInfo};
     use futures_util::{SinkExt, StreamExt};
     let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let mut f = tokio_util::codec::Framed::new(stream, caracal::mesh_codec(1 << 20));
+    let mut f = tokio_util::codec::Framed::new(stream, caracal::testing::mesh_codec(1 << 20));
     let me = NodeInfo {
         node_id: 7,
         jvm_route: route.into(),
@@ -855,13 +855,13 @@ pub fn write_certs(dir: &std::path::Path, nodes: &str) {
 }
 
 /// A mesh identity of the test's own, for a node that is not in the cluster.
-pub fn stranger(route: &str) -> caracal::cluster::NodeInfo {
-    caracal::cluster::NodeInfo {
+pub fn stranger(route: &str) -> caracal::testing::NodeInfo {
+    caracal::testing::NodeInfo {
         node_id: 77,
         jvm_route: route.into(),
         mesh_addr: "127.0.0.1:9".parse().unwrap(),
         http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: caracal::State::Ready,
+        state: caracal::testing::State::Ready,
         alive_ms: 1,
     }
 }

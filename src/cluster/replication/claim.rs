@@ -38,7 +38,7 @@ impl Replicator {
     /// Claims the sessions `keys` of the gone owner `owner`; installs and replicates the
     /// ones a majority granted (waits in `waits`). `Ok(n)`: n installed (a session removed
     /// meanwhile is not); the error of the first key that failed otherwise.
-    pub async fn claim(
+    pub(crate) async fn claim(
         &self,
         owner: &str,
         keys: &[Key],
@@ -111,7 +111,7 @@ impl Replicator {
                 if t.top >= *at && !t.alive {
                     retry.push((
                         *key,
-                        crate::session::epoch::next(t.top, self.store.epoch_tag()),
+                        crate::session::next_epoch(t.top, self.store.epoch_tag()),
                     ));
                     continue;
                 }
@@ -222,7 +222,7 @@ impl Replicator {
 
     /// A member's side of a claim: grants each promise it can unless it still hears the
     /// owner (verified now if it is a ready member here).
-    pub async fn vote(&self, owner: &str, claims: &[(u128, u64)]) -> Vec<Vote> {
+    pub(crate) async fn vote(&self, owner: &str, claims: &[(u128, u64)]) -> Vec<Vote> {
         if self.owner_alive(owner).await {
             self.metrics.votes_refused.inc();
             return vec![Vote::OwnerAlive; claims.len()];

@@ -25,7 +25,7 @@ const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// What one round of handing over did.
 #[derive(Debug, Default, Clone)]
-pub struct HandOverRound {
+pub(crate) struct HandOverRound {
     /// Sessions the successors confirmed they took over.
     pub taken: u64,
     /// Why some were not (one line per failed batch).
@@ -34,7 +34,7 @@ pub struct HandOverRound {
 
 impl Replicator {
     /// The successor's side of a `HandOver` from `owner`.
-    pub async fn take_handover(&self, owner: &str, keys: &[u128]) -> MeshMessage {
+    pub(crate) async fn take_handover(&self, owner: &str, keys: &[u128]) -> MeshMessage {
         let keys: Vec<Key> = keys.iter().map(|k| Key(*k)).collect();
         let mut waits = Vec::new();
         let sync = self.mode == SendMode::Sync;
@@ -67,7 +67,7 @@ impl Replicator {
     /// the highest rendezvous score for each base id, the one every node's routing picks
     /// while this node drains. Batches to one successor go one after another; successors
     /// in parallel.
-    pub async fn hand_over(&self, keys: &[Key]) -> HandOverRound {
+    pub(crate) async fn hand_over(&self, keys: &[Key]) -> HandOverRound {
         let ready: Vec<NodeInfo> = self
             .membership
             .infos()

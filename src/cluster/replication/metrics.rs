@@ -26,7 +26,7 @@ struct KindLabel {
 }
 
 #[derive(Clone)]
-pub struct ReplMetrics {
+pub(crate) struct ReplMetrics {
     sent: Family<PeerKind, Counter>,
     bytes_sent: Family<PeerLabel, Counter>,
     /// Changes received, by [`Change::kind_index`] (handles looked up once).
@@ -64,7 +64,7 @@ pub struct ReplMetrics {
 }
 
 impl ReplMetrics {
-    pub fn register(m: &crate::metrics::Metrics) -> Self {
+    pub(crate) fn register(m: &crate::metrics::Metrics) -> Self {
         let received = Family::<KindLabel, Counter>::default();
         let r = Self {
             sent: Family::default(),
@@ -197,7 +197,7 @@ impl ReplMetrics {
 
     /// The handles of one peer's series, looked up once: a label lookup hashes and
     /// allocates, which the per-change path should not pay.
-    pub fn peer(&self, peer: &str) -> PeerMetrics {
+    pub(crate) fn peer(&self, peer: &str) -> PeerMetrics {
         let label = PeerLabel {
             peer: peer.to_string(),
         };
@@ -216,7 +216,7 @@ impl ReplMetrics {
     }
 
     /// Removes a peer's series (it left the cluster).
-    pub fn forget_peer(&self, peer: &str) {
+    pub(crate) fn forget_peer(&self, peer: &str) {
         let label = PeerLabel {
             peer: peer.to_string(),
         };
@@ -232,14 +232,14 @@ impl ReplMetrics {
         self.overflows.remove(&label);
     }
 
-    pub fn received(&self, c: &Change) -> &Counter {
+    pub(crate) fn received(&self, c: &Change) -> &Counter {
         &self.received[c.kind_index()]
     }
 }
 
 /// One peer's replication series.
 #[derive(Clone)]
-pub struct PeerMetrics {
+pub(crate) struct PeerMetrics {
     sent: [Counter; 5],
     pub bytes_sent: Counter,
     pub depth: Gauge,
@@ -249,7 +249,7 @@ pub struct PeerMetrics {
 
 impl PeerMetrics {
     /// By [`Change::kind_index`].
-    pub fn sent(&self, kind: usize) -> &Counter {
+    pub(crate) fn sent(&self, kind: usize) -> &Counter {
         &self.sent[kind]
     }
 }

@@ -40,12 +40,12 @@ use super::messages::encode_change;
 use super::routing;
 use crate::session::{Change, FullSession, Key, Remote, SessionStore};
 use crate::tasks::Tasks;
-pub use handover::HandOverRound;
-pub use metrics::ReplMetrics;
-pub use peers::{PeerQueue, ReplicationStatus};
+pub(crate) use handover::HandOverRound;
+pub(super) use metrics::ReplMetrics;
+pub(crate) use peers::ReplicationStatus;
 
 /// A change on its way to one peer.
-pub struct Outgoing {
+pub(super) struct Outgoing {
     /// The session the change is about.
     pub key: u128,
     /// The change as encoded for the mesh (once, shared by every peer it goes to).
@@ -58,14 +58,14 @@ pub struct Outgoing {
 
 /// What a peer said of one change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Acked {
+pub(super) enum Acked {
     Applied,
     /// From an older epoch than the peer's copy: the write did not count there.
     Fenced,
 }
 
 /// A sync-mode wait for one peer's ack.
-pub struct Wait {
+pub(crate) struct Wait {
     node_id: u64,
     route: Arc<str>,
     rx: oneshot::Receiver<Acked>,
@@ -74,7 +74,7 @@ pub struct Wait {
 /// One peer's queue, as the enqueuing side and the peer's task both see it: changes and
 /// bytes queued or unacked, and whether changes were dropped at the cap (SPEC 4.10).
 #[derive(Default)]
-pub struct Load {
+pub(super) struct Load {
     pub depth: AtomicI64,
     pub bytes: AtomicI64,
     /// Set when a change was dropped; the peer's task resyncs the member once the queue
@@ -93,7 +93,7 @@ struct PeerHandle {
     cancel: CancellationToken,
 }
 
-pub struct Replicator {
+pub(super) struct Replicator {
     store: Arc<SessionStore>,
     /// Membership events, and verification of a peer that fails.
     membership: Arc<Membership>,
@@ -118,7 +118,7 @@ pub struct Replicator {
 
 impl Replicator {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(super) fn new(
         store: Arc<SessionStore>,
         membership: Arc<Membership>,
         manager: Manager,
@@ -166,7 +166,7 @@ impl Replicator {
 
     /// Queues `change` for every peer. In sync mode with `waits`, one ack wait per peer is
     /// added. Synchronous and cheap: called while the session is locked.
-    pub fn enqueue(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
+    pub(super) fn enqueue(&self, change: Change, waits: Option<&mut Vec<Wait>>) {
         let target = match self.manager {
             Manager::Delta => None,
             Manager::Backup => match self.backup_of(change.key()) {
@@ -178,7 +178,7 @@ impl Replicator {
     }
 
     /// Queues `change` for the peer with route `only`, or for every peer.
-    pub fn enqueue_to(
+    pub(super) fn enqueue_to(
         &self,
         change: Change,
         only: Option<&str>,
@@ -258,7 +258,7 @@ impl Replicator {
     /// verified (and dropped if dead). The write counts only if no peer fenced it and, with
     /// `partition_handling = "quorum"`, enough copies hold it: a majority (delta), or the
     /// backup (backup); an unreplicated write is counted either way.
-    pub async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
+    pub(super) async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
         if waits.is_empty() {
             // Nothing changed, or no peer to send to: then the lease decided already.
             return Ok(());
@@ -306,7 +306,7 @@ impl Replicator {
     /// The receiving side: applies a batch from `sender` (the route its connection's
     /// `Hello` named) in order; returns the sessions that need a full copy (gaps), and this
     /// node's copies of those whose change it fenced.
-    pub fn apply_batch(
+    pub(super) fn apply_batch(
         &self,
         changes: &[Arc<Change>],
         sender: Option<&str>,

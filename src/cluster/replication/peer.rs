@@ -25,7 +25,7 @@ use crate::wire::codec;
 
 const MAX_BATCH: usize = 512;
 
-pub async fn run(
+pub(super) async fn run(
     rep: Arc<Replicator>,
     info: NodeInfo,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,

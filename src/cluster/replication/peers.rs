@@ -17,7 +17,7 @@ use crate::session::Change;
 
 impl Replicator {
     /// Keeps one peer task per member, following membership events, until `shutdown`.
-    pub async fn follow_members(self: Arc<Self>) {
+    pub(crate) async fn follow_members(self: Arc<Self>) {
         let shutdown = self.tasks.token().clone();
         let mut events = self.membership.subscribe();
         // Processes seen before: one that is added again was dropped while alive (a pause, a
@@ -168,7 +168,7 @@ impl Replicator {
 
 /// One peer's queue, for `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct PeerQueue {
+pub(crate) struct PeerQueue {
     pub route: String,
     /// Changes queued or not yet acked, and their bytes.
     pub depth: i64,
@@ -179,7 +179,7 @@ pub struct PeerQueue {
 
 /// The replication counters `/status` shows (SPEC 6); `/metrics` has them too.
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct ReplicationStatus {
+pub(crate) struct ReplicationStatus {
     pub send_options: &'static str,
     pub peers: Vec<PeerQueue>,
     pub acks: u64,
@@ -196,7 +196,7 @@ pub struct ReplicationStatus {
 }
 
 impl Replicator {
-    pub fn status(&self) -> ReplicationStatus {
+    pub(crate) fn status(&self) -> ReplicationStatus {
         let m = &self.metrics;
         let mut peers: Vec<PeerQueue> = self
             .peers

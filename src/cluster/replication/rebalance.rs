@@ -19,7 +19,7 @@ impl Replicator {
     /// - copies of a dead owner's sessions (an owner this node saw leave): the successor
     ///   takes over (higher epoch) and sends its own backup a copy; a holder that is not
     ///   the successor hands its copy on.
-    pub async fn rebalance(self: Arc<Self>) {
+    pub(crate) async fn rebalance(self: Arc<Self>) {
         let shutdown = self.tasks.token().clone();
         if self.manager != Manager::Backup {
             return;

@@ -22,7 +22,7 @@ const FRESHER_MAX_FRAME: usize = 64 * 1024 * 1024;
 impl Replicator {
     /// Sends the digest to every member and applies the answers. `true` once a majority
     /// (this node included) answered all of it.
-    pub async fn catch_up(&self) -> bool {
+    pub(crate) async fn catch_up(&self) -> bool {
         let digest = self.store.digest();
         let members = self.membership.live();
         let limit = self.ack_timeout.max(Duration::from_secs(2));
@@ -79,7 +79,7 @@ impl Replicator {
     }
 
     /// A member's answer to a digest chunk.
-    pub fn fresher(&self, entries: &[(u128, u64, u64)]) -> Fresher {
+    pub(crate) fn fresher(&self, entries: &[(u128, u64, u64)]) -> Fresher {
         self.store.fresher(entries, Instant::now())
     }
 }

@@ -18,7 +18,7 @@ use crate::wire::codec;
 impl Replicator {
     /// Sends this node's sessions to a joiner, in chunks: only the key list is taken up
     /// front; each session is copied when its chunk is built.
-    pub async fn serve_state(
+    pub(crate) async fn serve_state(
         &self,
         framed: &mut Framed<MeshStream, LengthDelimitedCodec>,
     ) -> std::io::Result<u64> {
@@ -56,7 +56,7 @@ impl Replicator {
     /// A starting node: streams every session from the oldest ready member. Live changes
     /// arriving meanwhile are applied by version, so order does not matter. `Ok(None)`: no
     /// ready member to ask (a new cluster).
-    pub async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
+    pub(crate) async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
         if self.manager == Manager::Backup {
             // A joiner holds only the copies it backs up; owners send exactly those when
             // they see it join (rebalance), so there is nothing to pull.

@@ -9,7 +9,7 @@ use super::config::Algorithm;
 
 use super::Backend;
 
-pub struct Balancer {
+pub(super) struct Balancer {
     algorithm: Algorithm,
     /// Backend indices in smooth weighted round-robin order, one slot per unit of weight;
     /// rebuilt when a weight changes at runtime (a read lock per pick: uncontended).
@@ -18,7 +18,7 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    pub fn new(algorithm: Algorithm, weights: &[u32]) -> Self {
+    pub(super) fn new(algorithm: Algorithm, weights: &[u32]) -> Self {
         Self {
             algorithm,
             schedule: RwLock::new(smooth_schedule(weights)),
@@ -26,13 +26,13 @@ impl Balancer {
         }
     }
 
-    pub fn reschedule(&self, weights: &[u32]) {
+    pub(super) fn reschedule(&self, weights: &[u32]) {
         let s = smooth_schedule(weights);
         *self.schedule.write().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     /// Index of the backend to use, or `None` when every eligible backend is down.
-    pub fn pick(
+    pub(super) fn pick(
         &self,
         backends: &[Arc<Backend>],
         now_ms: impl Fn() -> u64,

@@ -10,7 +10,7 @@ use super::{client, pool, Backend, UpBody, Upstream, DOWN_UNTIL_CHECKED};
 use crate::tasks::Tasks;
 
 /// Runs the checks (and the idle-connection reaper) until the upstream's tasks stop.
-pub async fn run(upstream: Arc<Upstream>) {
+pub(super) async fn run(upstream: Arc<Upstream>) {
     // The node's shutdown, or a reload that replaced this upstream (a child token).
     let shutdown = upstream.retired.clone();
     let cfg = upstream.config().health.clone();

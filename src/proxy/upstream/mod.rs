@@ -31,16 +31,16 @@ use crate::tasks::Tasks;
 use balancer::Balancer;
 use client::Conn;
 
-pub use client::{Encoded, Fault, ResponseBody, SendError, DEFAULT_MAX_HEAD};
-pub use config::{Algorithm, BackendsConfig, HealthConfig, ServerConfig};
-pub use request_body::UpBody;
+pub(crate) use client::{Encoded, Fault, ResponseBody, SendError, DEFAULT_MAX_HEAD};
+pub(crate) use config::{Algorithm, BackendsConfig, HealthConfig, ServerConfig};
+pub(super) use request_body::UpBody;
 
 /// `down_until` value meaning "until an active health check says otherwise".
 const DOWN_UNTIL_CHECKED: u64 = u64::MAX;
 
 /// One backend server with its pool and its health.
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     pub url: String,
     pub authority: String,
     /// Set at runtime (`POST /backends/<b>/weight`); the balancer's schedule follows.
@@ -69,13 +69,13 @@ impl Backend {
         }
     }
 
-    pub fn weight(&self) -> u32 {
+    pub(crate) fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }
 
     /// What the operator set: ready, or drain / maint (no new requests; in-flight ones
     /// finish).
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         match self.mode.load(Ordering::Relaxed) {
             1 => Mode::Drain,
             2 => Mode::Maint,
@@ -84,7 +84,7 @@ impl Backend {
     }
 
     /// The balancer may give it a new request: ready, up, and a weight above 0.
-    pub fn takes_new(&self, now_ms: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn takes_new(&self, now_ms: impl FnOnce() -> u64) -> bool {
         self.mode.load(Ordering::Relaxed) == Mode::Ready as u8
             && self.weight.load(Ordering::Relaxed) > 0
             && self.is_up(now_ms)
@@ -92,12 +92,12 @@ impl Backend {
 
     /// `now_ms` is only asked for when the backend was marked down (saves a clock read
     /// on every request).
-    pub fn is_up(&self, now_ms: impl FnOnce() -> u64) -> bool {
+    pub(crate) fn is_up(&self, now_ms: impl FnOnce() -> u64) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
         until == 0 || now_ms() >= until
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -115,14 +115,14 @@ impl Backend {
 /// its health checks and closes its idle connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Mode {
+pub(crate) enum Mode {
     Ready = 0,
     Drain = 1,
     Maint = 2,
 }
 
 impl Mode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Mode::Ready => "ready",
             Mode::Drain => "drain",
@@ -130,7 +130,7 @@ impl Mode {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Mode> {
+    pub(crate) fn parse(s: &str) -> Option<Mode> {
         match s {
             "ready" => Some(Mode::Ready),
             "drain" => Some(Mode::Drain),
@@ -143,28 +143,24 @@ impl Mode {
 /// A request's hold on a backend: its in-flight count, and where its connection returns.
 /// Held by the response body until the body ends.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct BackendHold {
     backend: Arc<Backend>,
     max_idle: usize,
 }
 
-impl Lease {
+impl BackendHold {
     fn new(backend: Arc<Backend>, max_idle: usize) -> Self {
         backend.in_flight.fetch_add(1, Ordering::Relaxed);
         Self { backend, max_idle }
     }
 
     /// The response was read to its end: the connection goes back to the pool.
-    pub fn release(self, conn: Conn) {
+    pub(crate) fn release(self, conn: Conn) {
         self.backend.checkin(conn, self.max_idle);
-    }
-
-    pub fn backend(&self) -> &Backend {
-        &self.backend
     }
 }
 
-impl Drop for Lease {
+impl Drop for BackendHold {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -172,7 +168,7 @@ impl Drop for Lease {
 
 /// Why no backend answered.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("no healthy backend")]
     NoHealthy,
     #[error("{0}")]
@@ -195,13 +191,13 @@ pub enum UpstreamError {
 /// the request path's `Result`s stay small (they are moved with every future).
 #[derive(Debug, thiserror::Error)]
 #[error("{backend}: {reason}")]
-pub struct Failure {
+pub(crate) struct Failure {
     pub backend: String,
     pub reason: String,
 }
 
 impl Failure {
-    pub fn new(backend: impl Into<String>, reason: impl Into<String>) -> Box<Self> {
+    pub(crate) fn new(backend: impl Into<String>, reason: impl Into<String>) -> Box<Self> {
         Box::new(Self {
             backend: backend.into(),
             reason: reason.into(),
@@ -209,14 +205,14 @@ impl Failure {
     }
 }
 
-pub fn is_idempotent(m: &Method) -> bool {
+pub(super) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub backends: Vec<Arc<Backend>>,
     /// Keep-alive pools to other members' HTTP listeners, for forwarding.
     peers: dashmap::DashMap<std::net::SocketAddr, Arc<Backend>>,
@@ -238,7 +234,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(
+    pub(crate) fn new(
         cfg: &BackendsConfig,
         session_prefix: &str,
         metrics: &Metrics,
@@ -278,12 +274,12 @@ impl Upstream {
 
     /// Starts the active health checks and the idle-connection reaper; they end when the
     /// tasks given to [`Upstream::new`] stop.
-    pub fn start_health(self: &Arc<Self>) {
+    pub(crate) fn start_health(self: &Arc<Self>) {
         self.tasks.spawn(health::run(self.clone()));
     }
 
     /// The backend `name` names: its index in the list, or its `host:port`.
-    pub fn find(&self, name: &str) -> Option<&Arc<Backend>> {
+    pub(crate) fn find(&self, name: &str) -> Option<&Arc<Backend>> {
         match name.parse::<usize>() {
             Ok(i) => self.backends.get(i),
             Err(_) => self.backends.iter().find(|b| b.authority == name),
@@ -291,7 +287,7 @@ impl Upstream {
     }
 
     /// Sets a backend's mode; `maint` closes its idle connections too.
-    pub fn set_mode(&self, b: &Backend, mode: Mode) {
+    pub(crate) fn set_mode(&self, b: &Backend, mode: Mode) {
         b.mode.store(mode as u8, Ordering::Relaxed);
         b.counters.mode.set(mode as i64);
         if mode == Mode::Maint {
@@ -302,7 +298,7 @@ impl Upstream {
 
     /// Sets a backend's weight (0..=256; 0 takes no new requests) and rebuilds the
     /// round-robin schedule.
-    pub fn set_weight(&self, b: &Backend, weight: u32) {
+    pub(crate) fn set_weight(&self, b: &Backend, weight: u32) {
         b.weight.store(weight, Ordering::Relaxed);
         b.counters.weight.set(i64::from(weight));
         let weights: Vec<u32> = self.backends.iter().map(|b| b.weight()).collect();
@@ -311,15 +307,15 @@ impl Upstream {
     }
 
     /// Replaced by a reload: its health checks end.
-    pub fn retire(&self) {
+    pub(crate) fn retire(&self) {
         self.retired.cancel();
     }
 
-    pub fn now_ms(&self) -> u64 {
+    pub(crate) fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn config(&self) -> &BackendsConfig {
+    pub(crate) fn config(&self) -> &BackendsConfig {
         &self.cfg
     }
 
@@ -338,7 +334,7 @@ impl Upstream {
 
     /// Forwards a request to another member's HTTP listener (one attempt). The error says
     /// whether nothing of the request was sent.
-    pub async fn send_to_peer(
+    pub(crate) async fn send_to_peer(
         &self,
         addr: std::net::SocketAddr,
         req: &request::Parts,
@@ -357,7 +353,7 @@ impl Upstream {
                 ))
             })
             .clone();
-        let lease = Lease::new(peer.clone(), self.cfg.max_idle_per_server);
+        let lease = BackendHold::new(peer.clone(), self.cfg.max_idle_per_server);
         let (mut conn, _) = match peer.checkout(&self.cfg).await {
             Ok(c) => c,
             Err(e) => {
@@ -385,7 +381,7 @@ impl Upstream {
 
     /// Sends a request to a backend chosen by the balancer; returns the response head and
     /// its body, which holds the connection until it ends.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         req: &client::Encoded,
         body: &mut UpBody,
@@ -401,7 +397,7 @@ impl Upstream {
                 break;
             };
             let backend = &self.backends[idx];
-            let lease = Lease::new(backend.clone(), self.cfg.max_idle_per_server);
+            let lease = BackendHold::new(backend.clone(), self.cfg.max_idle_per_server);
             let (mut conn, fresh) = match backend.checkout(&self.cfg).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -461,7 +457,7 @@ impl Upstream {
 
 /// A backend's answer: the response head, its session-prefixed headers (the backend's
 /// session directives, never in `head`), and its body.
-pub struct Exchange {
+pub(crate) struct Exchange {
     pub head: response::Parts,
     pub session: client::Diverted,
     pub body: ResponseBody,
@@ -474,7 +470,7 @@ impl Exchange {
     fn new(
         conn: Conn,
         head: client::Head,
-        lease: Lease,
+        lease: BackendHold,
         strip: &'static [u8],
         backend: usize,
     ) -> Self {

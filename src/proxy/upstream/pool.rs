@@ -12,7 +12,7 @@ use super::client::Conn;
 use super::Backend;
 
 #[derive(Debug)]
-pub struct Idle {
+pub(super) struct Idle {
     conn: Conn,
     /// Checked in at this [`coarse_ms`].
     since: u64,
@@ -23,7 +23,7 @@ fn idle_for(since: u64, now: u64) -> Duration {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(super) enum ConnectError {
     #[error("connect timed out")]
     Timeout,
     #[error("connect failed: {0}")]
@@ -31,7 +31,7 @@ pub enum ConnectError {
 }
 
 /// Opens a new connection to `authority` within `timeout`; `max_head` caps its response heads.
-pub async fn connect(
+pub(super) async fn connect(
     authority: &str,
     timeout: Duration,
     max_head: usize,
@@ -75,7 +75,7 @@ impl Backend {
 
     /// Drops connections idle for longer than `idle_timeout` or closed by the backend
     /// (called by the health loop).
-    pub fn reap_idle(&self, idle_timeout: Duration) {
+    pub(crate) fn reap_idle(&self, idle_timeout: Duration) {
         let mut list = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let now = coarse_ms();
         list.retain_mut(|i| idle_for(i.since, now) < idle_timeout && i.conn.is_usable());
@@ -86,7 +86,7 @@ impl Backend {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

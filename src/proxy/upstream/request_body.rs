@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 /// What the proxy sends upstream: the client's body as it arrives, or nothing.
 #[derive(Debug)]
-pub enum UpBody {
+pub(crate) enum UpBody {
     Client(Incoming),
     Empty,
 }

@@ -26,7 +26,7 @@ pub enum Promise {
 }
 
 /// What a node that lost its lease holds: (key, epoch, version) per session.
-pub type Digest = Vec<(u128, u64, u64)>;
+pub(super) type Digest = Vec<(u128, u64, u64)>;
 
 /// A member's answer to a digest: what it knows that is newer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

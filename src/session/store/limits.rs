@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct SessionLimits {
     pub default_max_inactive: Duration,
     pub max_session_bytes: usize,
     /// 0 = unlimited.
     pub max_active_sessions: usize,
 }
 
-/// [`Limits`] as the store reads them on every write: a reload sets new ones
+/// [`SessionLimits`] as the store reads them on every write: a reload sets new ones
 /// ([`SessionStore::set_limits`]); sessions already held keep their own timeout.
 pub(super) struct LiveLimits {
     default_max_inactive_ms: std::sync::atomic::AtomicU64,
@@ -20,7 +20,7 @@ pub(super) struct LiveLimits {
 }
 
 impl LiveLimits {
-    pub(super) fn new(l: &Limits) -> Self {
+    pub(super) fn new(l: &SessionLimits) -> Self {
         use std::sync::atomic::{AtomicU64, AtomicUsize};
         Self {
             default_max_inactive_ms: AtomicU64::new(l.default_max_inactive.as_millis() as u64),
@@ -29,7 +29,7 @@ impl LiveLimits {
         }
     }
 
-    pub(super) fn set(&self, l: &Limits) {
+    pub(super) fn set(&self, l: &SessionLimits) {
         use std::sync::atomic::Ordering::Relaxed;
         self.default_max_inactive_ms
             .store(l.default_max_inactive.as_millis() as u64, Relaxed);

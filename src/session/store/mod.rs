@@ -31,12 +31,12 @@ use super::protocol::Directives;
 use crate::metrics::Metrics;
 
 mod limits;
-pub use limits::Limits;
 use limits::LiveLimits;
+pub use limits::SessionLimits;
 mod claim;
 mod replica;
-pub use claim::{Digest, Fresher, Promise};
-pub use replica::Remote;
+pub(crate) use claim::{Fresher, Promise};
+pub(crate) use replica::Remote;
 #[cfg(test)]
 mod tests;
 
@@ -148,19 +148,19 @@ struct Counters {
 /// How long a removed session's (epoch, version) is remembered, so a late or replayed
 /// change cannot bring it back. Mesh connections deliver in order; this only has to outlive
 /// a reconnect and its resent batches.
-pub const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
+pub(super) const TOMBSTONE_TTL: Duration = Duration::from_secs(300);
 
 /// The owner a copy reports while a claim on it is under way: no member has this route,
 /// so routing treats the session as having lost its owner and sends it to the successor.
-pub const MOVING: &str = "";
+pub(super) const MOVING: &str = "";
 
 /// How long a voter's promise fences the old owner. A claimant installs within half of it
 /// or gives up, so a claim that failed (a minority granted it) blocks a live owner's
 /// writes at those voters for this long at most.
-pub const PROMISE_TTL: Duration = Duration::from_secs(4);
+pub(crate) const PROMISE_TTL: Duration = Duration::from_secs(4);
 
 /// Receives the changes the owner makes, in order per session (called under its guard).
-pub type Emit<'a> = &'a mut dyn FnMut(Change);
+pub(super) type Emit<'a> = &'a mut dyn FnMut(Change);
 
 /// Keys are CSPRNG output made by a node, never chosen by a client (a client's id only looks
 /// one up), so a fast seeded hash is enough; SipHash was a tenth of a sticky request's cost.
@@ -178,11 +178,11 @@ pub struct SessionStore {
 
 impl SessionStore {
     /// New limits from a reload: they apply to the writes and the sessions made from now.
-    pub fn set_limits(&self, limits: &Limits) {
+    pub fn set_limits(&self, limits: &SessionLimits) {
         self.limits.set(limits);
     }
 
-    pub fn new(route: &str, limits: Limits, metrics: &Metrics) -> Self {
+    pub fn new(route: &str, limits: SessionLimits, metrics: &Metrics) -> Self {
         let counters = Counters {
             active: Gauge::default(),
             created: Counter::default(),

@@ -1,5 +1,5 @@
 //! The replica side of the store: applying a change the session's owner replicated
-//! (SPEC 4.6, by [`decide`]), and the copies and key lists replication and state transfer
+//! (SPEC 4.6, by [`verdict`]), and the copies and key lists replication and state transfer
 //! read.
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 
 use super::{attrs, Session, SessionStore};
-use crate::session::apply::{decide, Decision, Kind, Ver};
+use crate::session::apply::{verdict, Kind, Ver, Verdict};
 use crate::session::change::{Change, FullSession};
 use crate::session::id::Key;
 
@@ -45,7 +45,7 @@ impl Session {
 }
 
 impl SessionStore {
-    /// Applies a change replicated by the session's owner (SPEC 4.6, [`decide`]).
+    /// Applies a change replicated by the session's owner (SPEC 4.6, [`verdict`]).
     pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
         let key = Key(change.key());
         if let Change::Drop { epoch, version, .. } = change {
@@ -92,11 +92,11 @@ impl SessionStore {
             }
             dashmap::Entry::Vacant(_) => None,
         };
-        match decide(held, tomb, kind) {
-            Decision::Stale => return Remote::Stale,
-            Decision::Gap => return Remote::Gap,
-            Decision::Fenced => return Remote::Fenced,
-            Decision::Apply => {}
+        match verdict(held, tomb, kind) {
+            Verdict::Stale => return Remote::Stale,
+            Verdict::Gap => return Remote::Gap,
+            Verdict::Fenced => return Remote::Fenced,
+            Verdict::Apply => {}
         }
         match change {
             Change::Full(f) => {

@@ -6,8 +6,8 @@ fn store(max_bytes: usize, max_active: usize) -> SessionStore {
     SessionStore::new("n1", limits(max_bytes, max_active), &Metrics::new())
 }
 
-fn limits(max_bytes: usize, max_active: usize) -> Limits {
-    Limits {
+fn limits(max_bytes: usize, max_active: usize) -> SessionLimits {
+    SessionLimits {
         default_max_inactive: Duration::from_secs(1800),
         max_session_bytes: max_bytes,
         max_active_sessions: max_active,
@@ -145,7 +145,7 @@ fn a_replica_holds_the_owners_bytes_and_refuses_a_malformed_delta() {
     let owner = store(65536, 0);
     let replica = SessionStore::new(
         "n2",
-        Limits {
+        SessionLimits {
             default_max_inactive: Duration::from_secs(1800),
             max_session_bytes: 65536,
             max_active_sessions: 0,

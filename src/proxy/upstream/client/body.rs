@@ -11,22 +11,22 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::{Chunk, Conn, Framing, Io, Plan, MAX_CHUNK_META};
-use crate::proxy::upstream::Lease;
+use crate::proxy::upstream::BackendHold;
 
 /// A backend's response body, read straight from its connection as the client's side asks
 /// for it. At its end the connection goes back to the pool through the lease (when it may
 /// be reused); dropped early, the connection is closed.
 #[derive(Debug)]
-pub struct ResponseBody {
+pub(crate) struct ResponseBody {
     conn: Option<Conn>,
     plan: Plan,
-    lease: Option<Lease>,
+    lease: Option<BackendHold>,
     /// The lower-case session prefix: trailers lose what a head would (#20, finding 5).
     strip: &'static [u8],
 }
 
 impl ResponseBody {
-    pub fn new(conn: Conn, plan: Plan, lease: Lease, strip: &'static [u8]) -> Self {
+    pub(crate) fn new(conn: Conn, plan: Plan, lease: BackendHold, strip: &'static [u8]) -> Self {
         let mut b = Self {
             conn: Some(conn),
             plan,
@@ -42,7 +42,7 @@ impl ResponseBody {
 
     /// After `101 Switching Protocols`: the raw connection and any bytes the backend sent
     /// past the response head, plus the lease to hold while the tunnel lives.
-    pub fn into_upgraded(mut self) -> Option<(TcpStream, Bytes, Option<Lease>)> {
+    pub(crate) fn into_upgraded(mut self) -> Option<(TcpStream, Bytes, Option<BackendHold>)> {
         if !matches!(self.plan.framing, Framing::Upgrade) {
             return None;
         }

@@ -18,7 +18,7 @@ use crate::proxy::upstream::request_body::UpBody;
 /// allocates a new buffer for the connection's next read while any of them lives), and a
 /// retry sends it again as it is.
 #[derive(Debug)]
-pub struct Encoded {
+pub(crate) struct Encoded {
     pub(super) head: Vec<u8>,
     /// An invalid request `Content-Length` is reported when sending, as by [`Conn::send`].
     pub(super) framing: Result<ReqFraming, &'static str>,
@@ -28,7 +28,7 @@ pub struct Encoded {
 impl Encoded {
     /// `line`: one more header, written from its bytes (the request id: no `HeaderValue`
     /// allocated per request for it).
-    pub fn new(
+    pub(crate) fn new(
         req: &request::Parts,
         extra: &[(HeaderName, HeaderValue)],
         line: Option<(&HeaderName, &[u8])>,
@@ -50,7 +50,7 @@ impl Encoded {
         }
     }
 
-    pub fn method(&self) -> &Method {
+    pub(crate) fn method(&self) -> &Method {
         &self.method
     }
 }

@@ -37,15 +37,15 @@ mod head;
 #[cfg(test)]
 mod tests;
 
-pub use body::ResponseBody;
-pub use encode::Encoded;
+pub(crate) use body::ResponseBody;
+pub(crate) use encode::Encoded;
 use encode::{encode_head, request_framing, write_body, BodyError, BodyOut, ReqFraming};
 use head::read_head;
 
 /// Largest response head (status line and headers) accepted from a backend when the config
 /// does not say (health checks); requests use `[backends]`' `max_response_head`, which
 /// follows `max_session_bytes` (a session write travels in a response header).
-pub const DEFAULT_MAX_HEAD: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_HEAD: usize = 64 * 1024;
 /// Most headers accepted in a response head (hyper's client allows 100).
 const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line or trailer block accepted in a chunked body.
@@ -58,7 +58,7 @@ const COALESCE_MAX: usize = 16 * 1024;
 
 /// One connection to a backend (or to a member, when forwarding).
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     io: Io,
     /// Bytes read from the backend and not consumed yet.
     rbuf: BytesMut,
@@ -155,7 +155,7 @@ impl Drop for Writer {
 /// count against its health (#20, findings 1 and 10).
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
-pub struct SendError {
+pub(crate) struct SendError {
     pub unsent: bool,
     pub reason: String,
     pub fault: Fault,
@@ -163,7 +163,7 @@ pub struct SendError {
 
 /// Whose failure an exchange's error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The backend or the connection to it broke: the passive health check counts it.
     Backend,
     /// The backend answered, with a response this proxy will not pass on (a head over the
@@ -174,7 +174,7 @@ pub enum Fault {
 }
 
 impl SendError {
-    pub fn sent(reason: impl Into<String>) -> Self {
+    pub(crate) fn sent(reason: impl Into<String>) -> Self {
         Self {
             unsent: false,
             reason: reason.into(),
@@ -182,7 +182,7 @@ impl SendError {
         }
     }
 
-    pub fn unsent(reason: impl Into<String>) -> Self {
+    pub(crate) fn unsent(reason: impl Into<String>) -> Self {
         Self {
             unsent: true,
             ..Self::sent(reason)
@@ -196,7 +196,7 @@ impl SendError {
         }
     }
 
-    pub fn client(reason: impl Into<String>) -> Self {
+    pub(crate) fn client(reason: impl Into<String>) -> Self {
         Self {
             fault: Fault::Client,
             ..Self::sent(reason)
@@ -206,7 +206,7 @@ impl SendError {
 
 /// A response head, and how to read the body that follows it.
 #[derive(Debug)]
-pub struct Head {
+pub(crate) struct Head {
     pub parts: response::Parts,
     /// The headers whose names start with the divert prefix (the session prefix): they
     /// never enter `parts`.
@@ -215,17 +215,17 @@ pub struct Head {
 }
 
 /// Response headers taken out of a head: the name as received, and the value.
-pub type Diverted = Vec<(Bytes, HeaderValue)>;
+pub(super) type Diverted = Vec<(Bytes, HeaderValue)>;
 
 impl Head {
-    pub fn into_parts(self) -> (response::Parts, Diverted, Plan) {
+    pub(crate) fn into_parts(self) -> (response::Parts, Diverted, Plan) {
         (self.parts, self.diverted, self.plan)
     }
 }
 
 /// How a response body is read, and whether its connection may be reused after it.
 #[derive(Debug, Clone, Copy)]
-pub struct Plan {
+pub(crate) struct Plan {
     framing: Framing,
     keep_alive: bool,
 }
@@ -253,7 +253,7 @@ enum Chunk {
 
 impl Conn {
     /// Opens a connection; `authority` is `host:port`; `max_head` caps response heads.
-    pub async fn connect(authority: &str, max_head: usize) -> io::Result<Self> {
+    pub(crate) async fn connect(authority: &str, max_head: usize) -> io::Result<Self> {
         let io = TcpStream::connect(authority).await?;
         io.set_nodelay(true)?;
         Ok(Self {
@@ -266,7 +266,7 @@ impl Conn {
 
     /// Whether an idle connection can carry a request: the backend has not closed it nor
     /// sent anything unasked. No system call unless the socket turned readable while idle.
-    pub fn is_usable(&mut self) -> bool {
+    pub(crate) fn is_usable(&mut self) -> bool {
         let Io::Whole(io) = &self.io else {
             return false;
         };
@@ -290,7 +290,7 @@ impl Conn {
     /// so the caller can send them again; the body is consumed as it is sent. Response
     /// headers whose lower-case names start with `divert` (when not empty) go to
     /// [`Head::diverted`] instead of the header map.
-    pub async fn send(
+    pub(crate) async fn send(
         &mut self,
         req: &request::Parts,
         extra: &[(HeaderName, HeaderValue)],
@@ -306,7 +306,7 @@ impl Conn {
     }
 
     /// [`Conn::send`] of a request encoded beforehand.
-    pub async fn send_encoded(
+    pub(crate) async fn send_encoded(
         &mut self,
         req: &Encoded,
         divert: &'static [u8],
