@@ -1,4 +1,4 @@
-//! The fault-injection table of #19 (root only: network namespaces, iptables): for each
+//! The fault-injection table (root only: network namespaces, iptables): for each
 //! manager and send mode, ROUNDS (5) rounds of every fault on a three-node cluster, with
 //! the figures summed over the rounds: acked writes, lost acked writes, stale reads,
 //! split-brain sessions, copies still divergent 4 s after the heal, and the longest stall

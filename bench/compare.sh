@@ -62,7 +62,7 @@ taskset -c 0 nginx -c "$W/nginx.conf" -e /dev/null & PIDS+=($!)
 render haproxy.cfg $HAP $HAP_TLS > "$W/haproxy.cfg"
 taskset -c 0 haproxy -f "$W/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
 render caracal.toml $CAR $CAR_TLS 18815 > "$W/caracal.toml"
-# CARACAL_EXTRA: lines appended to caracal's conf, e.g. the access log (#21):
+# CARACAL_EXTRA: lines appended to caracal's conf, e.g. the access log:
 #   CARACAL_EXTRA=$'[log]\naccess = "json"\naccess_path = "/tmp/access.log"' bench/compare.sh
 [ -z "${CARACAL_EXTRA:-}" ] || printf '%s\n' "$CARACAL_EXTRA" >> "$W/caracal.toml"
 RUST_LOG=warn taskset -c 0 "$BIN" --config "$W/caracal.toml" 2>"$W/caracal.log" & PIDS+=($!)

@@ -1,4 +1,4 @@
-//! The long run of the randomized edge harness (#20): `cargo bench --bench fuzz`, with
+//! The long run of the randomized edge harness: `cargo bench --bench fuzz`, with
 //! `CASES` (default 100 000), `SEED` (default 1) and `PARALLEL` (default 64). Prints the
 //! count, the time, the statuses, the node's RSS before and after, and every failure;
 //! exits 1 on any. What a case checks: tests/fuzz/edge.rs.

@@ -1,4 +1,4 @@
-//! The cost of mutual TLS on the mesh (#17): three real node processes on loopback, sync
+//! The cost of mutual TLS on the mesh: three real node processes on loopback, sync
 //! delta replication, the same load with `[cluster.tls]` and without (both with
 //! `[cluster] key`), in interleaved rounds of one run:
 //! - writes at the owner: CLIENTS keep-alive clients, each writing its own session at n1

@@ -1,5 +1,5 @@
 //! Lifecycle (floor 1): one state enum for this node and for the members it hears of
-//! (SPEC 4.1, 4.8), and [`NodeState`], this node's own announced state.
+//! (REFERENCE 4.1, 4.8), and [`NodeState`], this node's own announced state.
 //!
 //! [`State`] travels in heartbeats and pongs (postcard encodes a variant by its index: the
 //! order below is the wire format's), drives `/ready` and `/status`, and routing counts a

@@ -88,7 +88,7 @@ pub(crate) fn server_config(
 /// puts it in every node certificate, next to the node's jvm_route).
 pub const MESH_NAME: &str = "mesh.caracal";
 
-/// Mutual TLS for the mesh (`[cluster.tls]`, SPEC 4.10): both ends present a certificate
+/// Mutual TLS for the mesh (`[cluster.tls]`, REFERENCE 4.10): both ends present a certificate
 /// that chains to the cluster CA; the server's must be valid for [`MESH_NAME`].
 #[derive(Clone)]
 pub struct MeshTls {

@@ -83,7 +83,7 @@ pub(crate) fn untag<'a>(
     }
 }
 
-/// The HMAC-SHA256 of `data` (the forwarding marker's, #20 finding 7).
+/// The HMAC-SHA256 of `data` (the forwarding marker's: a member's signature).
 pub(crate) fn sign(key: &ClusterKey, data: &[u8]) -> [u8; TAG_LEN] {
     let mut out = [0u8; TAG_LEN];
     out.copy_from_slice(hmac::sign(&key.0, data).as_ref());

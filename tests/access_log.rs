@@ -1,4 +1,4 @@
-//! The access log (#21, SPEC 6): a line per request in each format, to a file, with the
+//! The access log (REFERENCE 6): a line per request in each format, to a file, with the
 //! request id the backend saw, the client, method, path, status, bytes, upstream and its
 //! time, the total time and the session's base id, never the whole cookie.
 

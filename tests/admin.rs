@@ -1,4 +1,4 @@
-//! The admin listener's runtime API, its token, and the cluster page (#21, SPEC 6): a
+//! The admin listener's runtime API, its token, and the cluster page (REFERENCE 6): a
 //! backend set to `drain` gets no new request while its in-flight one finishes; weights and
 //! modes show in `/status` and `/metrics`; without the token a change is refused (401, or
 //! 403 when no token is configured); the page renders every member, in a real headless

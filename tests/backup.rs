@@ -1,4 +1,4 @@
-//! BackupManager: each session on its owner and exactly one backup (issue: BackupManager).
+//! BackupManager: each session on its owner and exactly one backup.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The fault-injection suite of #19, sized for CI: three nodes in network namespaces of
+//! The fault-injection suite, sized for CI: three nodes in network namespaces of
 //! their own (root only: for a non-root user, or without `ip` / `iptables-restore`, it
 //! prints why and skips). Sync mode, both managers, one round of every fault; each must
 //! end with no lost acked write, no stale read, no split-brain and no divergent copy.

@@ -125,20 +125,21 @@ fn bad_values() {
         "session.max_inactive",
         "greater than 0",
     );
-    let conf = format!("{BASE}[cluster]\npartition_handling = \"yolo\"\n");
+    // Checked also while the cluster is off.
+    let conf = format!("{BASE}[cluster]\nenabled = false\npartition_handling = \"yolo\"\n");
     assert_config_error(
         &conf,
         &[],
-        Some(6),
+        Some(7),
         "cluster.partition_handling",
         "use \"quorum\" or \"available\"",
     );
     // The lease must end before the members may take the owner's sessions over.
-    let conf = format!("{BASE}[cluster]\nlease = \"5s\"\n");
+    let conf = format!("{BASE}[cluster]\nenabled = false\nlease = \"5s\"\n");
     assert_config_error(
         &conf,
         &[],
-        Some(6),
+        Some(7),
         "cluster.lease",
         "shorter than drop_time",
     );
@@ -201,7 +202,7 @@ fn a_running_node_refuses_a_bad_config_before_binding() {
     assert!(std::net::TcpListener::bind(port).is_ok(), "port was bound");
 }
 
-/// SPEC 4.10: a cluster reachable beyond loopback needs a key (heartbeats) and mutual TLS
+/// REFERENCE 4.10: a cluster reachable beyond loopback needs a key (heartbeats) and mutual TLS
 /// (the mesh), or an explicit `insecure`.
 #[test]
 fn a_cluster_beyond_loopback_fails_closed() {

@@ -1,4 +1,4 @@
-//! DNS membership and rolling restarts (#18), with a real DNS server (dnsmasq) and each
+//! DNS membership and rolling restarts, with a real DNS server (dnsmasq) and each
 //! node in a network namespace of its own (root only: otherwise, or without dnsmasq, the
 //! tests print why and skip).
 //!

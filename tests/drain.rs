@@ -1,4 +1,4 @@
-//! Graceful leave (SPEC 4.8, #18): a draining node hands its sessions to their successors
+//! Graceful leave (REFERENCE 4.8): a draining node hands its sessions to their successors
 //! with their copies acked, creates no new session, keeps forwarding what reaches it, and
 //! a SIGTERM under load fails no request and loses no acked write.
 

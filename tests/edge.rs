@@ -1,4 +1,4 @@
-//! The client edge (#20, SPEC 7): raw-socket clients against a node in front of a backend
+//! The client edge (REFERENCE 7): raw-socket clients against a node in front of a backend
 //! that records the exact bytes it gets. Each family is a table: what the client sends,
 //! the status it gets, whether the node closes, and what reached the backend.
 
@@ -91,7 +91,7 @@ async fn node_for(backend: &Recorder, extra: &str) -> Node {
     Node::start(&conf("n1", &[backend.url()], &extra)).await
 }
 
-/// Findings 1 and 11: framing a backend could read differently is refused (CL+TE and a
+/// framing a backend could read differently is refused (CL+TE and a
 /// repeated Content-Length by the framing guard, since hyper hides them from the head).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_vectors() {
@@ -174,7 +174,7 @@ async fn framing_vectors() {
     run_table(&node, &b, cases).await;
 }
 
-/// Finding 1: a client's broken body is the client's: 400 or a closed connection, and the
+/// a client's broken body is the client's: 400 or a closed connection, and the
 /// backend is never marked down for it (before: 503 "no healthy backend" for the next
 /// legitimate requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +233,7 @@ async fn a_client_body_error_never_takes_the_backend_down() {
     );
 }
 
-/// Findings 8 and 9: Host, CONNECT, `*`, the exact header cap, what is stripped.
+/// Host, CONNECT, `*`, the exact header cap, what is stripped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_target_and_strip_vectors() {
     let b = Recorder::start().await;
@@ -405,7 +405,7 @@ async fn host_target_and_strip_vectors() {
     run_table(&node, &b, cases).await;
 }
 
-/// Findings 9 and 10: a response the proxy cannot pass on is that response's 502 and never
+/// a response the proxy cannot pass on is that response's 502 and never
 /// a health failure; a session write as large as the config allows is writable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_response_vectors() {
@@ -453,7 +453,7 @@ fn a_session_limit_over_what_a_header_carries_exits_2() {
     assert!(err.contains("session.max_session_bytes"), "{err}");
 }
 
-/// Finding 9: the proxy's own 5xx names no backend URL, and carries a request id that is
+/// the proxy's own 5xx names no backend URL, and carries a request id that is
 /// also in the header and in the log line with the details.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_responses_are_generic_with_a_request_id() {
@@ -484,7 +484,7 @@ async fn error_responses_are_generic_with_a_request_id() {
     );
 }
 
-/// Finding 5: trailers lose what a head would, both ways (HTTP/1.1 here; HTTP/2 below).
+/// trailers lose what a head would, both ways (HTTP/1.1 here; HTTP/2 below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http1_request_trailers_are_cleaned() {
     let b = Recorder::start().await;

@@ -1,4 +1,4 @@
-//! The edge between members (#20, findings 4 and 7): the hop marker a member sends with a
+//! The edge between members: the hop marker a member sends with a
 //! forward carries the client's scheme (so the owner sets `Secure` for a TLS client), and
 //! with a `[cluster] key` it is signed, so a process on a member's address cannot forge it.
 
@@ -36,7 +36,7 @@ fn headers_of(r: &Resp) -> serde_json::Value {
     r.json()["headers"].clone()
 }
 
-/// Finding 7: with a key, an unsigned marker from a member's own IP (loopback here) is not
+/// with a key, an unsigned marker from a member's own IP (loopback here) is not
 /// a member's: the client's X-Forwarded-For is replaced and `2 n2` does not force a 503.
 /// A real forward, signed, still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +80,7 @@ async fn with_a_key_only_a_signed_hop_marker_is_trusted() {
     assert_eq!(headers_of(&r)["x-forwarded-for"], chain);
 }
 
-/// Finding 4: a TLS client at n1 whose session n2 owns gets `Secure` on the cookie n2 sets
+/// a TLS client at n1 whose session n2 owns gets `Secure` on the cookie n2 sets
 /// (a renew here); the owner reads the scheme from the marker, not its own connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_scheme_travels_with_a_forward() {

@@ -1,4 +1,4 @@
-//! Sticky routing across nodes and failover (issue: routing and failover).
+//! Sticky routing across nodes and failover.
 
 mod common;
 
@@ -270,7 +270,7 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
     assert_eq!(fenced_total(&nodes[1..]).await, before + 1);
 }
 
-/// The zombie of #19 (cause 1): requests that waited in the stopped owner's socket while
+/// The zombie (cause 1): requests that waited in the stopped owner's socket while
 /// the cluster took their sessions over and acked writes are served when the owner resumes.
 /// Each is either forwarded to the new owner (the old one heard of the takeover first) or,
 /// served from the stale copy, fenced by the members that saw the takeover: 503, never a
@@ -347,7 +347,7 @@ async fn requests_that_waited_in_a_stopped_owner_are_fenced_not_acked() {
             }
         }
         // The next request at the old owner goes to the new one, which counts on, once the
-        // old owner caught up with the majority (until then it answers 503, SPEC 4.9).
+        // old owner caught up with the majority (until then it answers 503, REFERENCE 4.9).
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
         let r = loop {
             let r = http(nodes[0].http, count(Some(&ids[i]))).await;

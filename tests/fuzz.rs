@@ -1,4 +1,4 @@
-//! The randomized edge harness in CI (#20): a few thousand mutated HTTP/1.1 requests and
+//! The randomized edge harness in CI: a few thousand mutated HTTP/1.1 requests and
 //! h2c connections against a live node (`tests/fuzz/edge.rs` says what each case checks).
 //! `cargo bench --bench fuzz` runs the long version with a count and a seed.
 

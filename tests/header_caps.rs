@@ -1,4 +1,4 @@
-//! `[http] max_headers` (SPEC 7): hyper's default cap (100) and a configured one both
+//! `[http] max_headers` (REFERENCE 7): hyper's default cap (100) and a configured one both
 //! answer 431 past the cap and serve a request under it (the exact boundary was checked by
 //! hand with curl: 100 headers pass, 101 get 431, the same before and after the change). The default is left to hyper (a cap
 //! set on its builder costs every parse; see proxy::frontend).

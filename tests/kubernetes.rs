@@ -1,4 +1,4 @@
-//! The Kubernetes manifests (#18, deploy/kubernetes): built by kustomize (kubectl's own,
+//! The Kubernetes manifests (deploy/kubernetes): built by kustomize (kubectl's own,
 //! client side), validated against the Kubernetes schemas with kubernetes-validate (PyPI;
 //! no cluster needed: kubectl's `--dry-run=client` still asks an API server for its
 //! schemas), checked for what a lossless rolling restart needs, and their caracal.toml,

@@ -1,5 +1,5 @@
 //! A node's start and stop, in-process:
-//! - until it is ready, its client ports refuse connections (SPEC 4.7), so round-robin
+//! - until it is ready, its client ports refuse connections (REFERENCE 4.7), so round-robin
 //!   clients move on instead of waiting in a backlog;
 //! - every task it starts has an owner and ends at shutdown (docs/ARCHITECTURE.md,
 //!   "Tasks").

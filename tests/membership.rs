@@ -1,4 +1,4 @@
-//! Cluster membership on loopback (issue: membership). Every test has its own multicast
+//! Cluster membership on loopback. Every test has its own multicast
 //! port and domain, and its heartbeats stay on 127.0.0.1 (IP_MULTICAST_IF).
 
 mod common;
@@ -93,7 +93,7 @@ async fn kill_9_is_dropped_after_drop_time_and_verification() {
     wait_routes(&nodes[1], &["n1"], bound + Duration::from_secs(1)).await;
     let took = t.elapsed();
     // Often sooner than drop_time: the replication connection to n3 breaks, and a failed
-    // mesh send verifies the member at once (SPEC 4.1).
+    // mesh send verifies the member at once (REFERENCE 4.1).
     assert!(took <= bound, "took {took:?}, bound {bound:?}");
     let metrics = http(nodes[0].admin, get("/metrics")).await.text();
     assert!(

@@ -1,4 +1,4 @@
-//! Floods before authentication stay bounded (#17, SPEC 4.10): a thousand half-open mesh
+//! Floods before authentication stay bounded (REFERENCE 4.10): a thousand half-open mesh
 //! connections and eighty thousand spoofed heartbeats from random ids leave the node's
 //! memory and `/metrics` within a stated bound, create no member, and the node serves and
 //! replicates meanwhile and after.

@@ -1,4 +1,4 @@
-//! The mesh receiver is bounded before authentication (#17, SPEC 4.10): a connection that
+//! The mesh receiver is bounded before authentication (REFERENCE 4.10): a connection that
 //! says nothing, announces a large first frame, begins with anything but `Hello`/`Ping`, or
 //! is one too many from its source is closed and counted; an authenticated one that goes
 //! idle is closed too; and the members still replicate (a replication connection the

@@ -1,4 +1,4 @@
-//! Mutual TLS on the mesh (#17, SPEC 4.10), with certificates from `caracal certs`: the
+//! Mutual TLS on the mesh (REFERENCE 4.10), with certificates from `caracal certs`: the
 //! members replicate over it; plaintext, a certificate of another CA, and a member's
 //! certificate used to speak for another route are all refused and counted.
 
@@ -209,7 +209,7 @@ fn signed_marker(fields: &str, method: &str, target: &str) -> String {
     format!("{fields} {hex}")
 }
 
-/// SPEC 4.10: with `[cluster.tls]` a forward travels over a mesh channel (mutual TLS),
+/// REFERENCE 4.10: with `[cluster.tls]` a forward travels over a mesh channel (mutual TLS),
 /// never to the owner's client listener, and a marker on a client listener counts for
 /// nothing, even one signed with the cluster key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! The proxy core on real sockets: bodies, balancing, health, errors, header hygiene,
-//! limits and timeouts (issue: proxy core).
+//! limits and timeouts.
 
 mod common;
 
@@ -182,7 +182,7 @@ async fn garbled_backend_is_502_with_a_reason() {
 }
 
 /// A node stopped (SIGSTOP) for longer than `response_timeout` does not time out a
-/// request for the time it could not run itself (#19: after a stop it answered 504 within
+/// request for the time it could not run itself (after a stop it answered 504 within
 /// milliseconds, its coarse clock jumping past every deadline). Here the backend answers
 /// 3.5 s after the request, 200 ms after the node resumes from a 3 s stop: 0.5 s of the
 /// node's running time, well within its 2 s timeout.
@@ -346,7 +346,7 @@ async fn conflicting_content_lengths_are_400_and_reach_no_backend() {
     assert_eq!(http(node.http, get("/")).await.status, StatusCode::OK);
 }
 
-/// CL + TE is 400 (SPEC 7; before #20 it was framed by the chunked coding and forwarded
+/// CL + TE is 400 (REFERENCE 7; it was once framed by the chunked coding and forwarded
 /// without the length): nothing reaches the backend, and the bytes a CL-trusting server
 /// would have taken as a second request are never run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,7 +365,7 @@ async fn content_length_with_transfer_encoding_cannot_smuggle() {
 }
 
 /// h2c is on by default: a connection that sends `P`, part of the preface, or the whole
-/// preface and no SETTINGS is closed by the header timeout too (#20, finding 2), so such
+/// preface and no SETTINGS is closed by the header timeout too, so such
 /// sockets cannot hold the `max_connections` permits; a real request still gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_sniff_or_handshake_that_stalls_is_closed_by_the_header_timeout() {

@@ -1,4 +1,4 @@
-//! Ownership decided by a majority (#19, SPEC 4.9), on loopback: a node cut off in a
+//! Ownership decided by a majority (REFERENCE 4.9), on loopback: a node cut off in a
 //! minority answers 503 and never a stale 200; two-node clusters need the explicit
 //! `partition_handling = "available"` to fail over; a copy claiming an ownership its sender
 //! cannot have won is dropped and counted.

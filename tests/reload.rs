@@ -1,4 +1,4 @@
-//! Reload without restart (#21, SPEC 6): `POST /reload` and SIGHUP read the conf again. A
+//! Reload without restart (REFERENCE 6): `POST /reload` and SIGHUP read the conf again. A
 //! reload adds and removes a backend under steady load with no failed request; a bad file
 //! keeps the running config and names the problem; a section that needs a restart is named.
 

@@ -1,4 +1,4 @@
-//! DeltaManager replication between real nodes on loopback (issue: replication).
+//! DeltaManager replication between real nodes on loopback.
 
 mod common;
 
@@ -448,7 +448,7 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
         .await
         .unwrap();
     }
-    // SPEC 4.8: sessions stay alive on the other members by default...
+    // REFERENCE 4.8: sessions stay alive on the other members by default...
     assert!(session_info(survivor.admin, &kept).await.is_some());
     // ...and end with their owner when it asks for that.
     assert!(session_info(survivor.admin, &ended).await.is_none());
@@ -458,7 +458,7 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
 /// again, the owner resyncs it without waiting for the next change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_back_from_a_pause_is_resynced() {
-    // Two nodes: writing while the other is away needs the explicit trade-off (SPEC 4.9).
+    // Two nodes: writing while the other is away needs the explicit trade-off (REFERENCE 4.9).
     let extra = "ack_timeout = \"300ms\"\npartition_handling = \"available\"";
     let (_b, nodes) = cluster(2, 46309, "resync", extra).await;
     let r = http(
@@ -567,7 +567,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
 /// announcing a mesh port that answers pings, so it is admitted, and nothing else): the
 /// joiner gives up after
 /// `state_transfer_timeout`, then starts anyway, or exits non-zero with
-/// `require_state_transfer = true` (SPEC 4.7).
+/// `require_state_transfer = true` (REFERENCE 4.7).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
     use caracal::testing::{encode_heartbeat, Heartbeat};

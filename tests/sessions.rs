@@ -1,4 +1,4 @@
-//! Sessions on one node through the backend header protocol (issue: sessions on a node).
+//! Sessions on one node through the backend header protocol.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The admin listener (SPEC 6), plain HTTP/1.1, meant for localhost or a private network:
+//! The admin listener (REFERENCE 6), plain HTTP/1.1, meant for localhost or a private network:
 //! - `mod.rs`: serving, routing, the bearer token;
 //! - `status`: `GET /status`, the JSON scripts read;
 //! - `page`: `GET /`, the HTML cluster page rendered from it;

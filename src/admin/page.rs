@@ -108,7 +108,7 @@ impl Admin {
         );
 
         if self.token.is_some() {
-            // The node itself (SPEC 4.8): drain hands its sessions to their successors.
+            // The node itself (REFERENCE 4.8): drain hands its sessions to their successors.
             out.push_str(
                 "<p><button onclick=\"post('/node/state',{state:'drain'})\">drain this node</button> \
                  <button onclick=\"post('/node/state',{state:'ready'})\">ready</button></p>",

@@ -1,7 +1,7 @@
 //! The runtime API (HAProxy's `set server ... state / weight` as JSON over HTTP):
 //! - `POST /backends/<b>/state` `{"state": "drain" | "maint" | "ready"}`;
 //! - `POST /backends/<b>/weight` `{"weight": 0..=256}`;
-//! - `POST /node/state` `{"state": "drain" | "ready"}`: this node drains (SPEC 4.8: it
+//! - `POST /node/state` `{"state": "drain" | "ready"}`: this node drains (REFERENCE 4.8: it
 //!   announces `draining`, hands its sessions to their successors and forwards what
 //!   reaches it; it keeps running) or is ready again. The drain answers once the sessions
 //!   are handed over (at most `[node] drain_timeout`), with what it did.

@@ -1,4 +1,4 @@
-//! `GET /status` (SPEC 6): the JSON scripts read, and the page renders.
+//! `GET /status` (REFERENCE 6): the JSON scripts read, and the page renders.
 
 use serde_json::json;
 
@@ -67,7 +67,7 @@ impl Admin {
                 }),
             },
             "members": members,
-            // SPEC 4.9: the cluster size this node counts, its majority, and whether it holds
+            // REFERENCE 4.9: the cluster size this node counts, its majority, and whether it holds
             // the lease that lets it serve sessions.
             "quorum": self.cluster.as_ref().map(|c| {
                 let (size, majority) = c.quorum();

@@ -1,4 +1,4 @@
-//! The `caracal` command line (SPEC 6):
+//! The `caracal` command line (REFERENCE 6):
 //! - `caracal --config FILE [--set dotted.key=value ...]` runs a node;
 //! - `caracal check --config FILE [--set ...]` validates and exits.
 //!

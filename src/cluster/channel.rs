@@ -1,4 +1,4 @@
-//! Forwarding channels (SPEC 4.4, 4.10; #17): with `[cluster.tls]`, a request for a
+//! Forwarding channels (REFERENCE 4.4, 4.10): with `[cluster.tls]`, a request for a
 //! session another member owns travels over a mesh connection of its own, not to the
 //! member's client listener. The opener connects with mutual TLS (the member's certificate
 //! must name the route it forwards to), sends `Hello` and `Channel`, and waits for

@@ -23,7 +23,7 @@ pub enum SendMode {
     Async,
 }
 
-/// `[cluster] partition_handling` (SPEC 4.9).
+/// `[cluster] partition_handling` (REFERENCE 4.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PartitionHandling {
     /// Ownership moves only by a majority's vote, owners write only under a lease, and a
@@ -56,7 +56,7 @@ pub struct ClusterConfig {
     pub expected_members: usize,
     /// `[cluster] lease`: an owner serves only while it heard from a majority this recently.
     pub lease: Duration,
-    /// `[cluster] max_queue_changes` / `max_queue_bytes`: one peer's queue (SPEC 4.10).
+    /// `[cluster] max_queue_changes` / `max_queue_bytes`: one peer's queue (REFERENCE 4.10).
     pub max_queue_changes: usize,
     pub max_queue_bytes: usize,
     /// `[cluster.tls]`: mutual TLS on every mesh connection, loaded at validation.
@@ -81,7 +81,7 @@ pub enum MembershipKind {
     /// Mesh addresses (`host:port`) of the other members.
     Static { members: Vec<String> },
     /// Candidates from the A/AAAA records of `name` (resolved every `refresh`) at mesh
-    /// port `port`; each is admitted only by an authenticated ping (SPEC 4.1).
+    /// port `port`; each is admitted only by an authenticated ping (REFERENCE 4.1).
     Dns {
         name: String,
         port: u16,

@@ -88,7 +88,7 @@ impl MeshError {
     }
 }
 
-/// Why a takeover did not happen (SPEC 4.9); each is answered 503 with this text.
+/// Why a takeover did not happen (REFERENCE 4.9); each is answered 503 with this text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum ClaimError {
     #[error("this node is cut off from the cluster majority (no lease)")]
@@ -103,7 +103,7 @@ pub(crate) enum ClaimError {
     Lost,
 }
 
-/// Why a sync write did not count (SPEC 4.6, 4.9).
+/// Why a sync write did not count (REFERENCE 4.6, 4.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum SettleError {
     #[error("a member fenced the write: the session has a newer owner")]

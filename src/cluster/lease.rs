@@ -1,4 +1,4 @@
-//! The owner's lease and the cluster's majority (SPEC 4.9).
+//! The owner's lease and the cluster's majority (REFERENCE 4.9).
 //!
 //! A node holds a lease while a majority of the cluster (itself included) answered its
 //! mesh pings recently: the lease runs `lease` from the moment the oldest ping of that

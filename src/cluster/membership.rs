@@ -1,8 +1,9 @@
-//! Who is in the cluster (SPEC 4.1): the member table, fed by heartbeats (multicast) or mesh
-//! pings (static), and the failure detector.
+//! Who is in the cluster (REFERENCE 4.1): the member table, fed by authenticated pongs, and
+//! the failure detector.
 //!
-//! - A member is added on its first valid heartbeat and removed at once when it announces
-//!   `leaving`.
+//! - A member is added from its own pong: a heartbeat (multicast), a static address or a
+//!   DNS answer only makes a candidate, which is pinged at its announced mesh address; the
+//!   pong of the same process admits it. It is removed at once when it announces `leaving`.
 //! - Silent for `drop_time`: suspect; verified over the mesh (connect + ping/pong within
 //!   `verify_timeout`, like Tomcat's TcpFailureDetector but with a read test): alive ->
 //!   kept (suspect-but-alive, re-verified every `drop_time` while silent); dead -> removed.
@@ -65,7 +66,7 @@ pub(super) struct Membership {
     /// New nodes being pinged before they are admitted (with TLS).
     admitting: Mutex<std::collections::HashSet<u64>>,
     /// Every other route heard this run that did not announce `leaving`: the cluster size
-    /// of multicast membership without `expected_members` (SPEC 4.9).
+    /// of multicast membership without `expected_members` (REFERENCE 4.9).
     routes: Mutex<std::collections::BTreeSet<String>>,
     events: broadcast::Sender<MemberEvent>,
     /// What the admin page lists (members added and removed, takeovers).
@@ -163,7 +164,7 @@ impl Membership {
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.len() >= MAX_SEEN && !seen.contains_key(&hb.info.node_id) {
-                // Bounded (#17): past the cap only current members' sequences are kept. A
+                // Bounded: past the cap only current members' sequences are kept. A
                 // replay of a forgotten process is still refused by its tag's age (with a
                 // key) and is only a heartbeat of a gone process (without one). The table
                 // is never locked before `seen`, so this order cannot deadlock.
@@ -182,7 +183,7 @@ impl Membership {
     }
 
     /// A heartbeat or an inbound ping: news of a member, or a candidate. A datagram or a
-    /// connection alone admits no one (#17): a node not in the table is pinged at the mesh
+    /// connection alone admits no one: a node not in the table is pinged at the mesh
     /// address it announced and added from the pong of the same process (with TLS, its
     /// certificate naming its route; with a key, the pong's tag). So spoofed heartbeats
     /// with random ids make no member, no per-peer series and no route in the cluster

@@ -1,9 +1,9 @@
-//! The TCP mesh (SPEC 4.2): the receiver (`[cluster.receiver]`, trying `auto_bind` ports
+//! The TCP mesh (REFERENCE 4.2): the receiver (`[cluster.receiver]`, trying `auto_bind` ports
 //! upward from `port`), length-delimited frames with a format version and a size cap, and
 //! ping/pong for liveness. A bad frame (truncated, oversized, wrong version, undecodable) is
 //! counted and closes that connection only.
 //!
-//! Bounded before authentication (SPEC 4.10, #17): at most `max_connections` connections,
+//! Bounded before authentication (REFERENCE 4.10): at most `max_connections` connections,
 //! `max_connections_per_source` from one address (past either, a new one is closed at once,
 //! counted `over_limit`); the first frame must come within `handshake_timeout`, be at most
 //! [`FIRST_FRAME`] bytes (the buffer a stranger can fill), open (the tag, when there is a

@@ -20,7 +20,7 @@ use crate::wire::{flags, push_varint, tag, untag, TagError, TAG_LEN};
 
 pub(super) const MAGIC: &[u8; 4] = b"CRCL";
 pub(super) const HEARTBEAT_VERSION: u8 = 1;
-/// 2: `Ack` carries the fenced sessions. 3: claims, votes and digests (SPEC 4.9).
+/// 2: `Ack` carries the fenced sessions. 3: claims, votes and digests (REFERENCE 4.9).
 pub const MESH_VERSION: u8 = 3;
 
 /// What a node says about itself (in heartbeats and in mesh pongs).
@@ -166,7 +166,7 @@ pub enum MeshMessage {
         count: u64,
     },
     /// A claimant in a majority asks for promises: for each (session, epoch), that the
-    /// member fences changes of older epochs, because `owner` is gone (SPEC 4.9).
+    /// member fences changes of older epochs, because `owner` is gone (REFERENCE 4.9).
     Claim {
         domain: String,
         from: NodeInfo,
@@ -192,7 +192,7 @@ pub enum MeshMessage {
     },
     /// The receiver took the channel: the opener's HTTP starts after this frame.
     ChannelOpen,
-    /// After a `Hello`, from a draining owner (SPEC 4.8): take these sessions of mine over
+    /// After a `Hello`, from a draining owner (REFERENCE 4.8): take these sessions of mine over
     /// (each by a majority's vote, as a failover), and answer once their copies acked.
     HandOver {
         keys: Vec<u128>,

@@ -1,5 +1,5 @@
-//! The cluster (floor 3): membership over multicast heartbeats or static members, the TCP
-//! mesh, failure detection, and replication of session changes (SPEC 4.1-4.7). It carries
+//! The cluster (floor 3): membership (multicast heartbeats, static members or dns), the TCP
+//! mesh, failure detection, and replication of session changes (REFERENCE 4.1-4.7). It carries
 //! what the session domain produces ([`crate::session::Change`]) and applies what arrives
 //! through the store; it never sees a request.
 //!
@@ -7,9 +7,9 @@
 //! - `link`: the key, domain and identity every mesh exchange uses.
 //! - `messages`: heartbeat and mesh wire formats (versioned, HMAC-tagged with a key).
 //! - `membership`: the member table and the failure detector.
-//! - `lease`: the majority and this node's lease (SPEC 4.9).
+//! - `lease`: the majority and this node's lease (REFERENCE 4.9).
 //! - `mesh`: the receiver, frames, ping/pong.
-//! - `transport`: multicast heartbeats or static pings.
+//! - `transport`: multicast heartbeats, static pings, or dns (a name resolved to candidates).
 //! - `replication`: the replicator, its peers, rebalance, state transfer.
 //! - `routing`: rendezvous successors and who serves a session.
 //! - `metrics`: the cluster's Prometheus metrics.
@@ -252,7 +252,7 @@ impl Cluster {
         Ok(())
     }
 
-    /// State transfer of a starting node (SPEC 4.7): `Ok(None)` when there was nobody to
+    /// State transfer of a starting node (REFERENCE 4.7): `Ok(None)` when there was nobody to
     /// ask (or the manager pulls nothing), else the source's route and its session count.
     pub(crate) async fn state_transfer(&self) -> Result<Option<(String, u64)>, MeshError> {
         self.replicator.state_transfer().await
@@ -283,7 +283,7 @@ impl Cluster {
     /// here while this node sends them to their successors.
     const DRAIN_ANNOUNCE_TRIES: usize = 3;
 
-    /// Graceful leave, first step (SPEC 4.8): announces `draining` and waits until the
+    /// Graceful leave, first step (REFERENCE 4.8): announces `draining` and waits until the
     /// members heard it; from then on [`Cluster::is_handing_over`] holds, and the sticky
     /// layer sends this node's sessions' requests to their successors.
     pub(crate) async fn drain(&self) {
@@ -338,12 +338,12 @@ impl Cluster {
     /// Waits until the members applied the changes behind `waits` (bounded by
     /// `ack_timeout`; a member that misses it is verified). An error if the write does not
     /// count: a member fenced it (the session has a newer owner), or too few copies hold it
-    /// for a majority (SPEC 4.9).
+    /// for a majority (REFERENCE 4.9).
     pub(crate) async fn settle(&self, waits: Vec<Wait>) -> Result<(), SettleError> {
         self.replicator.settle(waits).await
     }
 
-    /// Whether this node may serve sessions now (SPEC 4.9): it heard from a majority within
+    /// Whether this node may serve sessions now (REFERENCE 4.9): it heard from a majority within
     /// the lease, or `partition_handling = "available"`. One atomic load.
     #[inline]
     pub(crate) fn has_lease(&self, now: std::time::Instant) -> bool {
@@ -365,7 +365,7 @@ impl Cluster {
         (self.lease.size(), self.lease.quorum())
     }
 
-    /// Takes session `key` of the gone owner `owner` over by a majority's vote (SPEC 4.9);
+    /// Takes session `key` of the gone owner `owner` over by a majority's vote (REFERENCE 4.9);
     /// the new ownership is replicated, with ack waits in `waits` (sync mode). `Ok(false)`:
     /// the session turned out removed.
     pub(crate) async fn claim(
@@ -410,7 +410,7 @@ impl Cluster {
         self.membership.check_now(node_id).await
     }
 
-    /// `[cluster] key`: it also authenticates the forwarding marker (#20, finding 7).
+    /// `[cluster] key`: it also authenticates the forwarding marker.
     pub(crate) fn key(&self) -> Option<&crate::wire::ClusterKey> {
         self.membership.link.key()
     }
@@ -421,7 +421,7 @@ impl Cluster {
     }
 
     /// Whether `route` is a member whose announced HTTP address has the IP `ip` (the
-    /// forwarding marker's trust rule, SPEC 4.4).
+    /// forwarding marker's trust rule, REFERENCE 4.4).
     pub(crate) fn is_member_at(&self, route: &str, ip: IpAddr) -> bool {
         self.membership
             .infos()
@@ -429,7 +429,7 @@ impl Cluster {
             .any(|m| m.jvm_route == route && m.http_addr.ip() == ip)
     }
 
-    /// With `[cluster.tls]`, forwards go over mesh channels (SPEC 4.10), and the
+    /// With `[cluster.tls]`, forwards go over mesh channels (REFERENCE 4.10), and the
     /// forwarding marker is honoured only there.
     pub(crate) fn forwards_over_mesh(&self) -> bool {
         self.membership.link.tls.is_some()

@@ -1,4 +1,4 @@
-//! Who serves a session (SPEC 4.4): stickiness by ownership, forwarding to the owner, and
+//! Who serves a session (REFERENCE 4.4): stickiness by ownership, forwarding to the owner, and
 //! the deterministic successor after the owner is gone.
 //!
 //! A node holding a copy decides by the copy's ownership record; a node without one by the

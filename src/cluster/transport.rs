@@ -183,7 +183,7 @@ pub(super) async fn ping_all(members: &[String], m: &Arc<Membership>) {
     while tasks.join_next().await.is_some() {}
 }
 
-/// DNS membership (CloudMembershipService's DNS provider, SPEC 4.1): `name` is resolved
+/// DNS membership (CloudMembershipService's DNS provider, REFERENCE 4.1): `name` is resolved
 /// every `refresh` with the system resolver (`getaddrinfo` through tokio's `lookup_host`:
 /// /etc/resolv.conf, its search list and /etc/hosts, as every other program in the pod or
 /// namespace sees them; no resolver crate to keep in step with the system's). Every

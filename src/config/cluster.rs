@@ -209,7 +209,7 @@ pub(super) fn validate(c: &RawCluster, src: &Source) -> Result<ClusterConfig, Co
             "mutual TLS on the mesh needs cluster.key too (for the heartbeats, which are UDP)",
         ));
     }
-    // Fail closed (SPEC 4.10): reachable beyond this machine only with a key for the
+    // Fail closed (REFERENCE 4.10): reachable beyond this machine only with a key for the
     // heartbeats and mutual TLS for the mesh, or when the operator says so.
     if c.enabled && !c.insecure {
         let open = match &kind {

@@ -73,7 +73,7 @@ pub struct NodeConfig {
     pub workers: usize,
     pub shutdown_grace: Duration,
     /// How long a leaving (or admin-drained) node may take to hand its sessions to their
-    /// successors (SPEC 4.8), before it stops accepting and finishes in-flight requests.
+    /// successors (REFERENCE 4.8), before it stops accepting and finishes in-flight requests.
     pub drain_timeout: Duration,
 }
 

@@ -285,7 +285,7 @@ pub(super) struct RawCluster {
     pub expected_members: usize,
     /// Default: halfway between `frequency` and `drop_time`.
     pub lease: Option<Dur>,
-    /// Run a cluster reachable beyond loopback without authentication (SPEC 4.10).
+    /// Run a cluster reachable beyond loopback without authentication (REFERENCE 4.10).
     pub insecure: bool,
     /// Per peer: changes queued or unacked, and their bytes (Tomcat's
     /// MessageDispatchInterceptor `maxQueueSize`: 64 MiB).

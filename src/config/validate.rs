@@ -142,7 +142,7 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         }
         t => t.clone(),
     };
-    // Fail closed: an admin API reachable from the network needs its token (SPEC 6).
+    // Fail closed: an admin API reachable from the network needs its token (REFERENCE 6).
     if let (Some(a), None) = (admin_listen, &admin_token) {
         if !a.ip().is_loopback() {
             return Err(src.error(

@@ -27,7 +27,7 @@ use crate::proxy::{self, Frontend, Proxy};
 use crate::tasks::Tasks;
 
 /// The sockets of a node, bound before anything is served. The client sockets are bound
-/// but not listening until the node is ready (SPEC 4.7): a client that connects to a
+/// but not listening until the node is ready (REFERENCE 4.7): a client that connects to a
 /// starting node is refused and moves on (DNS round robin) instead of waiting in a backlog.
 /// Admin and mesh listen at once: `/ready` answers 503 and the cluster is joined meanwhile.
 pub struct Listeners {
@@ -273,7 +273,7 @@ async fn serve(
     }
 
     let frontend = Arc::new(Frontend::new(proxy.clone(), &cfg.http));
-    // A starting node hears the cluster before it serves (SPEC 4.7); a duplicate route
+    // A starting node hears the cluster before it serves (REFERENCE 4.7); a duplicate route
     // stops it here, before any client connection is accepted.
     if let Some(c) = &cluster {
         proxy.set_cluster(c.clone());
@@ -299,7 +299,7 @@ async fn serve(
             }
             tracing::warn!("{why}: starting anyway");
         }
-        // Serving sessions needs the lease (SPEC 4.9): usually one ping round away.
+        // Serving sessions needs the lease (REFERENCE 4.9): usually one ping round away.
         let limit = cfg.cluster.membership.verify_timeout * 2;
         if !c.wait_lease(limit).await {
             tracing::warn!(
@@ -309,7 +309,7 @@ async fn serve(
     }
 
     // The client connections: drained first on shutdown, within the grace period. The
-    // listeners keep accepting while the sessions are handed over (SPEC 4.8).
+    // listeners keep accepting while the sessions are handed over (REFERENCE 4.8).
     let clients = TaskTracker::new();
     let accepting = CancellationToken::new();
     // An early return stops the listeners too.
@@ -343,7 +343,7 @@ async fn serve(
     tracing::info!(jvm_route = %cfg.node.jvm_route, "node ready");
 
     shutdown.cancelled().await;
-    // SPEC 4.8: announce `draining` and hand the sessions over while still accepting (a
+    // REFERENCE 4.8: announce `draining` and hand the sessions over while still accepting (a
     // client that reaches this node meanwhile is forwarded), then stop accepting and
     // finish in-flight requests, then announce `leaving`.
     if cluster.is_some() && cfg.cluster.expire_sessions_on_shutdown {

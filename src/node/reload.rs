@@ -1,4 +1,4 @@
-//! Reload without restart (SIGHUP, or `POST /reload` on the admin listener; SPEC 6, #21):
+//! Reload without restart (SIGHUP, or `POST /reload` on the admin listener; REFERENCE 6.1):
 //! the conf file is read again, with the same `--set` overrides, and validated whole. A bad
 //! file changes nothing: the running config stays, the error (`file:line: key: reason`) is
 //! logged and answered, and `caracal_config_reload_failures_total` counts it.

@@ -1,4 +1,4 @@
-//! The access log (`[log] access = "off" | "common" | "combined" | "json"`, SPEC 6): one
+//! The access log (`[log] access = "off" | "common" | "combined" | "json"`, REFERENCE 6): one
 //! line per request with the request id, client address, method, path, status, bytes,
 //! upstream, upstream time, total time and the session's base id (never the cookie).
 //!

@@ -1,5 +1,4 @@
-//! What a request head must be before the proxy does anything with it (SPEC 7, #20
-//! findings 8, 9 and 11). hyper has parsed and framed it; these are the rules hyper leaves
+//! What a request head must be before the proxy does anything with it (REFERENCE 7). hyper has parsed and framed it; these are the rules hyper leaves
 //! to the application:
 //! - `CONNECT` is refused with 405 (this is not a forward proxy), and the connection closed;
 //! - a `*` target is only for `OPTIONS`;

@@ -58,10 +58,10 @@ pub(super) enum ProxyError {
     /// the limit, a transfer coding the proxy cannot carry): 502, the backend stays up.
     #[error("backend response refused: {0}")]
     Refused(Box<Failure>),
-    /// The client's request body broke off or was malformed (SPEC 7): 400.
+    /// The client's request body broke off or was malformed (REFERENCE 7): 400.
     #[error("bad request body: {0}")]
     ClientBody(String),
-    /// A request this proxy refuses before any backend sees it (SPEC 7): 400.
+    /// A request this proxy refuses before any backend sees it (REFERENCE 7): 400.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     /// CONNECT (a proxy tunnel): 405, and the connection is closed.
@@ -244,6 +244,8 @@ mod tests {
         assert!(!e.client_text().contains("10.1.2.3"));
         let e = ProxyError::Unroutable("the session's owner node2 cannot be reached".into());
         assert!(!e.client_text().contains("node2"), "no member route");
+        let r = e.to_response("abc123", None);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         let e = ProxyError::NoMajority {
             why: Unsafe::NoVote,
             detail: "no majority agreed the owner node7 is gone (1 of 2 votes)".into(),
@@ -256,7 +258,6 @@ mod tests {
         });
         assert!(!e.client_text().contains("10.9.8.7"), "{}", e.client_text());
         assert!(e.client_text().contains("expected true or false"));
-        let r = e.to_response("abc123", None);
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }
 }

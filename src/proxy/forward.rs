@@ -1,4 +1,4 @@
-//! Forwarding (SPEC 4.4): a request whose session another member owns goes to that
+//! Forwarding (REFERENCE 4.4): a request whose session another member owns goes to that
 //! member's HTTP address with the hop marker; a member that cannot be reached or dies
 //! mid-request is verified at once and the request planned again, so a client never waits
 //! for `drop_time`.

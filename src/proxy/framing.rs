@@ -1,4 +1,4 @@
-//! The framing guard of HTTP/1 client connections (SPEC 7, #20 finding 11): a request head
+//! The framing guard of HTTP/1 client connections (REFERENCE 7): a request head
 //! with two `Content-Length`s (also as a list, `5, 5`), or with `Content-Length` and
 //! `Transfer-Encoding`, must be answered 400 and reach no backend. hyper frames both
 //! safely (by the one length; by the chunked coding, closing after it) but hides them:

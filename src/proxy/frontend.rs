@@ -295,7 +295,7 @@ impl Frontend {
     /// handshake timeout (`header_read_timeout`): hyper's `header_read_timeout` covers
     /// HTTP/1 heads only, so a client that sent `P`, part of the preface, or the preface
     /// and no SETTINGS, held its connection (and a `max_connections` permit) forever
-    /// (#20, finding 2). Once a request began, the connection runs on its own timeouts.
+    ///. Once a request began, the connection runs on its own timeouts.
     async fn until_first_request<T, E: std::fmt::Display>(
         &self,
         served: impl std::future::Future<Output = Result<T, E>>,

@@ -1,4 +1,4 @@
-//! Header hygiene, both directions (SPEC 3, step 2):
+//! Header hygiene, both directions (REFERENCE 3, step 2):
 //! - hop-by-hop headers and those named in `Connection` are removed;
 //! - every header whose name starts with the session prefix (`X-Session`) is removed, so a
 //!   client can never forge session data and a backend's directives never reach a client;
@@ -11,7 +11,7 @@
 //!   (`-Port`, `-Prefix`) are kept only from a trusted proxy or a member;
 //! - an upgrade passes only for the allowed protocols (`[http] upgrades`, `websocket`);
 //!   `HTTP2-Settings` never passes (an h2c upgrade would tunnel raw requests past all of
-//!   this: #20, finding 6);
+//!   this);
 //! - trailers, both ways: `trailers`.
 
 use std::net::IpAddr;
@@ -302,7 +302,7 @@ fn strip_present(headers: &mut HeaderMap, present: u16) -> bool {
 }
 
 /// Removes every header whose name, with `_` read as `-`, is one this hop protects: the
-/// session prefix, `X-Forwarded-*`, the hop marker (#20, finding 3).
+/// session prefix, `X-Forwarded-*`, the hop marker.
 fn strip_underscored(headers: &mut HeaderMap, prefix: &str) {
     let names: Vec<HeaderName> = headers
         .keys()

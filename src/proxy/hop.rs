@@ -1,10 +1,10 @@
-//! The forwarding marker (SPEC 4.4): `X-Caracal-Hop: <hops> <route> <scheme>`, and with a
+//! The forwarding marker (REFERENCE 4.4): `X-Caracal-Hop: <hops> <route> <scheme>`, and with a
 //! `[cluster] key` also ` <unix ms> <hmac>`, the HMAC-SHA256 (hex) over those fields and
 //! the request's method and target, so a process that is not a member cannot mint one
-//! (#20, finding 7) and a captured one cannot be replayed for another request or after
+//! and a captured one cannot be replayed for another request or after
 //! [`MAX_AGE_MS`]. The scheme is the client's (`http`/`https`): the owner sets `Secure`
-//! on the cookie from it, not from its own plain connection from the forwarder (#20,
-//! finding 4). Without a key the marker is trusted by the sender's IP alone (a member's
+//! on the cookie from it, not from its own plain connection from the forwarder.
+//! Without a key the marker is trusted by the sender's IP alone (a member's
 //! announced HTTP address).
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,4 +1,4 @@
-//! Graceful leave, the proxy's part (SPEC 4.8): a draining node hands every session it
+//! Graceful leave, the proxy's part (REFERENCE 4.8): a draining node hands every session it
 //! owns to its successor before it stops accepting.
 //!
 //! 1. The cluster announces `draining` and waits until the members heard it; from then on

@@ -1,4 +1,4 @@
-//! Forwards over mesh channels (SPEC 4.10, #17): with `[cluster.tls]`, a request for a
+//! Forwards over mesh channels (REFERENCE 4.10): with `[cluster.tls]`, a request for a
 //! session another member owns goes over a forwarding channel (`cluster::open_channel`:
 //! mutual TLS, the member's certificate naming its route), not to its client listener.
 //!

@@ -1,10 +1,10 @@
-//! The request path of one node (floor 4; SPEC 3): sanitize, plan, pick a backend or the
+//! The request path of one node (floor 4; REFERENCE 3): sanitize, plan, pick a backend or the
 //! owning member, proxy, clean the response.
 //!
 //! - `frontend`: listeners, TLS, connection limits, HTTP/1.1 + HTTP/2 serving.
 //! - `framing`: the HTTP/1 framing guard (the duplicate lengths hyper hides).
 //! - `survey`: one pass over a request's header names, for `checks` and `headers`.
-//! - `checks`: what a request head must be before anything else looks at it (SPEC 7).
+//! - `checks`: what a request head must be before anything else looks at it (REFERENCE 7).
 //! - `client`: the client side of a connection (`ClientInfo`, `ConnFlags`).
 //! - `headers`: header hygiene.
 //! - `hop`: the forwarding marker between members.
@@ -18,7 +18,7 @@
 //! - `tunnel`: upgraded connections.
 //! - `access`: the access log (a line per request, written off the request path).
 //! - `drain`: telling open connections to finish on shutdown.
-//! - `leave`: a draining node hands its sessions to their successors (SPEC 4.8).
+//! - `leave`: a draining node hands its sessions to their successors (REFERENCE 4.8).
 //! - `timer`: the coarse timers of the per-request deadlines.
 
 mod access;
@@ -85,7 +85,7 @@ pub(crate) struct Proxy {
     hygiene: Hygiene,
     /// `[http] request_id_header`.
     request_id: Option<http::HeaderName>,
-    /// `[http] max_header_bytes`, checked exactly (SPEC 7).
+    /// `[http] max_header_bytes`, checked exactly (REFERENCE 7).
     max_header_bytes: usize,
     /// Swapped whole by a reload (`[backends]` changed): a request keeps the one it began
     /// with, so nothing in flight is cut.
@@ -199,7 +199,7 @@ impl Proxy {
         self.sessions.end_owned_sessions().await
     }
 
-    /// Drains this node: hands its sessions to their successors (SPEC 4.8), within
+    /// Drains this node: hands its sessions to their successors (REFERENCE 4.8), within
     /// `limit`; see [`DrainReport`].
     pub(crate) async fn drain(&self, limit: std::time::Duration) -> DrainReport {
         self.sessions.drain(limit).await
@@ -421,7 +421,7 @@ impl Proxy {
             parts.uri = origin_form(&parts.uri);
         }
 
-        // Who serves the session (SPEC 4.4). Upgrades carry no session work.
+        // Who serves the session (REFERENCE 4.4). Upgrades carry no session work.
         let session = if upgrade.is_some() {
             None
         } else {
@@ -512,7 +512,7 @@ enum Step {
     /// Boxed, with the future of its path: the rare forward would otherwise make every
     /// request's future (moved into hyper's dispatcher) kilobytes larger. Also a takeover.
     Forward(Box<ToOwner>),
-    /// Answered at once (no lease, SPEC 4.9).
+    /// Answered at once (no lease, REFERENCE 4.9).
     Fail(ProxyError),
     /// Moved out while a forward runs.
     Taken,

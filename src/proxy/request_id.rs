@@ -1,6 +1,6 @@
 //! The request id (`[http] request_id_header`, `X-Request-Id` by default): sent to the
 //! backend, named in the proxy's own error responses and in their log line, so a client's
-//! report finds the details the response leaves out (#20, finding 9). A trusted proxy's or
+//! report finds the details the response leaves out. A trusted proxy's or
 //! a forwarding member's id is kept, so one request has one id across the cluster.
 
 use std::fmt;

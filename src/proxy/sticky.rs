@@ -1,4 +1,4 @@
-//! The sticky layer (SPEC 3 steps 3-6, 4.4): what the proxy calls around the backend.
+//! The sticky layer (REFERENCE 3 steps 3-6, 4.4): what the proxy calls around the backend.
 //! [`SessionLayer::on_request`] resolves the request's session and plans who serves it
 //! (this node, or the member that owns it); [`SessionLayer::on_response`] applies the
 //! backend's directives to the store and hands the changes to the cluster.
@@ -39,7 +39,7 @@ pub(super) struct RequestSession {
     _in_flight: Option<Arc<()>>,
 }
 
-/// Where a request goes (SPEC 3, 4.4).
+/// Where a request goes (REFERENCE 3, 4.4).
 pub(super) enum Plan {
     /// The static filter matched: no session work at all.
     Static,
@@ -130,7 +130,7 @@ impl SessionLayer {
     /// Resolves the request's session: who serves it and, when this node does, adds the
     /// session headers for the backend and strips the `;jsessionid=` parameter. A forwarded
     /// request is left as it came (the owner resolves it again).
-    /// The session headers for the backend (SPEC 5) go to `added`, which the upstream
+    /// The session headers for the backend (REFERENCE 5) go to `added`, which the upstream
     /// client writes after the request's own (a client's session-prefixed headers were
     /// stripped by the header hygiene).
     pub(super) fn on_request(
@@ -203,7 +203,7 @@ impl SessionLayer {
                         cluster::Decision::Local
                     }
                     Ok(_) => match r.ready_successor(c.base, &r.members()) {
-                        // Draining (SPEC 4.8): the successor takes the session over.
+                        // Draining (REFERENCE 4.8): the successor takes the session over.
                         Some(to) => return Plan::Forward(to),
                         None => cluster::Decision::Local,
                     },
@@ -288,7 +288,7 @@ impl SessionLayer {
         Plan::Local(rs)
     }
 
-    /// A draining node creates no session (SPEC 4.8): a request without a live session
+    /// A draining node creates no session (REFERENCE 4.8): a request without a live session
     /// goes to a ready member, in turn. `None` when not draining or nobody is ready.
     fn elsewhere_while_draining(&self) -> Option<NodeInfo> {
         let r = self.cluster.get().filter(|r| r.is_handing_over())?;
@@ -413,7 +413,7 @@ impl SessionLayer {
         }
     }
 
-    /// Takes the session `key` of the gone `owner` over by a majority's vote (SPEC 4.9),
+    /// Takes the session `key` of the gone `owner` over by a majority's vote (REFERENCE 4.9),
     /// and in sync mode waits until the members hold the new ownership.
     pub(super) async fn claim(&self, key: Key, owner: &str) -> Result<(), SessionError> {
         let Some(r) = self.cluster.get() else {

@@ -54,7 +54,7 @@ struct Wheel {
 /// SIGSTOP, a frozen VM): the clock advances one tick across it instead of the gap. Timers
 /// do not count time the node itself could not run: a request read right after the pause,
 /// whose deadline was set from the clock before the tick caught up, would otherwise time
-/// out at once (a spurious 504, #19), and one in flight would be cut for the pause's sake.
+/// out at once (a spurious 504), and one in flight would be cut for the pause's sake.
 const PAUSE_MS: u64 = 1000;
 
 impl Wheel {

@@ -1,4 +1,4 @@
-//! Trailers, both ways (#20, finding 5): they lose what a head would lose (the session
+//! Trailers, both ways: they lose what a head would lose (the session
 //! prefix, `X-Forwarded-*`, the hop marker, with `_` read as `-`) plus the fields RFC 9110
 //! 6.5.1 keeps out of trailers: framing, routing, connection control, authentication and
 //! content metadata. Before, request trailers `x-session-id` or `content-length` reached

@@ -1,4 +1,4 @@
-//! The replica's apply rule (SPEC 4.6), as one pure function.
+//! The replica's apply rule (REFERENCE 4.6), as one pure function.
 //!
 //! Every change carries the (epoch, version) of the session after the change. A replica:
 //! - rejects anything from a lower epoch than it holds (a paused-then-resumed "zombie" owner

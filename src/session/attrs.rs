@@ -1,5 +1,5 @@
 //! Session attributes as stored: one canonical JSON object (compact, keys sorted, ASCII-only),
-//! the bytes every request sends to the backend as `X-Session` (SPEC 5), and the merge of a
+//! the bytes every request sends to the backend as `X-Session` (REFERENCE 5), and the merge of a
 //! change into it.
 //!
 //! A change carries its `-Set` object in the same canonical form ([`canonical`]), so the

@@ -1,4 +1,4 @@
-//! What a session change is (SPEC 4.3, 4.6): the owner's [`Change`]s, in the order it makes
+//! What a session change is (REFERENCE 4.3, 4.6): the owner's [`Change`]s, in the order it makes
 //! them, each carrying the session's (epoch, version) after it. The cluster carries them;
 //! replicas apply them by [`super::apply::verdict`].
 

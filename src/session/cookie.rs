@@ -1,4 +1,4 @@
-//! The session cookie and the `;jsessionid=` path parameter (SPEC 2).
+//! The session cookie and the `;jsessionid=` path parameter (REFERENCE 2).
 //!
 //! Reading: the cookie first, the path parameter second. Writing: `Path=/`, `HttpOnly`,
 //! `SameSite=Lax`, `Secure` per `cookie_secure` (auto = when the request came over TLS),
@@ -94,7 +94,7 @@ fn cookie_value<'h>(v: &'h [u8], name: &[u8]) -> Option<&'h str> {
 
 /// Finds `;<param>=value` in a path (any segment, name case-insensitive) and returns the
 /// first value and the path without any such parameter (a second one, or one on a static
-/// path, must not reach the backend either: #20, finding 9). `None` when the path has none.
+/// path, must not reach the backend either). `None` when the path has none.
 pub(crate) fn take_path_param<'p>(path: &'p str, param: &str) -> Option<(&'p str, String)> {
     let mut first: Option<&'p str> = None;
     let mut stripped = String::new();

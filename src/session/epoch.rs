@@ -1,4 +1,4 @@
-//! Ownership epochs, unique cluster-wide (SPEC 4.6): an epoch is the ordered pair
+//! Ownership epochs, unique cluster-wide (REFERENCE 4.6): an epoch is the ordered pair
 //! (counter, route tag) packed into a `u64`, counter high. Two nodes minting "the next
 //! epoch" from the same copy mint different ones, so a tie can never hide two different
 //! copies at one (epoch, version); among claims decided by a majority, voters promise

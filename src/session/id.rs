@@ -1,4 +1,4 @@
-//! Session ids (SPEC 2): 16 bytes from the OS CSPRNG as 32 upper-case hex characters (the
+//! Session ids (REFERENCE 2): 16 bytes from the OS CSPRNG as 32 upper-case hex characters (the
 //! *base id*), then `.` and the owner's jvm_route: `0F3A...9C.node1`.
 
 use std::fmt::Write;

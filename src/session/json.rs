@@ -1,4 +1,4 @@
-//! ASCII-only JSON for the `X-Session` request header (SPEC 5): every non-ASCII character
+//! ASCII-only JSON for the `X-Session` request header (REFERENCE 5): every non-ASCII character
 //! is written as `\uXXXX` (surrogate pairs above the BMP), so the value is a legal header.
 //!
 //! Hand-written: serde_json has no ASCII-only mode; this is its `Formatter` hook.

@@ -1,4 +1,4 @@
-//! Sessions, the domain (floor 2; SPEC 2, 4.3, 4.6, 5): what a session is and how it
+//! Sessions, the domain (floor 2; REFERENCE 2, 4.3, 4.6, 5): what a session is and how it
 //! changes, with no knowledge of the network. The cluster carries [`Change`]s; the proxy's
 //! sticky layer calls the [`SessionStore`].
 //!
@@ -8,7 +8,7 @@
 //! - `store`: the session map, atomic per-session changes, expiry, limits; the replica side.
 //! - `change`: [`Change`] and [`FullSession`], what an owner's change is.
 //! - `epoch`: ownership epochs, unique cluster-wide.
-//! - `apply`: the replica's apply rule (SPEC 4.6), one pure function (proptested).
+//! - `apply`: the replica's apply rule (REFERENCE 4.6), one pure function (proptested).
 //! - `attrs`: the stored attributes (canonical JSON text) and the merge of a change.
 //! - `json`: ASCII-only JSON for header values.
 //! - `filter`: the ReplicationValve-style static filter.

@@ -1,4 +1,4 @@
-//! The backend session protocol (SPEC 5), with a configurable prefix (default `X-Session`).
+//! The backend session protocol (REFERENCE 5), with a configurable prefix (default `X-Session`).
 //!
 //! To the backend: `X-Session-Id`, `X-Session` (ASCII JSON of the attributes),
 //! `X-Session-Node`, and `X-Session-Original-Id` after a failover rebind.

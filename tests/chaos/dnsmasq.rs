@@ -1,4 +1,4 @@
-//! A real DNS server for the dns membership tests (#18): Debian's dnsmasq, run by the test
+//! A real DNS server for the dns membership tests: Debian's dnsmasq, run by the test
 //! in the root namespace on the lab's own link (never on another address), answering A
 //! records for one name from a hosts file the test rewrites (SIGHUP reloads it). Each node
 //! namespace gets `/etc/netns/<ns>/resolv.conf` naming it, which `ip netns exec`

@@ -1,4 +1,4 @@
-//! The fault-injection lab of #19, shared by `tests/chaos.rs` (sized for CI) and
+//! The fault-injection lab, shared by `tests/chaos.rs` (sized for CI) and
 //! `bench/chaos.rs` (the full table).
 //!
 //! Three caracal nodes, each in a network namespace of its own, on a bridge that lives in a
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// The lab nodes' admin listeners are off loopback: they need a token (#21).
+/// The lab nodes' admin listeners are off loopback: they need a token.
 pub const ADMIN_TOKEN: &str = "chaos-lab-admin-token-0123";
 use http::StatusCode;
 
@@ -140,7 +140,7 @@ pub struct Lab {
     hub: String,
     ns: Vec<String>,
     /// The cluster's CA and node certificates: the mesh beyond loopback is mutual TLS
-    /// (SPEC 4.10), so the faults are tried on the deployment's own shape, forwards over
+    /// (REFERENCE 4.10), so the faults are tried on the deployment's own shape, forwards over
     /// mesh channels included.
     certs: tempfile::TempDir,
 }
@@ -576,7 +576,7 @@ pub async fn check(admins: &[SocketAddr], clients: &[Client], copies_wanted: usi
 async fn copies(admins: &[SocketAddr], base: &str) -> Vec<serde_json::Value> {
     let mut v = Vec::new();
     for (i, admin) in admins.iter().enumerate() {
-        // Off loopback, session contents need the admin token (#21).
+        // Off loopback, session contents need the admin token.
         let mut req = get(&format!("/sessions/{base}"));
         req.headers_mut().insert(
             "authorization",

@@ -1,4 +1,4 @@
-//! The randomized edge harness (#20): mutations of valid HTTP/1.1 requests and of HTTP/2
+//! The randomized edge harness: mutations of valid HTTP/1.1 requests and of HTTP/2
 //! (h2c prior knowledge) connections, sent to a live node in front of the recording
 //! backend. Seeded and bounded: `run(seed, cases)` is the same run every time.
 //!

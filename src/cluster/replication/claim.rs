@@ -1,4 +1,4 @@
-//! Takeover by a majority (SPEC 4.4.3, 4.9), Redis Cluster's failover vote applied per
+//! Takeover by a majority (REFERENCE 4.4.3, 4.9), Redis Cluster's failover vote applied per
 //! session, with the newest copy of the voters taken over (a Paxos "prepare"):
 //!
 //! - the claimant (the deterministic successor, holding a lease) mints an epoch above

@@ -1,4 +1,4 @@
-//! Graceful leave (SPEC 4.8): a draining owner hands its sessions to their successors.
+//! Graceful leave (REFERENCE 4.8): a draining owner hands its sessions to their successors.
 //!
 //! The owner sends each successor a `HandOver` with the keys it should own; the successor
 //! takes them over exactly as after a failover, by a majority's vote ([`Replicator::claim`]:

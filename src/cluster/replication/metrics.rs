@@ -98,7 +98,7 @@ impl ReplMetrics {
                 ("replication_claims", "Sessions taken over by a majority's vote", &r.claims),
                 ("replication_claims_refused", "Takeovers that found no majority (503)", &r.claims_refused),
                 ("replication_votes_refused", "Claims refused because this node still hears the owner", &r.votes_refused),
-                ("replication_handed_over", "Sessions this node handed to their successors while draining (SPEC 4.8)", &r.handed_over),
+                ("replication_handed_over", "Sessions this node handed to their successors while draining (REFERENCE 4.8)", &r.handed_over),
                 ("replication_catch_ups", "Catch-ups with the majority after a lapsed lease", &r.catch_ups),
                 ("replication_caught_up_sessions", "Sessions a catch-up changed (taken over or removed elsewhere)", &r.caught_up_sessions),
                 ("replication_below_quorum_writes", "Sync writes that reached fewer copies than a majority (503)", &r.below_quorum_writes),

@@ -1,4 +1,4 @@
-//! Session replication over the mesh: the DeltaManager and the BackupManager (SPEC 4.3,
+//! Session replication over the mesh: the DeltaManager and the BackupManager (REFERENCE 4.3,
 //! 4.5, 4.6, 4.7).
 //!
 //! - [`Replicator`] (here): what the sticky layer calls through the cluster: `enqueue`
@@ -11,7 +11,7 @@
 //!   batches, acks, resend of unacked batches after a reconnect.
 //! - `rebalance`: the BackupManager's "owner + exactly one backup" after membership changes.
 //! - `transfer`: state transfer, both directions.
-//! - `claim`: takeover by a majority's vote, both sides (SPEC 4.9).
+//! - `claim`: takeover by a majority's vote, both sides (REFERENCE 4.9).
 //! - `rejoin`: catching up after a lapsed lease, both sides.
 
 mod claim;
@@ -72,7 +72,7 @@ pub(crate) struct Wait {
 }
 
 /// One peer's queue, as the enqueuing side and the peer's task both see it: changes and
-/// bytes queued or unacked, and whether changes were dropped at the cap (SPEC 4.10).
+/// bytes queued or unacked, and whether changes were dropped at the cap (REFERENCE 4.10).
 #[derive(Default)]
 pub(super) struct Load {
     pub depth: AtomicI64,
@@ -84,7 +84,7 @@ pub(super) struct Load {
 
 struct PeerHandle {
     route: Arc<str>,
-    /// The member drains (SPEC 4.8): it keeps the copies it has until it leaves, but
+    /// The member drains (REFERENCE 4.8): it keeps the copies it has until it leaves, but
     /// BackupManager places no copy on it.
     draining: std::sync::atomic::AtomicBool,
     tx: mpsc::UnboundedSender<Outgoing>,
@@ -102,7 +102,7 @@ pub(super) struct Replicator {
     pub manager: Manager,
     pub mode: SendMode,
     ack_timeout: Duration,
-    /// The majority and this node's lease (SPEC 4.9).
+    /// The majority and this node's lease (REFERENCE 4.9).
     pub lease: Arc<Lease>,
     /// An audit after a member came back is scheduled or running (backup manager).
     auditing: std::sync::atomic::AtomicBool,
@@ -282,7 +282,7 @@ impl Replicator {
         self.enough(targets - missed.len())
     }
 
-    /// Whether a write that `applied` peers hold counts (SPEC 4.9).
+    /// Whether a write that `applied` peers hold counts (REFERENCE 4.9).
     fn enough(&self, applied: usize) -> Result<(), SettleError> {
         if self.lease.handling == PartitionHandling::Available {
             return Ok(());
@@ -319,7 +319,7 @@ impl Replicator {
             if let Change::Full(f) = &**c {
                 // A node announces only its own ownership: a whole copy that names another
                 // owner at a newer epoch than the one held here claims what its sender
-                // cannot have won (SPEC 4.9). A hand-on of a copy (no copy here) passes.
+                // cannot have won (REFERENCE 4.9). A hand-on of a copy (no copy here) passes.
                 let foreign = sender.is_none_or(|s| s != f.owner);
                 if foreign
                     && self
@@ -360,7 +360,7 @@ impl Replicator {
 /// Waits for every ack until `deadline`; returns the waits that got none. A target whose
 /// channel closed (its peer task ended: the member left or died) is one miss, and the
 /// others are still awaited: returning at the first closed channel answered the client
-/// before live members had acked (#19, cause 4).
+/// before live members had acked.
 /// Also says whether a member fenced a change.
 async fn await_acks(waits: Vec<Wait>, deadline: tokio::time::Instant) -> (Vec<Wait>, bool) {
     let mut waits = waits;

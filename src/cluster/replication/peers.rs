@@ -177,7 +177,7 @@ pub(crate) struct PeerQueue {
     pub overflowed: bool,
 }
 
-/// The replication counters `/status` shows (SPEC 6); `/metrics` has them too.
+/// The replication counters `/status` shows (REFERENCE 6); `/metrics` has them too.
 #[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct ReplicationStatus {
     pub send_options: &'static str,

@@ -1,5 +1,5 @@
 //! BackupManager: after every membership change, "owner + exactly one backup" again for
-//! the sessions this node holds (SPEC 4.5 backup).
+//! the sessions this node holds (REFERENCE 4.5 backup).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use crate::session::{Change, Key};
 
 impl Replicator {
     /// BackupManager: after every membership change, restores "owner + exactly one backup"
-    /// for the sessions this node holds (SPEC 4.5 backup):
+    /// for the sessions this node holds (REFERENCE 4.5 backup):
     /// - owned sessions whose backup moved: a full copy to the new backup, acked, then the
     ///   old backup (if alive) drops its copy;
     /// - copies of a dead owner's sessions (an owner this node saw leave): the successor
@@ -136,7 +136,7 @@ impl Replicator {
                 let _ = self.settle(std::mem::take(&mut waits)).await;
             }
         }
-        // A dead owner's sessions, by a majority's vote (SPEC 4.9); one that finds no
+        // A dead owner's sessions, by a majority's vote (REFERENCE 4.9); one that finds no
         // majority now is claimed when a request asks for it.
         for (owner, keys) in to_claim {
             for batch in keys.chunks(256) {

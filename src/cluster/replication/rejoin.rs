@@ -1,4 +1,4 @@
-//! Catching up after a lapsed lease (SPEC 4.9, "Rejoin"): a node that was paused, cut off
+//! Catching up after a lapsed lease (REFERENCE 4.9, "Rejoin"): a node that was paused, cut off
 //! or dropped sends every member a digest of what it holds, (session, epoch, version), in
 //! chunks; each answers what it knows that is newer: whole copies (a takeover, the
 //! majority's writes), removals, and promises of claims under way. Applied by the apply

@@ -1,4 +1,4 @@
-//! State transfer (SPEC 4.7), both ways: a joiner streams every session from the oldest
+//! State transfer (REFERENCE 4.7), both ways: a joiner streams every session from the oldest
 //! ready member; a member serves its sessions to a joiner in chunks.
 
 use std::time::Instant;

@@ -8,7 +8,7 @@
 //! - `request_body`: the request body on its way to a backend.
 //! - `config`: the settings.
 //!
-//! Retry rule (SPEC 3): a request moves to another backend only when nothing reached the
+//! Retry rule (REFERENCE 3): a request moves to another backend only when nothing reached the
 //! first (connect failed, or the write failed at once), or when it is idempotent and has no
 //! body, so it can be sent again as it was (the request's parts are only borrowed).
 

@@ -1,4 +1,4 @@
-//! Ownership changes decided by a majority (SPEC 4.4.3, 4.9), the store's side: a voter's
+//! Ownership changes decided by a majority (REFERENCE 4.4.3, 4.9), the store's side: a voter's
 //! promise, the claimant's install of the newest copy a majority holds, and the digest a
 //! node that lost its lease compares with the members before it serves again.
 
@@ -38,7 +38,7 @@ pub struct Fresher {
 }
 
 impl SessionStore {
-    /// Failover without a vote (`partition_handling = "available"`, SPEC 4.4.3): this node
+    /// Failover without a vote (`partition_handling = "available"`, REFERENCE 4.4.3): this node
     /// becomes the owner with a higher epoch; the new ownership goes to the cluster as a
     /// full copy. Atomic per session: concurrent takeovers on this node raise the epoch
     /// once. `None` if the session is gone.

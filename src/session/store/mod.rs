@@ -5,7 +5,7 @@
 //! distinct attributes never clobber each other: each change starts from the current state,
 //! not from the copy the backend saw.
 //!
-//! Each session carries its owner and an (epoch, version) pair for the cluster (SPEC 4.6):
+//! Each session carries its owner and an (epoch, version) pair for the cluster (REFERENCE 4.6):
 //! `version` grows by one per change; `epoch` rises with each change of owner, minted unique
 //! cluster-wide ([`super::epoch`]); a claimant's promise fences older epochs (`claim`).
 //!
@@ -346,7 +346,7 @@ impl SessionStore {
     /// that moved meanwhile (taken over by another node while this one was paused or cut
     /// off, and the new owner's copy arrived) is [`SessionError::Moved`]: the request's
     /// view is stale, and merging its directives into the new owner's copy would bump the
-    /// version inside the new epoch (#19, cause 1).
+    /// version inside the new epoch.
     pub fn apply_planned(
         &self,
         planned: Option<Planned>,

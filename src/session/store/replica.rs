@@ -1,5 +1,5 @@
 //! The replica side of the store: applying a change the session's owner replicated
-//! (SPEC 4.6, by [`verdict`]), and the copies and key lists replication and state transfer
+//! (REFERENCE 4.6, by [`verdict`]), and the copies and key lists replication and state transfer
 //! read.
 
 use std::sync::Arc;
@@ -45,7 +45,7 @@ impl Session {
 }
 
 impl SessionStore {
-    /// Applies a change replicated by the session's owner (SPEC 4.6, [`verdict`]).
+    /// Applies a change replicated by the session's owner (REFERENCE 4.6, [`verdict`]).
     pub fn apply_remote(&self, change: &Change, now: Instant) -> Remote {
         let key = Key(change.key());
         if let Change::Drop { epoch, version, .. } = change {

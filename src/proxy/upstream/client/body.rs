@@ -21,7 +21,7 @@ pub(crate) struct ResponseBody {
     conn: Option<Conn>,
     plan: Plan,
     lease: Option<BackendHold>,
-    /// The lower-case session prefix: trailers lose what a head would (#20, finding 5).
+    /// The lower-case session prefix: trailers lose what a head would.
     strip: &'static [u8],
 }
 

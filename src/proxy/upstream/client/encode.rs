@@ -77,7 +77,7 @@ pub(super) enum ReqFraming {
 
 /// The request body's framing as it is written.
 pub(super) struct BodyOut {
-    /// The lower-case session prefix: trailers lose what a head would (#20, finding 5).
+    /// The lower-case session prefix: trailers lose what a head would.
     pub(super) strip: &'static [u8],
     pub(super) framing: ReqFraming,
     /// Bytes still owed under `Content-Length`.

@@ -151,7 +151,7 @@ pub(super) fn parse_head(
             continue;
         } else if is_name(name, b"transfer-encoding") {
             // Only `chunked` can be carried: another coding (gzip, ...) would reach the
-            // client as coded bytes with nothing saying so (#20, finding 9).
+            // client as coded bytes with nothing saying so.
             let only_chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
             if !only_chunked || chunked {
                 return Err(SendError::response(format!(

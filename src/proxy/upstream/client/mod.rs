@@ -152,7 +152,7 @@ impl Drop for Writer {
 
 /// Why an exchange failed. `unsent`: nothing of the request reached the backend, so it may
 /// go to another one as it is. `fault` says whose it is: only the backend's own failures
-/// count against its health (#20, findings 1 and 10).
+/// count against its health.
 #[derive(Debug, thiserror::Error)]
 #[error("{reason}")]
 pub(crate) struct SendError {
@@ -422,7 +422,7 @@ impl Conn {
 
     /// Reads the response head while the body's task writes the rest of the request. A
     /// client body that breaks off first is the client's failure, not the backend's (which
-    /// then sees a cut body and closes): #20, finding 1.
+    /// then sees a cut body and closes).
     async fn read_while_writing(
         &mut self,
         no_body: bool,
