@@ -86,12 +86,25 @@ fn route(req: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// addresses read from its log, ready when `/ready` answers.
 type NodeProc = common::Node;
 
+/// One multicast port per domain (each scenario has its own), from the tests' allocator.
+fn port_of(domain: &str) -> u16 {
+    static PORTS: std::sync::Mutex<Vec<(String, u16)>> = std::sync::Mutex::new(Vec::new());
+    let mut ports = PORTS.lock().unwrap();
+    if let Some((_, p)) = ports.iter().find(|(d, _)| d == domain) {
+        return *p;
+    }
+    let p = common::mcast_port();
+    ports.push((domain.to_string(), p));
+    p
+}
+
 fn conf(route: &str, backend: SocketAddr, domain: &str, extra: &str) -> String {
+    let port = port_of(domain);
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"1s\"\n\
          [backends]\nservers = [\"http://{backend}\"]\n\
          [cluster]\nenabled = true\n{extra}\n\
-         [cluster.membership]\nport = 46900\ndomain = \"{domain}\"\n[cluster.receiver]\nport = 0\n"
+         [cluster.membership]\nport = {port}\ndomain = \"{domain}\"\n[cluster.receiver]\nport = 0\n"
     )
 }
 

@@ -19,7 +19,7 @@ mod common;
 
 use common::*;
 
-const KEY: &str = "key = \"a-bench-cluster-key-0123456789\"";
+const KEY: &str = "a-bench-cluster-key-0123456789";
 
 fn pct(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -91,25 +91,8 @@ struct Round {
     unreplicated: f64,
 }
 
-async fn round(tls: Option<&std::path::Path>, port: u16, clients: usize, secs: u64) -> Round {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=3)
-        .map(|i| {
-            let c = cluster_node(
-                &format!("n{i}"),
-                &b.url(),
-                port,
-                &format!("bench-tls-{port}"),
-                KEY,
-            );
-            match tls {
-                None => c,
-                Some(dir) => format!("{c}{}", tls_section(dir, &format!("n{i}"))),
-            }
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(10)).await;
+async fn round(tls: Option<&std::path::Path>, clients: usize, secs: u64) -> Round {
+    let (_b, nodes) = keyed_cluster(&["n1", "n2", "n3"], "bench-tls", KEY, tls, |_, c| c).await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     // Warm-up: the peers' connections and the forwarding channels are open.
     load(n1.http, n2.http, clients, 1).await;
@@ -149,8 +132,7 @@ fn main() {
         let mut sums = [[0.0f64; 2]; 2];
         for r in 0..rounds {
             for (m, tls) in [None, Some(dir.path())].into_iter().enumerate() {
-                let port = 46950 + (r * 2 + m as u64) as u16;
-                let x = round(tls, port, clients, secs).await;
+                let x = round(tls, clients, secs).await;
                 let name = if tls.is_some() { "tls" } else { "plain" };
                 let rate = |l: &Load| l.writes as f64 / l.secs;
                 println!(

@@ -269,12 +269,7 @@ fn rendered(browser: &str, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cluster_page_shows_every_member_and_drops_a_killed_one() {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=3)
-        .map(|i| cluster_node(&format!("p{i}"), &b.url(), 46751, "page", ""))
-        .collect();
-    let mut nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+    let (_b, mut nodes) = start_cluster(&["p1", "p2", "p3"], "page", "", |_, c| c).await;
     let url = format!("http://{}/?refresh=5", nodes[0].admin);
 
     // Served HTML, whatever renders it.

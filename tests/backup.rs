@@ -7,20 +7,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::StatusCode;
 
-const PORT: u16 = 46501;
-
-fn conf(route: &str, backend: &str) -> String {
-    cluster_node(route, backend, PORT, "backup", "manager = \"backup\"")
-}
-
-fn count(id: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    http::Request::get("/count")
-        .header("host", "app")
-        .header("cookie", format!("JSESSIONID={id}"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap()
-}
-
 /// How many of `nodes` hold each session.
 async fn copies(nodes: &[&Node], bases: &[String]) -> Vec<(usize, Vec<String>)> {
     let mut out = Vec::new();
@@ -65,25 +51,15 @@ async fn wait_two_copies(
     }
 }
 
-fn kill(n: &mut Node) {
-    n.child.kill().unwrap();
-    let _ = n.child.wait();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copies_through_owner_death_backup_death_and_a_join() {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = ["n1", "n2", "n3", "n4"]
-        .iter()
-        .map(|r| conf(r, &b.url()))
-        .collect();
-    let mut nodes = Node::start_all(&confs).await;
-    for n in &nodes {
-        n.wait_status(Duration::from_secs(3), "formed", |s| {
-            s["members"].as_array().unwrap().len() == 3
-        })
-        .await;
-    }
+    let (_b, mut nodes) = start_cluster(
+        &["n1", "n2", "n3", "n4"],
+        "backup",
+        "manager = \"backup\"",
+        |_, c| c,
+    )
+    .await;
     // 200 sessions, created round robin over the nodes.
     let mut ids = Vec::new();
     for i in 0..200 {
@@ -107,9 +83,9 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
 
     // The owner of a quarter of the sessions dies: they continue through any node...
     let mut n1 = nodes.remove(0);
-    kill(&mut n1);
+    n1.kill();
     for (i, id) in ids.iter().enumerate() {
-        let r = http(nodes[i % 3].http, count(id)).await;
+        let r = http(nodes[i % 3].http, count(Some(id))).await;
         assert_eq!(r.status, StatusCode::OK, "{id}: {}", r.text());
         assert_eq!(r.json()["n"], 2, "{id} lost its counter: {}", r.text());
     }
@@ -124,7 +100,10 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     .await;
 
     // A fifth node joins: still two copies each, some of them now on it.
-    nodes.push(Node::start(&conf("n5", &b.url())).await);
+    let n5 = nodes[0]
+        .conf_text()
+        .replace("jvm_route = \"n2\"", "jvm_route = \"n5\"");
+    nodes.push(Node::start(&n5).await);
     let live: Vec<&Node> = nodes.iter().collect();
     let holders = wait_two_copies("after a join", &live, &bases, Duration::from_secs(10)).await;
     let on_n5 = holders
@@ -135,7 +114,7 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
 
     // A backup dies (n2 backs up some sessions and owns others): same again.
     let mut n2 = nodes.remove(0);
-    kill(&mut n2);
+    n2.kill();
     let live: Vec<&Node> = nodes.iter().collect();
     wait_two_copies(
         "after a backup's death",
@@ -145,7 +124,7 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     )
     .await;
     for (i, id) in ids.iter().enumerate().take(50) {
-        let r = http(nodes[i % 3].http, count(id)).await;
+        let r = http(nodes[i % 3].http, count(Some(id))).await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.json()["n"], 3);
     }
@@ -159,9 +138,9 @@ async fn two_copies_through_owner_death_backup_death_and_a_join() {
     });
     assert_eq!(doomed.len(), 2, "{holders:?}");
     for mut d in doomed {
-        kill(&mut d);
+        d.kill();
     }
-    let r = http(survivors[0].http, count(&ids[0])).await;
+    let r = http(survivors[0].http, count(Some(&ids[0]))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["n"], 1, "expected a fresh session");
     assert!(set_cookie_id(&r).is_some());

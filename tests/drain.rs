@@ -21,18 +21,13 @@ fn node_state(state: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> 
     r
 }
 
-async fn three(port: u16, domain: &str, extra: &str) -> (TestBackend, Vec<Node>) {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|r| {
-            cluster_node(r, &b.url(), port, domain, "expected_members = 3")
-                + &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n{extra}")
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
-    (b, nodes)
+/// n1, n2 and n3 with `cluster` settings and an admin token.
+async fn tokened(domain: &str, cluster: &str) -> (TestBackend, Vec<Node>) {
+    let cluster = format!("expected_members = 3\n{cluster}");
+    start_cluster(&["n1", "n2", "n3"], domain, &cluster, |_, c| {
+        c + &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
+    })
+    .await
 }
 
 /// `n` sessions created at `node`, each written twice (n = 2).
@@ -48,22 +43,12 @@ async fn sessions_at(node: &Node, n: usize) -> Vec<String> {
     ids
 }
 
-async fn run_admin_drain(manager: &str, port: u16) {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|r| {
-            cluster_node(
-                r,
-                &b.url(),
-                port,
-                &format!("drain-{manager}"),
-                &format!("expected_members = 3\nmanager = \"{manager}\""),
-            ) + &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+async fn run_admin_drain(manager: &str) {
+    let (_b, nodes) = tokened(
+        &format!("drain-{manager}"),
+        &format!("manager = \"{manager}\""),
+    )
+    .await;
     let ids = sessions_at(&nodes[0], 40).await;
     assert_eq!(nodes[0].status().await["sessions"]["owned"], 40);
 
@@ -156,12 +141,12 @@ async fn run_admin_drain(manager: &str, port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_drain_hands_every_session_to_its_successor_delta() {
-    run_admin_drain("delta", 46761).await;
+    run_admin_drain("delta").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_drain_hands_every_session_to_its_successor_backup() {
-    run_admin_drain("backup", 46762).await;
+    run_admin_drain("backup").await;
 }
 
 /// SIGTERM of a node under load from clients that each keep a session and, as a DNS
@@ -170,7 +155,7 @@ async fn admin_drain_hands_every_session_to_its_successor_backup() {
 /// the node shows `draining`, then leaves and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_fails_no_request_and_loses_no_write() {
-    let (_b, mut nodes) = three(46763, "drain-sigterm", "").await;
+    let (_b, mut nodes) = tokened("drain-sigterm", "").await;
     let addrs: Vec<_> = nodes.iter().map(|n| n.http).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -264,7 +249,7 @@ async fn sigterm_under_load_fails_no_request_and_loses_no_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_node_leaves_without_waiting_for_drain_timeout() {
     let b = TestBackend::start("b").await;
-    let conf = cluster_node("alone", &b.url(), 46764, "drain-alone", "")
+    let conf = cluster_node("alone", &b.url(), mcast_port(), "drain-alone", "")
         .replace("[node]\n", "[node]\ndrain_timeout = \"20s\"\n");
     let mut node = Node::start(&conf).await;
     let r = http(node.http, count(None)).await;

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use http_body_util::Full;
@@ -13,20 +11,16 @@ use http_body_util::Full;
 const KEY: &str =
     "key = \"an-edge-test-cluster-key-0123456789\"\npartition_handling = \"available\"";
 
-async fn pair(port: u16, domain: &str, cluster: &str, n1_extra: &str) -> (TestBackend, Node, Node) {
-    let b = TestBackend::start("b").await;
-    let c1 = format!(
-        "{}{n1_extra}",
-        cluster_node("n1", &b.url(), port, domain, cluster)
-    );
-    let c2 = cluster_node("n2", &b.url(), port, domain, cluster);
-    let mut nodes = Node::start_all(&[c1, c2]).await;
-    for n in &nodes {
-        n.wait_status(Duration::from_secs(5), "cluster formed", |s| {
-            s["members"].as_array().is_some_and(|m| m.len() == 1)
-        })
-        .await;
-    }
+/// n1 and n2 with `cluster` settings, `n1_extra` added to n1's conf.
+async fn pair(domain: &str, cluster: &str, n1_extra: &str) -> (TestBackend, Node, Node) {
+    let (b, mut nodes) = start_cluster(&["n1", "n2"], domain, cluster, |r, c| {
+        if r == "n1" {
+            c + n1_extra
+        } else {
+            c
+        }
+    })
+    .await;
     let n2 = nodes.pop().unwrap();
     let n1 = nodes.pop().unwrap();
     (b, n1, n2)
@@ -41,7 +35,7 @@ fn headers_of(r: &Resp) -> serde_json::Value {
 /// A real forward, signed, still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_key_only_a_signed_hop_marker_is_trusted() {
-    let (_b, n1, n2) = pair(46701, "edge-hop", KEY, "").await;
+    let (_b, n1, n2) = pair("edge-hop", KEY, "").await;
     let forged = |marker: &str, cookie: Option<&str>| {
         let mut r = reflect("/h", cookie, &[]);
         r.headers_mut()
@@ -85,8 +79,8 @@ async fn with_a_key_only_a_signed_hop_marker_is_trusted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_scheme_travels_with_a_forward() {
     let (ck, https, _dir) = self_signed_https("");
-    for (port, cluster) in [(46702, "partition_handling = \"available\""), (46703, KEY)] {
-        let (_b, n1, n2) = pair(port, &format!("edge-secure-{port}"), cluster, &https).await;
+    for (i, cluster) in [(1, "partition_handling = \"available\""), (2, KEY)] {
+        let (_b, n1, n2) = pair(&format!("edge-secure-{i}"), cluster, &https).await;
         let made = http(n2.http, get("/count")).await;
         let id = set_cookie_id(&made).expect("session");
 
@@ -123,6 +117,6 @@ async fn the_clients_scheme_travels_with_a_forward() {
             renewed.ends_with(".n2") || renewed.contains(".n2;"),
             "{renewed}"
         );
-        assert!(renewed.contains("Secure"), "{port}: {renewed}");
+        assert!(renewed.contains("Secure"), "{cluster}: {renewed}");
     }
 }

@@ -9,27 +9,6 @@ use common::*;
 use http::StatusCode;
 use serde_json::Value;
 
-async fn three(port: u16, domain: &str) -> (TestBackend, Vec<Node>) {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|r| cluster_node(r, &b.url(), port, domain, ""))
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    for n in &nodes {
-        n.wait_status(Duration::from_secs(3), "cluster formed", |s| {
-            s["members"].as_array().unwrap().len() == 2
-        })
-        .await;
-    }
-    (b, nodes)
-}
-
-fn kill(n: &mut Node) {
-    n.child.kill().unwrap();
-    let _ = n.child.wait();
-}
-
 async fn owners(nodes: &[&Node], base: &str) -> Vec<(String, u64)> {
     let mut v = Vec::new();
     for n in nodes {
@@ -46,7 +25,7 @@ async fn owners(nodes: &[&Node], base: &str) -> Vec<(String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cookie_of_node1_arriving_at_node2_is_served_by_node1() {
-    let (_b, nodes) = three(46401, "sticky").await;
+    let (_b, nodes) = three("sticky", "").await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     assert!(id.ends_with(".n1"));
@@ -66,7 +45,7 @@ async fn a_cookie_of_node1_arriving_at_node2_is_served_by_node1() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_owner_hands_the_session_to_the_deterministic_successor() {
-    let (_b, mut nodes) = three(46402, "failover").await;
+    let (_b, mut nodes) = three("failover", "").await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     let base = id.split('.').next().unwrap().to_string();
@@ -76,7 +55,7 @@ async fn kill_9_of_the_owner_hands_the_session_to_the_deterministic_successor() 
     let succ = successor(&base, ["n2", "n3"]).unwrap().to_string();
     let epoch0 = owners(&[&nodes[1]], &base).await[0].1;
     let mut n1 = nodes.remove(0);
-    kill(&mut n1);
+    n1.kill();
 
     // Right away, with no wait for drop_time: the client retries on the next node.
     let r = http(nodes[0].http, count(Some(&id))).await;
@@ -101,13 +80,13 @@ async fn kill_9_of_the_owner_hands_the_session_to_the_deterministic_successor() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_requests_after_a_kill_make_one_owner_and_lose_nothing() {
-    let (_b, mut nodes) = three(46403, "parallel").await;
+    let (_b, mut nodes) = three("parallel", "").await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     let base = id.split('.').next().unwrap().to_string();
     let epoch0 = owners(&[&nodes[1]], &base).await[0].1;
     let mut n1 = nodes.remove(0);
-    kill(&mut n1);
+    n1.kill();
     let mut tasks = Vec::new();
     for i in 0..20 {
         let addr = nodes[i % 2].http;
@@ -151,17 +130,17 @@ async fn parallel_requests_after_a_kill_make_one_owner_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_forwards_its_old_cookies_to_the_new_owner() {
-    let (b, mut nodes) = three(46404, "restart").await;
+    let (_b, mut nodes) = three("restart", "").await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     let base = id.split('.').next().unwrap().to_string();
     let mut n1 = nodes.remove(0);
-    kill(&mut n1);
+    n1.kill();
     let r = http(nodes[0].http, count(Some(&id))).await;
     let succ = r.json()["node"].as_str().unwrap().to_string();
     assert_ne!(succ, "n1");
     // n1 comes back with the same route and receives the cluster's sessions.
-    let n1b = Node::start(&cluster_node("n1", &b.url(), 46404, "restart", "")).await;
+    let n1b = Node::start(&n1.conf_text()).await;
     let copy = session_info(n1b.admin, &base).await.expect("transferred");
     assert_eq!(copy["owner"], succ.as_str());
     // The old cookie, at the restarted node: forwarded to the owner, never served stale.
@@ -173,27 +152,14 @@ async fn a_restarted_node_forwards_its_old_cookies_to_the_new_owner() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_binder_the_cookie_stays_and_the_successor_serves() {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|r| {
-            cluster_node(r, &b.url(), 46405, "nobinder", "").replace(
-                "[cluster]\n",
-                "[jvm_route_binder]\nenabled = false\n[cluster]\n",
-            )
-        })
-        .collect();
-    let mut nodes = Node::start_all(&confs).await;
-    for n in &nodes {
-        n.wait_status(Duration::from_secs(3), "formed", |s| {
-            s["members"].as_array().unwrap().len() == 2
-        })
-        .await;
-    }
+    let (_b, mut nodes) = start_cluster(&["n1", "n2", "n3"], "nobinder", "", |_, c| {
+        c + "[jvm_route_binder]\nenabled = false\n"
+    })
+    .await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     let mut n1 = nodes.remove(0);
-    kill(&mut n1);
+    n1.kill();
     let r = http(nodes[0].http, count(Some(&id))).await;
     assert_eq!(r.json()["n"], 2);
     assert!(r.header("set-cookie").is_none());
@@ -204,7 +170,7 @@ async fn without_the_binder_the_cookie_stays_and_the_successor_serves() {
 /// old epoch and are rejected by the members that saw the takeover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
-    let (_b, nodes) = three(46406, "zombie").await;
+    let (_b, nodes) = three("zombie", "").await;
     let r = http(nodes[0].http, count(None)).await;
     let id = set_cookie_id(&r).unwrap();
     let base = id.split('.').next().unwrap().to_string();
@@ -278,7 +244,7 @@ async fn a_resumed_zombie_owner_cannot_overwrite_the_new_owner() {
 /// race between the resumed owner's first requests and its resync is run three times.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_waited_in_a_stopped_owner_are_fenced_not_acked() {
-    let (_b, nodes) = three(46408, "zombie-queued").await;
+    let (_b, nodes) = three("zombie-queued", "").await;
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(set_cookie_id(&http(nodes[0].http, count(None)).await).unwrap());

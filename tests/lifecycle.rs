@@ -10,6 +10,8 @@
 //!
 //! The backend and the clients live on another runtime, so only the nodes' tasks count.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -171,7 +173,7 @@ fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
     let (outside, nodes_rt, backend_addr) = runtimes();
     let nodes_rt = Arc::new(nodes_rt);
     // Its own multicast port and domain: no other test hears this cluster.
-    let port = 47000 + (std::process::id() % 1000) as u16;
+    let port = common::mcast_port();
     let domain = format!("shutdown-{}", std::process::id());
     let n1 = nodes_rt.block_on(start(&conf("s1", backend_addr, port, &domain)));
     let n2 = nodes_rt.block_on(start(&conf("s2", backend_addr, port, &domain)));
@@ -259,7 +261,7 @@ fn a_stopped_node_leaves_no_task_and_no_timer_thread() {
 fn a_starting_node_refuses_client_connections_until_it_is_ready() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let (outside, node_rt, backend_addr) = runtimes();
-    let port = 48000 + (std::process::id() % 1000) as u16;
+    let port = common::mcast_port();
     let domain = format!("starting-{}", std::process::id());
     // A 2 s heartbeat: the join window (2.5 heartbeats) keeps the node starting for 5 s.
     let n = node_rt.block_on(start(&conf_every("r1", backend_addr, port, &domain, "2s")));

@@ -46,7 +46,9 @@ async fn wait_routes(node: &Node, want: &[&str], within: Duration) -> Duration {
     t.elapsed()
 }
 
-async fn three(port: u16, domain: &str, extra: &str) -> Vec<Node> {
+/// n1, n2 and n3 with no backend, not waited for: the tests time their view themselves.
+async fn three_bare(domain: &str, extra: &str) -> Vec<Node> {
+    let port = mcast_port();
     let confs: Vec<String> = ["n1", "n2", "n3"]
         .iter()
         .map(|r| cluster_conf(r, port, domain, extra))
@@ -56,7 +58,7 @@ async fn three(port: u16, domain: &str, extra: &str) -> Vec<Node> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_see_each_other_within_two_heartbeats() {
-    let nodes = three(46101, "see", "").await;
+    let nodes = three_bare("see", "").await;
     // Each node becomes ready after its join window; by then it has heard the others.
     let within = Duration::from_millis(2 * FREQ_MS);
     wait_routes(&nodes[0], &["n2", "n3"], within).await;
@@ -82,11 +84,10 @@ async fn three_nodes_see_each_other_within_two_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_is_dropped_after_drop_time_and_verification() {
-    let mut nodes = three(46102, "kill", "").await;
+    let mut nodes = three_bare("kill", "").await;
     wait_routes(&nodes[0], &["n2", "n3"], Duration::from_secs(2)).await;
     let mut n3 = nodes.pop().unwrap();
-    n3.child.kill().unwrap();
-    let _ = n3.child.wait();
+    n3.kill();
     let t = Instant::now();
     let bound = Duration::from_millis(DROP_MS + VERIFY_MS + 2 * FREQ_MS);
     wait_routes(&nodes[0], &["n2"], bound + Duration::from_secs(1)).await;
@@ -104,7 +105,7 @@ async fn kill_9_is_dropped_after_drop_time_and_verification() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_dropped_within_a_second() {
-    let mut nodes = three(46103, "term", "").await;
+    let mut nodes = three_bare("term", "").await;
     wait_routes(&nodes[0], &["n2", "n3"], Duration::from_secs(2)).await;
     let n3 = nodes.pop().unwrap();
     n3.signal("TERM");
@@ -122,10 +123,11 @@ async fn sigterm_is_dropped_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_domain_is_ignored() {
+    let port = mcast_port();
     let confs = vec![
-        cluster_conf("n1", 46104, "blue", ""),
-        cluster_conf("n2", 46104, "blue", ""),
-        cluster_conf("x1", 46104, "green", ""),
+        cluster_conf("n1", port, "blue", ""),
+        cluster_conf("n2", port, "blue", ""),
+        cluster_conf("x1", port, "green", ""),
     ];
     let nodes = Node::start_all(&confs).await;
     wait_routes(&nodes[0], &["n2"], Duration::from_secs(2)).await;
@@ -148,19 +150,19 @@ fn rejected(metrics: &str, reason: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_heartbeats_are_rejected_and_counted() {
-    const PORT: u16 = 46105;
+    let port = mcast_port();
     let secret = "s3cret-s3cret-s3cret";
     let extra = format!("key = \"{secret}\"");
     let confs = vec![
-        cluster_conf("n1", PORT, "forge", &extra),
-        cluster_conf("n2", PORT, "forge", &extra),
+        cluster_conf("n1", port, "forge", &extra),
+        cluster_conf("n2", port, "forge", &extra),
     ];
     let nodes = Node::start_all(&confs).await;
     wait_routes(&nodes[0], &["n2"], Duration::from_secs(2)).await;
 
     // A socket of the test's own, joined on 127.0.0.1: nothing leaves the machine.
-    let sock = caracal::testing::multicast_socket(GROUP, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
-    let target = SocketAddr::from((GROUP, PORT));
+    let sock = caracal::testing::multicast_socket(GROUP, port, Ipv4Addr::LOCALHOST, 0).unwrap();
+    let target = SocketAddr::from((GROUP, port));
     // Capture a real heartbeat of n2 to replay it.
     let mut buf = vec![0u8; 4096];
     let captured = loop {
@@ -267,8 +269,9 @@ async fn static_membership_forms_the_same_view() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_receiver_port_on_one_host_auto_binds_and_announces_real_ports() {
     let base = closed_port().port().min(60000);
+    let port = mcast_port();
     let conf = |r: &str| {
-        cluster_conf(r, 46107, "autobind", "").replace(
+        cluster_conf(r, port, "autobind", "").replace(
             "[cluster.receiver]\nport = 0\n",
             &format!("[cluster.receiver]\nport = {base}\nauto_bind = 50\n"),
         )
@@ -291,15 +294,12 @@ async fn same_receiver_port_on_one_host_auto_binds_and_announces_real_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_jvm_route_is_refused() {
-    let first = Node::start(&cluster_conf("dup", 46108, "dup", "")).await;
-    let (code, err) = tokio::task::spawn_blocking(|| {
-        Node::run_to_exit(
-            &cluster_conf("dup", 46108, "dup", ""),
-            Duration::from_secs(10),
-        )
-    })
-    .await
-    .unwrap();
+    let conf = cluster_conf("dup", mcast_port(), "dup", "");
+    let first = Node::start(&conf).await;
+    let (code, err) =
+        tokio::task::spawn_blocking(move || Node::run_to_exit(&conf, Duration::from_secs(10)))
+            .await
+            .unwrap();
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("jvm_route \"dup\""), "{err}");
     // The first node is unaffected and sees no member.
@@ -309,13 +309,12 @@ async fn a_duplicate_jvm_route_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_with_its_old_route_rejoins_at_once() {
-    let mut nodes = three(46109, "restart", "").await;
+    let mut nodes = three_bare("restart", "").await;
     wait_routes(&nodes[0], &["n2", "n3"], Duration::from_secs(2)).await;
     let mut n3 = nodes.pop().unwrap();
-    n3.child.kill().unwrap();
-    let _ = n3.child.wait();
+    n3.kill();
     // Back before drop_time: the dead previous process does not block the route.
-    let n3b = Node::start(&cluster_conf("n3", 46109, "restart", "")).await;
+    let n3b = Node::start(&n3.conf_text()).await;
     let s = n3b.status().await;
     assert_eq!(s["node"]["state"], "ready");
     wait_routes(&n3b, &["n1", "n2"], Duration::from_secs(2)).await;

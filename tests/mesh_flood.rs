@@ -93,21 +93,15 @@ async fn half_open(mesh: SocketAddr, src: u8) -> Option<TcpStream> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_half_open_mesh_connections_stay_bounded() {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=2)
-        .map(|i| {
-            let c = cluster_node(
-                &format!("n{i}"),
-                &b.url(),
-                46741,
-                "flood-conns",
-                "key = \"a-flood-test-cluster-key-0123\"",
-            );
-            format!("{c}handshake_timeout = \"2s\"\n")
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+    // The last section of a node's conf is [cluster.receiver].
+    let (_b, nodes) = keyed_cluster(
+        &["n1", "n2"],
+        "flood-conns",
+        "a-flood-test-cluster-key-0123",
+        None,
+        |_, c| c + "handshake_timeout = \"2s\"\n",
+    )
+    .await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
     replicates(n1, n2, "before").await;
     let base = rss_kb(n1.pid());
@@ -149,21 +143,16 @@ async fn a_thousand_half_open_mesh_connections_stay_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_heartbeats_from_random_ids_make_no_member() {
-    const PORT: u16 = 46742;
-    let b = TestBackend::start("b").await;
     // No key (loopback): the case where heartbeats prove nothing.
-    let confs: Vec<String> = (1..=2)
-        .map(|i| cluster_node(&format!("n{i}"), &b.url(), PORT, "flood-hb", ""))
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+    let (_b, nodes) = start_cluster(&["n1", "n2"], "flood-hb", "", |_, c| c).await;
+    let port = mcast_port_of(&nodes[0]);
     let (n1, n2) = (&nodes[0], &nodes[1]);
     replicates(n1, n2, "before").await;
     let base = rss_kb(n1.pid());
     let n2_route = "n2";
 
     let group = Ipv4Addr::new(228, 0, 0, 4);
-    let sock = caracal::testing::multicast_socket(group, PORT, Ipv4Addr::LOCALHOST, 0).unwrap();
+    let sock = caracal::testing::multicast_socket(group, port, Ipv4Addr::LOCALHOST, 0).unwrap();
     // A port nobody listens on: the admission ping of a spoofed id is refused at once.
     let nowhere = closed_port();
     let mut sent = 0u64;
@@ -190,7 +179,7 @@ async fn spoofed_heartbeats_from_random_ids_make_no_member() {
                 sent_unix_ms: 0,
             };
             if sock
-                .send_to(&encode_heartbeat(&hb, None), (group, PORT))
+                .send_to(&encode_heartbeat(&hb, None), (group, port))
                 .await
                 .is_ok()
             {

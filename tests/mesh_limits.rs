@@ -39,17 +39,10 @@ async fn closed_after(c: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mesh_is_bounded_before_authentication() {
-    let b = TestBackend::start("b").await;
+    // Appended to each node's last section, [cluster.receiver].
     let limits = "handshake_timeout = \"400ms\"\nidle_timeout = \"1s\"\n\
                   max_connections_per_source = 3\n";
-    let confs: Vec<String> = (1..=2)
-        .map(|i| {
-            let c = cluster_node(&format!("n{i}"), &b.url(), 46721, "limits", "");
-            format!("{c}{limits}")
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(3)).await;
+    let (_b, nodes) = start_cluster(&["n1", "n2"], "limits", "", |_, c| c + limits).await;
     let mesh: SocketAddr = nodes[0].status().await["node"]["mesh_addr"]
         .as_str()
         .unwrap()
@@ -167,23 +160,14 @@ fn metric(metrics: &str, line_start: &str) -> u64 {
 /// queue drains it gets every session, the dropped ones included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_members_queue_is_capped_then_resynced() {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=2)
-        .map(|i| {
-            format!(
-                "[node]\njvm_route = \"n{i}\"\nshutdown_grace = \"2s\"\n\
-                 [backends]\nservers = [\"{}\"]\n\
-                 [cluster]\nenabled = true\nsend_options = \"async\"\n\
-                 partition_handling = \"available\"\nmax_queue_changes = 20\n\
-                 [cluster.membership]\nport = 46724\ndomain = \"queue-cap\"\n\
-                 frequency = \"200ms\"\ndrop_time = \"30s\"\nverify_timeout = \"500ms\"\n\
-                 [cluster.receiver]\nport = 0\n",
-                b.url()
-            )
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(3)).await;
+    // A stalled member stays a member: drop_time far beyond the test.
+    let (_b, nodes) = start_cluster(
+        &["n1", "n2"],
+        "queue-cap",
+        "send_options = \"async\"\npartition_handling = \"available\"\nmax_queue_changes = 20",
+        |_, c| c.replace("drop_time = \"1s\"", "drop_time = \"30s\""),
+    )
+    .await;
     nodes[1].signal("STOP");
     let mut bases = Vec::new();
     for i in 0..60 {

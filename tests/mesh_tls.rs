@@ -88,21 +88,7 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
     certs(dir.path(), "n1,n2,n3");
     let other = tempfile::tempdir().unwrap();
     certs(other.path(), "n3");
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=2)
-        .map(|i| {
-            let c = cluster_node(
-                &format!("n{i}"),
-                &b.url(),
-                46731,
-                "tls",
-                &format!("key = \"{KEY}\""),
-            );
-            format!("{c}{}", tls_section(dir.path(), &format!("n{i}")))
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+    let (b, nodes) = keyed_cluster(&["n1", "n2"], "tls", KEY, Some(dir.path()), |_, c| c).await;
     // Replication (sync) runs over TLS.
     let r = http(
         nodes[0].http,
@@ -165,7 +151,8 @@ async fn the_mesh_is_mutual_tls_with_the_cluster_ca() {
 
     // A node with the key but another CA's certificate: its heartbeats are heard, it is
     // never admitted (a member joins by a ping over TLS, not by a heartbeat).
-    let c = cluster_node("n3", &b.url(), 46731, "tls", &format!("key = \"{KEY}\""));
+    let port = mcast_port_of(&nodes[0]);
+    let c = cluster_node("n3", &b.url(), port, "tls", &format!("key = \"{KEY}\""));
     let outsider = Node::start(&format!("{c}{}", tls_section(other.path(), "n3"))).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
@@ -216,22 +203,19 @@ fn signed_marker(fields: &str, method: &str, target: &str) -> String {
 async fn with_tls_forwards_go_over_mesh_channels_only() {
     let dir = tempfile::tempdir().unwrap();
     certs(dir.path(), "n1,n2");
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=2)
-        .map(|i| {
-            // n2 announces an HTTP address nobody listens on: a forward that went there
-            // instead of over the mesh would fail.
-            let extra = if i == 2 {
-                format!("key = \"{KEY}\"\nadvertise_http = \"127.0.0.1:1\"")
-            } else {
-                format!("key = \"{KEY}\"")
-            };
-            let c = cluster_node(&format!("n{i}"), &b.url(), 46732, "tls-fwd", &extra);
-            format!("{c}{}", tls_section(dir.path(), &format!("n{i}")))
-        })
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
+    // n2 announces an HTTP address nobody listens on: a forward that went there instead of
+    // over the mesh would fail.
+    let (_b, nodes) = keyed_cluster(&["n1", "n2"], "tls-fwd", KEY, Some(dir.path()), |r, c| {
+        if r == "n2" {
+            c.replace(
+                "[cluster]\n",
+                "[cluster]\nadvertise_http = \"127.0.0.1:1\"\n",
+            )
+        } else {
+            c
+        }
+    })
+    .await;
     let (n1, n2) = (&nodes[0], &nodes[1]);
 
     let made = http(n2.http, get("/count")).await;

@@ -78,7 +78,7 @@ fn member<'a>(s: &'a Value, route: &str) -> Option<&'a Value> {
         .find(|m| m["jvm_route"] == route)
 }
 
-fn conf(route: &str, ip: &str) -> String {
+fn conf(route: &str, ip: &str, port: u16) -> String {
     format!(
         "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"1s\"\n\
          [http]\nlisten = [\"{ip}:0\"]\n[admin]\nlisten = \"{ip}:0\"\ntoken = \"netns-test-admin-token-0123\"\n\
@@ -87,7 +87,7 @@ fn conf(route: &str, ip: &str) -> String {
          # Heartbeats are what this test is about; the mesh runs plain.\n\
          insecure = true\n\
          # The failure detector alone: the lease's mesh pings would keep n3 heard.\n\
-         partition_handling = \"available\"\n[cluster.membership]\nbind = \"{ip}\"\nport = 46201\n\
+         partition_handling = \"available\"\n[cluster.membership]\nbind = \"{ip}\"\nport = {port}\n\
          domain = \"netns\"\nfrequency = \"200ms\"\ndrop_time = \"1s\"\nverify_timeout = \"500ms\"\n\
          [cluster.receiver]\naddress = \"{ip}\"\nport = 0\n"
     )
@@ -100,10 +100,12 @@ async fn a_member_whose_heartbeats_are_dropped_but_whose_mesh_answers_stays() {
     let Some(ns) = Netns::create("hb") else {
         return;
     };
+    // The namespace is the test's own; the port comes from the allocator all the same.
+    let port = mcast_port();
     let nodes = vec![
-        Node::start_in_netns(&conf("n1", "127.0.0.1"), &ns.0).await,
-        Node::start_in_netns(&conf("n2", "127.0.0.2"), &ns.0).await,
-        Node::start_in_netns(&conf("n3", "127.0.0.3"), &ns.0).await,
+        Node::start_in_netns(&conf("n1", "127.0.0.1", port), &ns.0).await,
+        Node::start_in_netns(&conf("n2", "127.0.0.2", port), &ns.0).await,
+        Node::start_in_netns(&conf("n3", "127.0.0.3", port), &ns.0).await,
     ];
     let deadline = Instant::now() + Duration::from_secs(3);
     while member(&ns.status(nodes[0].admin), "n3").is_none()

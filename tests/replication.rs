@@ -18,24 +18,16 @@ fn base(full: &str) -> String {
     full.split('.').next().unwrap().to_string()
 }
 
-async fn cluster(n: usize, port: u16, domain: &str, extra: &str) -> (TestBackend, Vec<Node>) {
-    let b = TestBackend::start("b").await;
-    let confs: Vec<String> = (1..=n)
-        .map(|i| cluster_node(&format!("n{i}"), &b.url(), port, domain, extra))
-        .collect();
-    let nodes = Node::start_all(&confs).await;
-    for node in &nodes {
-        node.wait_status(Duration::from_secs(3), "cluster formed", |s| {
-            s["members"].as_array().unwrap().len() == n - 1
-        })
-        .await;
-    }
-    (b, nodes)
+/// n1..n`n`, formed.
+async fn cluster(n: usize, domain: &str, extra: &str) -> (TestBackend, Vec<Node>) {
+    let routes: Vec<String> = (1..=n).map(|i| format!("n{i}")).collect();
+    let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
+    start_cluster(&routes, domain, extra, |_, c| c).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_changes_are_on_every_member_when_the_response_arrives() {
-    let (_b, nodes) = cluster(3, 46301, "sync", "").await;
+    let (_b, nodes) = cluster(3, "sync", "").await;
     let n1 = &nodes[0];
     let r = http(
         n1.http,
@@ -122,7 +114,7 @@ async fn sync_changes_are_on_every_member_when_the_response_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_mode_converges() {
-    let (_b, nodes) = cluster(2, 46302, "async", "send_options = 8").await;
+    let (_b, nodes) = cluster(2, "async", "send_options = 8").await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let r = http(
@@ -182,7 +174,7 @@ async fn send_raw_changes(mesh: std::net::SocketAddr, changes: Vec<Change>) -> V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidate_removes_everywhere_and_a_late_delta_cannot_resurrect() {
-    let (_b, nodes) = cluster(2, 46303, "late", "").await;
+    let (_b, nodes) = cluster(2, "late", "").await;
     let r = http(
         nodes[0].http,
         reflect("/", None, &[("x-session-set", r#"{"a":1}"#)]),
@@ -268,7 +260,8 @@ async fn fill(addr: std::net::SocketAddr, n: usize, tasks: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_receives_10k_sessions_before_it_is_ready() {
     let b = TestBackend::start("b").await;
-    let conf = |r: &str| cluster_node(r, &b.url(), 46304, "transfer", "");
+    let port = mcast_port();
+    let conf = |r: &str| cluster_node(r, &b.url(), port, "transfer", "");
     let n1 = Node::start(&conf("n1")).await;
     assert_eq!(fill(n1.http, 10_000, 8).await, 10_000);
     assert_eq!(n1.status().await["sessions"]["total"], 10_000);
@@ -288,7 +281,8 @@ async fn a_new_node_receives_10k_sessions_before_it_is_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_started_together_both_complete_the_transfer() {
     let b = TestBackend::start("b").await;
-    let conf = |r: &str| cluster_node(r, &b.url(), 46305, "together", "");
+    let port = mcast_port();
+    let conf = |r: &str| cluster_node(r, &b.url(), port, "together", "");
     let n1 = Node::start(&conf("n1")).await;
     assert_eq!(fill(n1.http, 500, 4).await, 500);
     let joiners = Node::start_all(&[conf("n2"), conf("n3")]).await;
@@ -300,7 +294,7 @@ async fn two_nodes_started_together_both_complete_the_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_killed_under_sync_load_costs_at_most_ack_timeout() {
-    let (_b, mut nodes) = cluster(3, 46306, "killsync", "ack_timeout = \"400ms\"").await;
+    let (_b, mut nodes) = cluster(3, "killsync", "ack_timeout = \"400ms\"").await;
     let addr = nodes[0].http;
     let mut n3 = nodes.pop().unwrap();
     let load = tokio::spawn(async move {
@@ -328,8 +322,7 @@ async fn a_peer_killed_under_sync_load_costs_at_most_ack_timeout() {
         (worst, count)
     });
     tokio::time::sleep(Duration::from_millis(800)).await;
-    n3.child.kill().unwrap();
-    let _ = n3.child.wait();
+    n3.kill();
     let res = load.await;
     if res.is_err() {
         eprintln!("n1 log:\n{}", nodes[0].log_text());
@@ -355,7 +348,7 @@ async fn a_peer_killed_under_sync_load_costs_at_most_ack_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_mesh_frames_close_that_connection_only() {
-    let (_b, nodes) = cluster(2, 46307, "frames", "").await;
+    let (_b, nodes) = cluster(2, "frames", "").await;
     let mesh: std::net::SocketAddr = nodes[0].status().await["node"]["mesh_addr"]
         .as_str()
         .unwrap()
@@ -415,15 +408,16 @@ async fn bad_mesh_frames_close_that_connection_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
     let b = TestBackend::start("b").await;
-    let keep = cluster_node("k1", &b.url(), 46308, "shutdown", "");
+    let port = mcast_port();
+    let keep = cluster_node("k1", &b.url(), port, "shutdown", "");
     let end = cluster_node(
         "e1",
         &b.url(),
-        46308,
+        port,
         "shutdown",
         "expire_sessions_on_shutdown = true",
     );
-    let n2 = cluster_node("k2", &b.url(), 46308, "shutdown", "");
+    let n2 = cluster_node("k2", &b.url(), port, "shutdown", "");
     let mut nodes = Node::start_all(&[keep, end, n2]).await;
     for n in &nodes {
         n.wait_status(Duration::from_secs(3), "formed", |s| {
@@ -460,7 +454,7 @@ async fn sessions_survive_a_shutdown_unless_expire_sessions_on_shutdown() {
 async fn a_member_back_from_a_pause_is_resynced() {
     // Two nodes: writing while the other is away needs the explicit trade-off (REFERENCE 4.9).
     let extra = "ack_timeout = \"300ms\"\npartition_handling = \"available\"";
-    let (_b, nodes) = cluster(2, 46309, "resync", extra).await;
+    let (_b, nodes) = cluster(2, "resync", extra).await;
     let r = http(
         nodes[0].http,
         reflect("/", None, &[("x-session-set", r#"{"v":1}"#)]),
@@ -504,7 +498,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
     use caracal::testing::seal_mesh;
     use caracal::testing::ClusterKey as Key;
     use caracal::testing::FullSession;
-    let (_b, nodes) = cluster(2, 46310, "keyed", "key = \"mesh-secret-0123456789\"").await;
+    let (_b, nodes) = cluster(2, "keyed", "key = \"mesh-secret-0123456789\"").await;
     let r = http(
         nodes[0].http,
         reflect("/", None, &[("x-session-set", r#"{"a":1}"#)]),
@@ -571,7 +565,7 @@ async fn with_a_key_the_mesh_refuses_frames_it_cannot_authenticate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
     use caracal::testing::{encode_heartbeat, Heartbeat};
-    const PORT: u16 = 46311;
+    let port = mcast_port();
     use caracal::testing::{decode_mesh, encode_mesh, MeshMessage};
     use futures_util::{SinkExt, StreamExt};
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -604,7 +598,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
     });
     let group = std::net::Ipv4Addr::new(228, 0, 0, 4);
     let sock =
-        caracal::testing::multicast_socket(group, PORT, std::net::Ipv4Addr::LOCALHOST, 0).unwrap();
+        caracal::testing::multicast_socket(group, port, std::net::Ipv4Addr::LOCALHOST, 0).unwrap();
     let ghost = tokio::spawn(async move {
         for seq in 1..=600u64 {
             let hb = Heartbeat {
@@ -614,7 +608,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
                 sent_unix_ms: 0,
             };
             let _ = sock
-                .send_to(&encode_heartbeat(&hb, None), (group, PORT))
+                .send_to(&encode_heartbeat(&hb, None), (group, port))
                 .await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -624,7 +618,7 @@ async fn state_transfer_timeout_starts_anyway_or_exits_when_required() {
         cluster_node(
             route,
             &b.url(),
-            PORT,
+            port,
             "ghost",
             &format!("state_transfer_timeout = \"1s\"\nrequire_state_transfer = {required}"),
         )

@@ -456,11 +456,11 @@ impl<'a> Cluster<'a> {
         let hold = Duration::from_millis(2500);
         match fault {
             Fault::Kill => {
-                kill(&mut self.nodes[i]);
+                self.nodes[i].kill();
                 tokio::time::sleep(hold).await;
             }
             Fault::KillRestart => {
-                kill(&mut self.nodes[i]);
+                self.nodes[i].kill();
                 tokio::time::sleep(Duration::from_millis(1000)).await;
                 self.nodes[i] = self.lab.start(i, &self.setup, self.backend.addr).await;
                 tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -591,11 +591,6 @@ async fn copies(admins: &[SocketAddr], base: &str) -> Vec<serde_json::Value> {
         }
     }
     v
-}
-
-fn kill(n: &mut Node) {
-    let _ = n.child.kill();
-    let _ = n.child.wait();
 }
 
 /// The writes (`k` of `/log?k=K`) the backend saw in the session before this request.

@@ -2,29 +2,34 @@
 //!
 //! - [`Node`] spawns the `caracal` binary with a generated conf, learns its bound addresses
 //!   from its log, waits for `/ready`, and kills it by PID on drop.
-//! - [`TestBackend`] is a small hyper server whose routes let tests observe what arrived.
+//! - [`TestBackend`] (`backend.rs`) is a small hyper server whose routes let tests observe
+//!   what arrived.
+//! - `cluster.rs`: one multicast port per test cluster ([`mcast_port`]), node confs,
+//!   [`start_cluster`] / [`three`] and the mesh-level helpers.
 //! - [`http`] sends one request on a new connection and reads the whole response.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::service::service_fn;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+mod backend;
+mod cluster;
 pub mod recorder;
+
+#[allow(unused_imports)]
+pub use backend::*;
+#[allow(unused_imports)]
+pub use cluster::*;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_caracal");
 
@@ -119,6 +124,17 @@ impl Node {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The conf the node runs (to start it again, or a node like it, after a kill).
+    pub fn conf_text(&self) -> String {
+        std::fs::read_to_string(self.conf_path()).unwrap()
+    }
+
+    /// `kill -9`, and the process reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     async fn spawn(path: PathBuf, dir: tempfile::TempDir, netns: Option<&str>) -> Node {
@@ -369,257 +385,6 @@ pub async fn try_http(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Res
     })
 }
 
-/// Deterministic test payload.
-pub fn pattern(n: usize) -> Vec<u8> {
-    (0..n).map(|i| (i * 31 % 251) as u8).collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Backends
-
-/// A backend the tests control. Routes:
-/// - `/health`: 200, or 503 while `set_healthy(false)`;
-/// - `/headers`: the request headers as a JSON object (name -> list of values);
-/// - `/echo`: the request body streamed back;
-/// - `/bytes/N`: N bytes of [`pattern`], streamed in 64 KiB chunks;
-/// - `/sleep/MS`: answers after MS milliseconds;
-/// - `/count`, `/log?k=K`: a counter and a write log kept in the session;
-/// - anything else: 200 with the backend's name.
-///
-/// Every response carries `x-backend: <name>`.
-pub struct TestBackend {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub healthy: Arc<AtomicBool>,
-    pub hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl TestBackend {
-    pub async fn start(name: &str) -> TestBackend {
-        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
-    }
-
-    pub async fn start_on(name: &str, addr: SocketAddr) -> TestBackend {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (n, h, c) = (name.to_string(), healthy.clone(), hits.clone());
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let conns2 = conns.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let (n, h, c) = (n.clone(), h.clone(), c.clone());
-                let conn = tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        let (n, h, c) = (n.clone(), h.clone(), c.clone());
-                        async move { Ok::<_, Infallible>(backend_route(req, &n, &h, &c).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades()
-                        .await;
-                });
-                conns2.lock().unwrap().push(conn.abort_handle());
-            }
-        });
-        TestBackend {
-            name: name.to_string(),
-            addr,
-            healthy,
-            hits,
-            task,
-            conns,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn set_healthy(&self, up: bool) {
-        self.healthy.store(up, Ordering::SeqCst);
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-
-    /// Dies like a killed process: the listener and every open connection close.
-    pub fn stop(&self) {
-        self.task.abort();
-        for c in self.conns.lock().unwrap().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
-
-fn full(b: impl Into<Bytes>) -> BoxBody {
-    Full::new(b.into()).map_err(|e| match e {}).boxed()
-}
-
-async fn backend_route(
-    req: Request<Incoming>,
-    name: &str,
-    healthy: &AtomicBool,
-    hits: &AtomicUsize,
-) -> Response<BoxBody> {
-    let path = req.uri().path().to_string();
-    if path != "/health" {
-        hits.fetch_add(1, Ordering::SeqCst);
-    }
-    let mut resp = if req.headers().contains_key("x-reflect") {
-        reflect_response(&req)
-    } else if path == "/health" {
-        let mut r = Response::new(full("ok"));
-        if !healthy.load(Ordering::SeqCst) {
-            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        }
-        r
-    } else if path == "/headers" {
-        let mut map: HashMap<String, Vec<String>> = HashMap::new();
-        for (k, v) in req.headers() {
-            map.entry(k.as_str().to_string())
-                .or_default()
-                .push(v.to_str().unwrap_or("?").to_string());
-        }
-        Response::new(full(serde_json::to_vec(&map).unwrap()))
-    } else if path == "/count" {
-        // A visit counter kept only in the session: `n` goes up by one per request.
-        let h = req.headers();
-        let attrs = session_attrs(h);
-        let n = attrs["n"].as_u64().unwrap_or(0) + 1;
-        let body = serde_json::json!({
-            "n": n,
-            "node": h.get("x-session-node").and_then(|v| v.to_str().ok()),
-            "original": h.get("x-session-original-id").and_then(|v| v.to_str().ok()),
-            "backend": name,
-        });
-        let mut r = Response::new(full(body.to_string()));
-        r.headers_mut()
-            .insert("x-session-set", format!("{{\"n\":{n}}}").parse().unwrap());
-        r
-    } else if path == "/log" {
-        // A write log kept only in the session (the fault-injection checker): `?k=K` sets
-        // attribute `kK`, one attribute per write, so two requests of one session in flight
-        // at once (a client's timed-out request still running) never clobber each other;
-        // the body lists the writes the backend saw, before this one.
-        let h = req.headers();
-        let attrs = session_attrs(h);
-        let seen: Vec<&str> = attrs
-            .as_object()
-            .map(|m| m.keys().filter_map(|k| k.strip_prefix('k')).collect())
-            .unwrap_or_default();
-        let k = req
-            .uri()
-            .query()
-            .and_then(|q| q.strip_prefix("k="))
-            .unwrap_or("0");
-        let body = serde_json::json!({
-            "log": seen.join(","),
-            "node": h.get("x-session-node").and_then(|v| v.to_str().ok()),
-        });
-        let mut r = Response::new(full(body.to_string()));
-        let set = format!("{{\"k{k}\":1}}");
-        r.headers_mut()
-            .insert("x-session-set", set.parse().unwrap());
-        r
-    } else if path == "/directives" {
-        let mut r = Response::new(full("with directives"));
-        r.headers_mut()
-            .insert("x-session-set", "{\"a\":1}".parse().unwrap());
-        r.headers_mut()
-            .insert("x-session-invalidate", "true".parse().unwrap());
-        r
-    } else if path == "/echo" {
-        let body = req.into_body();
-        Response::new(body.boxed())
-    } else if let Some(n) = path.strip_prefix("/bytes/") {
-        let n: usize = n.parse().unwrap_or(0);
-        let data = Bytes::from(pattern(n));
-        let chunks: Vec<Result<Frame<Bytes>, hyper::Error>> = (0..n)
-            .step_by(65536)
-            .map(|i| Ok(Frame::data(data.slice(i..(i + 65536).min(n)))))
-            .collect();
-        let stream = futures_util::stream::iter(chunks);
-        Response::new(StreamBody::new(stream).boxed())
-    } else if let Some(ms) = path.strip_prefix("/sleep/") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
-        Response::new(full("slept"))
-    } else {
-        Response::new(full(name.to_string()))
-    };
-    resp.headers_mut()
-        .insert("x-backend", name.parse().unwrap());
-    resp
-}
-
-/// The `X-Session` attributes a backend got (`{}` without a session).
-fn session_attrs(h: &HeaderMap) -> serde_json::Value {
-    h.get("x-session")
-        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-        .unwrap_or(serde_json::json!({}))
-}
-
-/// Reflect mode (request header `x-reflect`): every request header `x-reply-NAME: V`
-/// becomes response header `NAME: V`; the body is `{"path", "query", "headers"}`.
-fn reflect_response(req: &Request<Incoming>) -> Response<BoxBody> {
-    let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    let mut replies = Vec::new();
-    for (k, v) in req.headers() {
-        map.entry(k.as_str().to_string())
-            .or_default()
-            .push(v.to_str().unwrap_or("?").to_string());
-        if let Some(name) = k.as_str().strip_prefix("x-reply-") {
-            replies.push((name.to_string(), v.clone()));
-        }
-    }
-    let body = serde_json::json!({
-        "path": req.uri().path(),
-        "query": req.uri().query(),
-        "headers": map,
-    });
-    let mut r = Response::new(full(body.to_string()));
-    for (k, v) in replies {
-        r.headers_mut()
-            .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v);
-    }
-    r
-}
-
-/// A backend that answers every connection with bytes that are not HTTP.
-pub async fn garbage_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// A number from the environment (bench and fuzz knobs), else `default`.
 pub fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -731,32 +496,6 @@ impl KeepAlive {
     }
 }
 
-/// A reflect-mode request (see [`TestBackend`]): `replies` become the backend's response
-/// headers, e.g. `("x-session-set", "{\"a\":1}")`.
-pub fn reflect(path: &str, cookie: Option<&str>, replies: &[(&str, &str)]) -> Request<Full<Bytes>> {
-    let mut b = Request::get(path)
-        .header("host", "app.test")
-        .header("x-reflect", "1");
-    if let Some(c) = cookie {
-        b = b.header("cookie", c);
-    }
-    for (k, v) in replies {
-        b = b.header(format!("x-reply-{k}"), *v);
-    }
-    b.body(Full::new(Bytes::new())).unwrap()
-}
-
-/// `GET /count` (the [`TestBackend`]'s visit counter kept in the session), with the
-/// session cookie `cookie` if any.
-pub fn count(cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut b = http::Request::get("/count").header("host", "app");
-    if let Some(c) = cookie {
-        b = b.header("cookie", format!("JSESSIONID={c}"));
-    }
-    b.body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap()
-}
-
 /// The `JSESSIONID` value a response set, if any.
 pub fn set_cookie_id(r: &Resp) -> Option<String> {
     r.headers
@@ -777,105 +516,6 @@ pub async fn session_info(admin: SocketAddr, base: &str) -> Option<serde_json::V
     }
 }
 
-/// A node conf for a cluster test: one backend, fast membership timers, own port/domain.
-pub fn cluster_node(
-    route: &str,
-    backend: &str,
-    mcast_port: u16,
-    domain: &str,
-    extra_cluster: &str,
-) -> String {
-    format!(
-        "[node]\njvm_route = \"{route}\"\nshutdown_grace = \"2s\"\n\
-         [backends]\nservers = [\"{backend}\"]\n\
-         [cluster]\nenabled = true\n{extra_cluster}\n\
-         [cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\nfrequency = \"200ms\"\n\
-         drop_time = \"1s\"\nverify_timeout = \"500ms\"\n[cluster.receiver]\nport = 0\n"
-    )
-}
-
-/// Sends one change to a node's mesh as member `route` would, and waits for its ack.
-pub async fn raw_replicate(
-    mesh: SocketAddr,
-    domain: &str,
-    route: &str,
-    change: caracal::testing::Change,
-) {
-    use caracal::testing::State;
-    use caracal::testing::{encode_mesh, MeshMessage, NodeInfo};
-    use futures_util::{SinkExt, StreamExt};
-    let stream = tokio::net::TcpStream::connect(mesh).await.unwrap();
-    let mut f = tokio_util::codec::Framed::new(stream, caracal::testing::mesh_codec(1 << 20));
-    let me = NodeInfo {
-        node_id: 7,
-        jvm_route: route.into(),
-        mesh_addr: "127.0.0.1:9".parse().unwrap(),
-        http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: State::Ready,
-        alive_ms: 1,
-    };
-    let hello = MeshMessage::Hello {
-        domain: domain.into(),
-        from: me,
-    };
-    f.send(bytes::Bytes::from(encode_mesh(&hello)))
-        .await
-        .unwrap();
-    let msg = MeshMessage::Replicate {
-        seq: 1,
-        changes: vec![std::sync::Arc::new(change)],
-    };
-    f.send(bytes::Bytes::from(encode_mesh(&msg))).await.unwrap();
-    f.next().await.unwrap().unwrap();
-}
-
-/// Waits until every node lists the other `nodes.len() - 1` as members.
-pub async fn wait_formed(nodes: &[Node], within: Duration) {
-    for node in nodes {
-        node.wait_status(within, "cluster formed", |s| {
-            s["members"].as_array().map_or(0, |m| m.len()) == nodes.len() - 1
-        })
-        .await;
-    }
-}
-
-/// `caracal certs --out dir --nodes nodes`: a cluster CA and a certificate per node.
-pub fn write_certs(dir: &std::path::Path, nodes: &str) {
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(dir)
-        .args(["--nodes", nodes])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A mesh identity of the test's own, for a node that is not in the cluster.
-pub fn stranger(route: &str) -> caracal::testing::NodeInfo {
-    caracal::testing::NodeInfo {
-        node_id: 77,
-        jvm_route: route.into(),
-        mesh_addr: "127.0.0.1:9".parse().unwrap(),
-        http_addr: "127.0.0.1:9".parse().unwrap(),
-        state: caracal::testing::State::Ready,
-        alive_ms: 1,
-    }
-}
-
-/// `caracal_mesh_frames_rejected_total{reason}` in a `/metrics` text (0 when absent).
-pub fn mesh_rejected(metrics: &str, reason: &str) -> u64 {
-    let name = format!("caracal_mesh_frames_rejected_total{{reason=\"{reason}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&name))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A process's resident set (`VmRSS`), in KiB; 0 if it cannot be read.
 pub fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -886,17 +526,6 @@ pub fn rss_kb(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// The `[cluster.tls]` section for `node`, with the files `caracal certs` wrote to `dir`.
-pub fn tls_section(dir: &std::path::Path, node: &str) -> String {
-    let p = |f: String| dir.join(f).display().to_string();
-    format!(
-        "[cluster.tls]\ncert = \"{}\"\nkey = \"{}\"\nca = \"{}\"\n",
-        p(format!("{node}.pem")),
-        p(format!("{node}-key.pem")),
-        p("ca.pem".into())
-    )
 }
 
 /// A TLS connection to `addr` as `localhost`, trusting the certificates `roots` (DER).
