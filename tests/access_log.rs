@@ -152,12 +152,7 @@ fn a_bad_access_format_is_a_config_error() {
          [log]\naccess = \"verbose\"\n",
     )
     .unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check_file(&p, &[]);
+    assert_eq!(code, 2);
     assert!(err.contains(":6: log.access:"), "{err}");
 }

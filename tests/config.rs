@@ -166,19 +166,9 @@ fn overrides_apply_and_are_blamed() {
 
 #[test]
 fn shipped_conf_is_valid() {
-    let out = std::process::Command::new(BIN)
-        .args([
-            "check",
-            "--config",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/conf/caracal.toml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/caracal.toml");
+    let (code, err) = check_file(std::path::Path::new(conf), &[]);
+    assert_eq!(code, 0, "{err}");
 }
 
 #[test]

@@ -5,10 +5,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use caracal::testing::load_str;
-use common::BIN;
+use common::check_file;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -173,20 +172,6 @@ fn the_reference_names_the_configs_keys() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
-/// `caracal check` on a conf file (`sets` as `--set`): exit code and stderr.
-fn check(conf: &Path, sets: &[&str]) -> (i32, String) {
-    let mut c = Command::new(BIN);
-    c.args(["check", "--config"]).arg(conf);
-    for s in sets {
-        c.args(["--set", s]);
-    }
-    let out = c.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 /// The README's TOML blocks are whole confs, and every command it shows that names a conf
 /// (`caracal … --config FILE [--set …]`) passes `caracal check` as written: `caracal.toml`
 /// is the README's own block, `conf/caracal.toml` the repository's.
@@ -203,7 +188,7 @@ fn the_readmes_confs_and_commands_pass_check() {
     for (i, b) in blocks.iter().enumerate() {
         let p = dir.path().join(format!("block{i}.toml"));
         std::fs::write(&p, b).unwrap();
-        let (code, err) = check(&p, &[]);
+        let (code, err) = check_file(&p, &[]);
         assert_eq!(code, 0, "README conf block {i}: {err}\n{b}");
     }
     let own = dir.path().join("block0.toml");
@@ -218,7 +203,7 @@ fn the_readmes_confs_and_commands_pass_check() {
             f => repo(f),
         };
         let sets: Vec<&str> = c[2].split(" --set ").filter(|s| !s.is_empty()).collect();
-        let (code, err) = check(&file, &sets);
+        let (code, err) = check_file(&file, &sets);
         assert_eq!(code, 0, "README: {}: {err}", &c[0]);
         seen += 1;
     }

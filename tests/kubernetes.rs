@@ -120,23 +120,14 @@ fn the_configmaps_conf_with_the_pods_overrides_passes_caracal_check() {
         format!("cluster.tls.cert=\"{}\"", p("caracal-0.pem")),
         format!("cluster.tls.key=\"{}\"", p("caracal-0-key.pem")),
     ];
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("check").arg("--config").arg(&conf);
-    for s in &sets {
-        cmd.arg("--set").arg(s);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "caracal check: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    let (code, err) = common::check_file(&conf, &sets);
+    assert_eq!(code, 0, "caracal check: {err}");
     // Without the pod's key the same file is refused (fail closed off loopback).
-    let mut cmd = Command::new(common::BIN);
-    cmd.arg("check").arg("--config").arg(&conf);
-    for s in sets.iter().filter(|s| !s.starts_with("cluster.key")) {
-        cmd.arg("--set").arg(s);
-    }
-    assert_eq!(cmd.output().unwrap().status.code(), Some(2));
+    let keyless: Vec<&str> = sets
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with("cluster.key"))
+        .collect();
+    assert_eq!(common::check_file(&conf, &keyless).0, 2);
 }

@@ -4,11 +4,10 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Node, TestBackend, BIN};
+use super::{Node, TestBackend};
 
 /// A UDP port for one test cluster's heartbeats, chosen by the OS (a socket bound on
 /// port 0 and let go) and never handed out twice in this process, so parallel tests never
@@ -151,17 +150,8 @@ pub async fn wait_formed(nodes: &[Node], within: Duration) {
 
 /// `caracal certs --out dir --nodes nodes`: a cluster CA and a certificate per node.
 pub fn write_certs(dir: &std::path::Path, nodes: &str) {
-    let out = Command::new(BIN)
-        .args(["certs", "--out"])
-        .arg(dir)
-        .args(["--nodes", nodes])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, err) = super::caracal(&["certs", "--out", dir.to_str().unwrap(), "--nodes", nodes]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// A mesh identity of the test's own, for a node that is not in the cluster.

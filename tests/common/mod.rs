@@ -308,18 +308,27 @@ pub fn check_config(conf: &str, extra: &[&str]) -> (i32, String, PathBuf, tempfi
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, conf).unwrap();
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .args(extra)
-        .output()
-        .unwrap();
+    let mut args = vec!["check", "--config", path.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, err) = caracal(&args);
+    (code, err, path, dir)
+}
+
+/// `caracal check --config FILE --set S ...` on a file that exists: exit code and stderr.
+pub fn check_file(conf: &std::path::Path, sets: &[&str]) -> (i32, String) {
+    let mut args = vec!["check", "--config", conf.to_str().unwrap()];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    caracal(&args)
+}
+
+/// Runs the `caracal` binary with `args` to its end: exit code (-1: a signal) and stderr.
+pub fn caracal(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
-        path,
-        dir,
     )
 }
 
