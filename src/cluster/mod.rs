@@ -381,16 +381,16 @@ impl Cluster {
     }
 
     /// The other members' announced identity and state, for routing.
-    /// Who serves session `base`, given the owner this node's copy records and the
-    /// cookie's route (docs/REFERENCE.md, "Ownership and failover").
+    /// Who serves session `base` from this node, given the owner this node's copy records
+    /// and the cookie's route (REFERENCE 4.4).
     pub(crate) fn decide(
         &self,
         base: &str,
-        me: &str,
         copy_owner: Option<&str>,
         cookie_route: Option<&str>,
         members: &[NodeInfo],
     ) -> Decision {
+        let me = self.membership.link.route();
         routing::decide(base, me, copy_owner, cookie_route, members)
     }
 

@@ -209,7 +209,7 @@ impl SessionLayer {
                     },
                     Err(o) => {
                         let members = r.members();
-                        let d = r.decide(c.base, me, o.as_deref(), c.route, &members);
+                        let d = r.decide(c.base, o.as_deref(), c.route, &members);
                         let here =
                             matches!(d, cluster::Decision::TakeOver | cluster::Decision::Local);
                         if here && r.is_handing_over() {
