@@ -27,6 +27,7 @@ mod logging;
 mod metrics;
 mod net;
 mod node;
+mod persist;
 mod proxy;
 mod session;
 mod tasks;

@@ -39,6 +39,8 @@ pub(crate) struct Admin {
     pub state: Arc<NodeState>,
     pub proxy: Arc<Proxy>,
     pub cluster: Option<Arc<Cluster>>,
+    /// The durable tier (`[persistence]`), when on.
+    pub persistence: Option<Arc<crate::persist::Persistence>>,
     /// `[admin] token`.
     pub token: Option<String>,
     /// `[node] drain_timeout`: bounds `POST /node/state {"state":"drain"}`.

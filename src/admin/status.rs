@@ -86,6 +86,7 @@ impl Admin {
             "backends": backends,
             "replication": self.cluster.as_ref().map(|c| c.replication()),
             "events": self.cluster.as_ref().map(|c| c.events()),
+            "persistence": self.persistence.as_ref().map(|p| p.status()),
             "requests": {
                 "1xx": by_class[0], "2xx": by_class[1], "3xx": by_class[2],
                 "4xx": by_class[3], "5xx": by_class[4],

@@ -65,6 +65,11 @@ impl Lease {
         }
     }
 
+    /// The first lease too needs a catch-up (the node started with copies from disk).
+    pub(super) fn catch_up_first(&self) {
+        self.must_catch_up.store(true, Ordering::Release);
+    }
+
     fn ns(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.base).as_nanos() as u64
     }

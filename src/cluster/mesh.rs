@@ -287,6 +287,15 @@ async fn connection(stream: TcpStream, peer: SocketAddr, s: &Receiver, slot: Slo
             MeshMessage::Replicate { seq, changes } => {
                 r.metrics.bytes_received.inc_by(frame.len() as u64);
                 let (need_full, fenced) = r.apply_batch(&changes, sender.as_deref());
+                // `fsync` persistence: "applied" means on disk too. A write that cannot be
+                // made durable is not acked; the connection closes and the owner counts
+                // the write as not held here (REFERENCE 4.11).
+                if let Some(d) = r.durable() {
+                    if let Err(e) = d.await {
+                        tracing::warn!(error = %e, "replicated changes not durable: not acked");
+                        return;
+                    }
+                }
                 Some(MeshMessage::Ack {
                     seq,
                     need_full,

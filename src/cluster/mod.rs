@@ -145,6 +145,7 @@ impl Cluster {
             fixed_size,
             membership.clone(),
         ));
+
         let replicator = Replicator::new(
             store,
             membership.clone(),
@@ -311,6 +312,14 @@ impl Cluster {
 
     /// Whether this node drains and its sessions' requests go to their successors.
     #[inline]
+    /// The node started with copies from disk: its first lease too waits for a catch-up
+    /// with a majority, so it learns what changed while it was down before serving any of
+    /// them (REFERENCE 4.11). Called right after `start`, long before a majority's pongs
+    /// (a ping round away) could earn a lease.
+    pub(crate) fn catch_up_first(&self) {
+        self.lease.catch_up_first();
+    }
+
     pub(crate) fn is_handing_over(&self) -> bool {
         self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -13,6 +13,7 @@ mod backends;
 mod cluster;
 mod duration;
 mod locate;
+mod persistence;
 mod raw;
 mod session;
 mod source;
@@ -44,6 +45,8 @@ pub struct Config {
     pub jvm_route_binder: bool,
     pub cluster: ClusterConfig,
     pub log: LogConfig,
+    /// `[persistence]`.
+    pub(crate) persistence: crate::persist::PersistConfig,
     /// The file and `--set` overrides it was read from (`None`: from text), for a reload.
     pub source: Option<ConfigSource>,
 }

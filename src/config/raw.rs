@@ -21,6 +21,29 @@ pub(super) struct RawConfig {
     pub jvm_route_binder: RawBinder,
     pub cluster: RawCluster,
     pub log: RawLog,
+    pub persistence: RawPersistence,
+}
+
+/// `[persistence]`: the durable tier on this node's disk.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPersistence {
+    /// off | shutdown | async | fsync.
+    pub mode: String,
+    pub dir: String,
+    pub flush_interval: Dur,
+    pub compact_after_bytes: u64,
+}
+
+impl Default for RawPersistence {
+    fn default() -> Self {
+        Self {
+            mode: "off".into(),
+            dir: "data".into(),
+            flush_interval: Dur(std::time::Duration::from_secs(1)),
+            compact_after_bytes: 64 << 20,
+        }
+    }
 }
 
 /// `[log]`: the access log.

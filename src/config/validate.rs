@@ -190,8 +190,16 @@ pub(super) fn validate(raw: RawConfig, src: &Source) -> Result<Config, ConfigErr
         access_buffer: raw.log.access_buffer,
     };
 
+    let persistence = super::persistence::validate(
+        &raw.persistence,
+        &jvm_route,
+        &raw.cluster.membership.domain,
+        src,
+    )?;
+
     Ok(Config {
         log,
+        persistence,
         source: None,
         node: NodeConfig {
             jvm_route,

@@ -23,6 +23,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::lifecycle::{NodeState, State};
 use crate::metrics::Metrics;
+use crate::persist::{self, Persistence};
 use crate::proxy::{self, Frontend, Proxy};
 use crate::tasks::Tasks;
 
@@ -224,6 +225,23 @@ async fn serve(
         addrs(&listeners.https),
     ));
 
+    // Sessions from disk, before the cluster or a client sees the store (REFERENCE 4.11).
+    let store = proxy.store().clone();
+    if cfg.persistence.mode != persist::Mode::Off {
+        store.set_tomb_ttl(cfg.session.max_inactive);
+    }
+    let persistence = Persistence::open(
+        &cfg.persistence,
+        &cfg.node.jvm_route,
+        &cfg.cluster.membership.domain,
+        store,
+        &proxy.metrics,
+    )
+    .context("cannot open the session store's files (persistence.dir)")?;
+    let loaded = persistence
+        .as_ref()
+        .is_some_and(|p| p.loaded().sessions > 0 || p.loaded().removals > 0);
+
     proxy.upstream().start_health();
     // Expiry is also checked on every access; the sweep only frees memory.
     let sweep_every =
@@ -251,6 +269,10 @@ async fn serve(
         _ => None,
     };
 
+    if let (Some(c), true) = (&cluster, loaded) {
+        c.catch_up_first();
+    }
+
     let reloader = Arc::new(Reloader::new(&cfg, proxy.clone(), &proxy.metrics));
     background.spawn(on_hangup(reloader.clone(), background.token().clone()));
 
@@ -264,6 +286,7 @@ async fn serve(
             state: state.clone(),
             proxy: proxy.clone(),
             cluster: cluster.clone(),
+            persistence: persistence.clone(),
             token: cfg.admin.token.clone(),
             drain_timeout: cfg.node.drain_timeout,
             loopback: l.local_addr().is_ok_and(|a| a.ip().is_loopback()),
@@ -367,6 +390,10 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period over: closing remaining connections");
+    }
+    if let Some(p) = persistence.clone() {
+        // The last changes flushed (and the snapshot written, `shutdown` mode).
+        let _ = tokio::task::spawn_blocking(move || p.close()).await;
     }
     state.set_state(State::Leaving);
     if let Some(c) = &cluster {

@@ -154,6 +154,10 @@ impl ProxyError {
             ProxyError::Internal(_) => "internal",
             ProxyError::Unroutable(_) => "unroutable",
             ProxyError::SessionMoved => "session_moved",
+            ProxyError::NoMajority {
+                why: Unsafe::NotDurable,
+                ..
+            } => "not_durable",
             ProxyError::NoMajority { .. } => "no_majority",
             ProxyError::Refused(_) => "backend_response_refused",
             ProxyError::ClientBody(_) => "client_body",

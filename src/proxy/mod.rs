@@ -313,14 +313,14 @@ impl Proxy {
                 // The client's connection decides the version, not the backend's.
                 resp.version = Version::HTTP_11;
                 if let Some(rs) = &mut b.session {
-                    let waits = match this.sessions.on_response(rs, &mut resp, &directives) {
-                        Ok(w) => w,
+                    let settle = match this.sessions.on_response(rs, &mut resp, &directives) {
+                        Ok(s) => s,
                         Err(e) => break 'done Err(e.into()),
                     };
                     // Sync mode: the response goes out only after the members applied the
                     // change, and never as a success when they fenced it (another node
                     // owns it now).
-                    if let Err(e) = this.sessions.settle(waits).await {
+                    if let Err(e) = this.sessions.settle(settle).await {
                         break 'done Err(e.into());
                     }
                 }

@@ -54,6 +54,13 @@ pub(super) enum Plan {
     Refuse(Unsafe),
 }
 
+/// What a response waits for before it goes out: the members' acks (sync replication)
+/// and this node's own sync of the change to disk (`fsync` persistence).
+pub(super) struct Settle {
+    pub(super) waits: Vec<Wait>,
+    pub(super) durable: Option<crate::session::Durable>,
+}
+
 pub(super) struct SessionLayer {
     pub store: Arc<SessionStore>,
     /// Set once the cluster runs; without it changes stay local.
@@ -338,14 +345,20 @@ impl SessionLayer {
         rs: &mut RequestSession,
         parts: &mut response::Parts,
         directives: &[(bytes::Bytes, HeaderValue)],
-    ) -> Result<Vec<Wait>, SessionError> {
+    ) -> Result<Settle, SessionError> {
         let mut waits = std::mem::take(&mut rs.waits);
         let d = session::parse_directives(directives, &self.names).inspect_err(|e| {
             self.directive_error(rs, e);
         })?;
         if d.is_empty() {
             self.rebind_cookie(rs, parts);
-            return Ok(waits);
+            // A takeover this request made is a write too.
+            let durable = if waits.is_empty() {
+                None
+            } else {
+                self.store.durable()
+            };
+            return Ok(Settle { waits, durable });
         }
         let rep = self.cluster.get();
         let sync = rep.is_some_and(|r| r.is_sync());
@@ -370,6 +383,7 @@ impl SessionLayer {
                     self.directive_error(rs, de);
                 }
             })?;
+        let wrote = outcome != Outcome::Unchanged;
         let cookie = match outcome {
             Outcome::Created(full) | Outcome::Renewed(full) => self.cookie.set(&full, rs.tls),
             Outcome::Invalidated if rs.presented => self.cookie.clear(rs.tls),
@@ -382,7 +396,12 @@ impl SessionLayer {
         if let Some(c) = cookie {
             parts.headers.append(SET_COOKIE, c);
         }
-        Ok(waits)
+        let durable = if wrote || !waits.is_empty() {
+            self.store.durable()
+        } else {
+            None
+        };
+        Ok(Settle { waits, durable })
     }
 
     /// `Set-Cookie: <base>.<this node>` after a failover (JvmRouteBinderValve).
@@ -400,7 +419,24 @@ impl SessionLayer {
     /// Sync mode: waits until the members applied the changes (bounded by ack_timeout).
     /// A change a member fenced is [`SessionError::Moved`]; one too few copies hold is
     /// [`SessionError::NoMajority`]: the write did not count.
-    pub(super) async fn settle(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
+    pub(super) async fn settle(&self, s: Settle) -> Result<(), SessionError> {
+        let Settle { waits, durable } = s;
+        let Some(durable) = durable else {
+            return self.replicated(waits).await;
+        };
+        // The members' acks and this node's own sync run at the same time.
+        let disk = async {
+            durable.await.map_err(|e| SessionError::NoMajority {
+                why: Unsafe::NotDurable,
+                detail: e.to_string(),
+            })
+        };
+        let (acked, synced) = tokio::join!(self.replicated(waits), disk);
+        acked.and(synced)
+    }
+
+    /// Sync mode: the members applied the changes (bounded by ack_timeout).
+    async fn replicated(&self, waits: Vec<Wait>) -> Result<(), SessionError> {
         match self.cluster.get() {
             Some(r) => r.settle(waits).await.map_err(|e| match e {
                 cluster::SettleError::Fenced => SessionError::Moved,
@@ -435,7 +471,8 @@ impl SessionLayer {
         if taken {
             tracing::info!(session = %key.base(), from = owner, "session taken over by a majority's vote");
         }
-        self.settle(waits).await
+        let durable = if taken { self.store.durable() } else { None };
+        self.settle(Settle { waits, durable }).await
     }
 
     fn directive_error(&self, rs: &RequestSession, e: &DirectiveError) {
@@ -463,7 +500,8 @@ impl SessionLayer {
             n += usize::from(ended);
         }
         // Shutting down: a fenced removal is another owner's business now.
-        let _ = self.settle(waits).await;
+        let durable = self.store.durable();
+        let _ = self.settle(Settle { waits, durable }).await;
         n
     }
 

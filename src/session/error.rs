@@ -53,6 +53,8 @@ pub enum Unsafe {
     NotServable,
     /// A sync write reached fewer copies than a majority needs.
     NotReplicated,
+    /// `fsync` persistence: the write could not be made durable (a full disk).
+    NotDurable,
 }
 
 impl Unsafe {
@@ -65,6 +67,9 @@ impl Unsafe {
             Unsafe::ClaimLost => "another node claimed the session at the same time",
             Unsafe::NotServable => "the session was taken over but is still not servable here",
             Unsafe::NotReplicated => "the write reached fewer copies than a majority needs",
+            Unsafe::NotDurable => {
+                "the write could not be made durable: the session store cannot write to disk"
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 //! - `epoch`: ownership epochs, unique cluster-wide.
 //! - `apply`: the replica's apply rule (REFERENCE 4.6), one pure function (proptested).
 //! - `attrs`: the stored attributes (canonical JSON text) and the merge of a change.
+//! - `journal`: what the store tells a durable tier (the `Journal` trait `persist` implements).
 //! - `json`: ASCII-only JSON for header values.
 //! - `filter`: the ReplicationValve-style static filter.
 //! - `config`, `error`: the layer's settings and errors.
@@ -23,6 +24,7 @@ mod epoch;
 mod error;
 mod filter;
 mod id;
+mod journal;
 mod json;
 mod protocol;
 mod store;
@@ -39,6 +41,7 @@ pub(crate) use error::{DirectiveError, SessionError, Unsafe};
 pub(crate) use filter::{StaticFilter, TOMCAT_DEFAULT};
 pub(crate) use id::{full as full_id, valid_route};
 pub use id::{parse as parse_id, Key};
+pub(crate) use journal::{Durable, Journal, NotDurable};
 pub use protocol::Directives;
 pub(crate) use protocol::{parse as parse_directives, static_value, Names};
 pub(crate) use store::{Fresher, Planned, Promise, Remote, PROMISE_TTL};

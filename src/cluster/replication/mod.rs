@@ -306,6 +306,11 @@ impl Replicator {
     /// The receiving side: applies a batch from `sender` (the route its connection's
     /// `Hello` named) in order; returns the sessions that need a full copy (gaps), and this
     /// node's copies of those whose change it fenced.
+    /// The wait until the changes applied so far are durable (`fsync` persistence).
+    pub(super) fn durable(&self) -> Option<crate::session::Durable> {
+        self.store.durable()
+    }
+
     pub(super) fn apply_batch(
         &self,
         changes: &[Arc<Change>],

@@ -43,6 +43,7 @@ impl SessionStore {
     /// full copy. Atomic per session: concurrent takeovers on this node raise the epoch
     /// once. `None` if the session is gone.
     pub fn take_over(&self, key: Key, now: Instant, emit: Emit) -> Option<Found> {
+        let emit = &mut self.journaled(emit);
         let mut s = self.map.get_mut(&key)?;
         if s.expired(now, &self.route) {
             return None;
@@ -145,6 +146,7 @@ impl SessionStore {
         now: Instant,
         emit: Emit,
     ) -> Option<Found> {
+        let emit = &mut self.journaled(emit);
         let own = self.map.get(&key).map(|s| (s.ver(), s.promise(now)));
         if own.is_some_and(|(_, p)| p != at) {
             return None; // promised to a newer claim meanwhile
@@ -159,6 +161,11 @@ impl SessionStore {
             if let Some((_, s)) = self.map.remove(&key) {
                 self.counters.active.dec();
                 self.tomb(key, s.ver(), now);
+                self.record(&Change::Remove {
+                    key: key.0,
+                    epoch: s.epoch,
+                    version: s.version,
+                });
             }
             return None;
         }

@@ -9,11 +9,10 @@
 //! `version` grows by one per change; `epoch` rises with each change of owner, minted unique
 //! cluster-wide ([`super::epoch`]); a claimant's promise fences older epochs (`claim`).
 //!
-//! Memory: the key is the id's 16 random bytes and the attributes are kept only as their
-//! canonical ASCII JSON (what every request sends to the backend); a write merges its
-//! change into that text ([`super::attrs`]).
+//! Memory: the key is the id's 16 random bytes and the attributes only their canonical
+//! ASCII JSON (what every request sends); a write merges into that text ([`super::attrs`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
@@ -27,6 +26,7 @@ use super::attrs;
 use super::change::{Change, FullSession};
 use super::error::{DirectiveError, SessionError};
 use super::id::{self, Key};
+use super::journal::Journal;
 use super::protocol::Directives;
 use crate::metrics::Metrics;
 
@@ -34,6 +34,7 @@ mod limits;
 use limits::LiveLimits;
 pub use limits::SessionLimits;
 mod claim;
+mod durable;
 mod replica;
 pub(crate) use claim::{Fresher, Promise};
 pub(crate) use replica::Remote;
@@ -169,6 +170,11 @@ type KeyMap<V> = DashMap<Key, V, foldhash::fast::RandomState>;
 pub struct SessionStore {
     map: KeyMap<Session>,
     tombs: KeyMap<(Ver, Instant)>,
+    /// How long a removal is remembered, in ms ([`TOMBSTONE_TTL`]; longer with a durable
+    /// tier).
+    tomb_ttl_ms: std::sync::atomic::AtomicU64,
+    /// The durable tier, once the node loaded its sessions (REFERENCE 4.11).
+    journal: OnceLock<Arc<dyn Journal>>,
     route: Arc<str>,
     /// This node's epoch tag ([`super::epoch`]).
     tag: u64,
@@ -220,6 +226,8 @@ impl SessionStore {
         Self {
             map: KeyMap::default(),
             tombs: KeyMap::default(),
+            tomb_ttl_ms: std::sync::atomic::AtomicU64::new(TOMBSTONE_TTL.as_millis() as u64),
+            journal: OnceLock::new(),
             route: Arc::from(route),
             tag: super::epoch::tag(route),
             limits: LiveLimits::new(&limits),
@@ -274,6 +282,7 @@ impl SessionStore {
         only_owned: bool,
     ) -> Result<Found, Option<Arc<str>>> {
         let mut e = self.map.get_mut(&key).ok_or(None)?;
+        let emit = &mut self.journaled(emit);
         if e.expired(now, &self.route) {
             drop(e);
             self.expire(key, now, emit);
@@ -354,6 +363,7 @@ impl SessionStore {
         now: Instant,
         emit: Emit,
     ) -> Result<Outcome, SessionError> {
+        let emit = &mut self.journaled(emit);
         let key = planned.as_ref().map(|p| p.key);
         let still_ours = |s: &Session| {
             planned
@@ -491,6 +501,7 @@ impl SessionStore {
     /// Ends a session this node owns (shutdown with `expire_sessions_on_shutdown`); the
     /// removal is emitted like an invalidation.
     pub fn end_owned(&self, key: u128, now: Instant, emit: Emit) -> bool {
+        let emit = &mut self.journaled(emit);
         let k = Key(key);
         let Some((_, s)) = self.map.remove_if(&k, |_, s| *s.owner == *self.route) else {
             return false;
@@ -551,6 +562,7 @@ impl SessionStore {
     /// Removes every expired session (the owner's expiries are emitted) and old tombstones;
     /// returns how many sessions expired.
     pub fn sweep(&self, now: Instant, emit: Emit) -> usize {
+        let emit = &mut self.journaled(emit);
         let mut gone = Vec::new();
         self.map.retain(|k, s| {
             let keep = !s.expired(now, &self.route);
@@ -569,8 +581,10 @@ impl SessionStore {
                 });
             }
         }
+        let ttl =
+            Duration::from_millis(self.tomb_ttl_ms.load(std::sync::atomic::Ordering::Relaxed));
         self.tombs
-            .retain(|_, t| now.saturating_duration_since(t.1) < TOMBSTONE_TTL);
+            .retain(|_, t| now.saturating_duration_since(t.1) < ttl);
         let n = gone.len();
         if n > 0 {
             self.counters.expired.inc_by(n as u64);

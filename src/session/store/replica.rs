@@ -56,6 +56,7 @@ impl SessionStore {
                 .remove_if(&key, |_, s| *s.owner != *self.route && s.ver() <= at);
             if dropped.is_some() {
                 self.counters.active.dec();
+                self.record(change);
                 return Remote::Applied;
             }
             return Remote::Stale;
@@ -98,6 +99,8 @@ impl SessionStore {
             Verdict::Fenced => return Remote::Fenced,
             Verdict::Apply => {}
         }
+        // Each applied change is recorded while its session is still locked, so the durable
+        // tier sees one session's changes in the order they were applied.
         match change {
             Change::Full(f) => {
                 let Some(s) = Session::from_full(f, now) else {
@@ -106,9 +109,11 @@ impl SessionStore {
                 match entry {
                     dashmap::Entry::Occupied(mut o) => {
                         o.insert(s);
+                        self.record(change);
                     }
                     dashmap::Entry::Vacant(v) => {
-                        v.insert(s);
+                        let _locked = v.insert(s);
+                        self.record(change);
                         self.counters.active.inc();
                     }
                 }
@@ -144,10 +149,12 @@ impl SessionStore {
                 if let Some(ms) = max_inactive_ms {
                     s.max_inactive = Duration::from_millis(*ms);
                 }
+                self.record(change);
             }
             Change::Touch { .. } => {
                 if let dashmap::Entry::Occupied(mut o) = entry {
                     o.get_mut().last_access = now;
+                    self.record(change);
                 }
             }
             Change::Remove { .. } | Change::Drop { .. } => {
@@ -156,6 +163,7 @@ impl SessionStore {
                     self.counters.active.dec();
                 }
                 self.tomb(key, at, now);
+                self.record(change);
             }
         }
         Remote::Applied
