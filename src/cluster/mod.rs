@@ -477,6 +477,11 @@ impl Cluster {
         self.membership.link.mesh_addr()
     }
 
+    /// Looks the session `key` up at every member; its copy, if one answers, is kept here.
+    pub(crate) async fn locate(&self, key: crate::session::Key) -> bool {
+        self.replicator.locate(key.0).await
+    }
+
     pub(crate) fn manager(&self) -> Manager {
         self.replicator.manager
     }

@@ -98,7 +98,12 @@ pub(super) fn decide(
                         Some(s) if s != me => member(s)
                             .map(|m| Decision::Forward(m.clone()))
                             .unwrap_or(Decision::NoSession),
-                        _ => Decision::NoSession,
+                        // No other ready member: an owner still draining serves (or hands
+                        // on) its own sessions; this node has nothing of it.
+                        _ => match member(r).filter(|m| m.state == State::Draining) {
+                            Some(m) => Decision::Forward(m.clone()),
+                            None => Decision::NoSession,
+                        },
                     }
                 }
             },

@@ -184,12 +184,18 @@ pub async fn run(
     let ticker = proxy::start_timer().map_err(anyhow::Error::msg)?;
     // Background parts stop after the drain, so health and admin stay true while draining.
     let background = Tasks::new();
-    let res = serve(cfg, listeners, shutdown, &background).await;
+    let mut persistence = None;
+    let res = serve(cfg, listeners, shutdown, &background, &mut persistence).await;
     if !background.stop(BACKGROUND_STOP).await {
         tracing::warn!(
             left = background.len(),
             "background tasks still running at exit"
         );
+    }
+    if let Some(p) = persistence {
+        // Last, once nothing can change a session any more (clients, the mesh): the last
+        // changes flushed, and in `shutdown` mode the snapshot written.
+        let _ = tokio::task::spawn_blocking(move || p.close()).await;
     }
     drop(ticker);
     if res.is_ok() {
@@ -203,6 +209,7 @@ async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
     background: &Tasks,
+    persisted: &mut Option<Arc<Persistence>>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let settings = proxy::Settings {
@@ -238,6 +245,7 @@ async fn serve(
         &proxy.metrics,
     )
     .context("cannot open the session store's files (persistence.dir)")?;
+    persisted.clone_from(&persistence);
     let loaded = persistence
         .as_ref()
         .is_some_and(|p| p.loaded().sessions > 0 || p.loaded().removals > 0);
@@ -390,10 +398,6 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("shutdown grace period over: closing remaining connections");
-    }
-    if let Some(p) = persistence.clone() {
-        // The last changes flushed (and the snapshot written, `shutdown` mode).
-        let _ = tokio::task::spawn_blocking(move || p.close()).await;
     }
     state.set_state(State::Leaving);
     if let Some(c) = &cluster {

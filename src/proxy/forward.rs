@@ -39,6 +39,10 @@ impl Proxy {
                 Plan::Static => break None,
                 Plan::Local(rs) => break Some(rs),
                 Plan::Refuse(why) => return Err(ProxyError::unsafe_now(why)),
+                Plan::Locate(key) => {
+                    self.sessions.locate(key).await;
+                    parts.extensions.insert(super::sticky::Located);
+                }
                 Plan::Claim { key, owner } => {
                     if claimed {
                         return Err(ProxyError::unsafe_now(Unsafe::NotServable));

@@ -429,7 +429,7 @@ impl Proxy {
                 Plan::Static => None,
                 Plan::Local(rs) => Some(rs),
                 Plan::Refuse(why) => return Step::Fail(ProxyError::unsafe_now(why)),
-                plan @ (Plan::Forward(_) | Plan::Claim { .. }) => {
+                plan @ (Plan::Forward(_) | Plan::Claim { .. } | Plan::Locate(_)) => {
                     if let (Some(name), Some(_)) = (&self.request_id, own_id) {
                         added.push((name.clone(), id.value()));
                     }

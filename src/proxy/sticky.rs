@@ -52,7 +52,15 @@ pub(super) enum Plan {
     Claim { key: Key, owner: String },
     /// This node cannot serve the session safely: answered 503 with the reason.
     Refuse(Unsafe),
+    /// No copy here of a session the cookie says this node owns: ask the members for it
+    /// ([`SessionLayer::locate`]), then plan again.
+    Locate(Key),
 }
+
+/// Marks a request whose session was looked for at the members: it is planned again
+/// without asking twice.
+#[derive(Clone, Copy)]
+pub(super) struct Located;
 
 /// What a response waits for before it goes out: the members' acks (sync replication)
 /// and this node's own sync of the change to disk (`fsync` persistence).
@@ -227,6 +235,28 @@ impl SessionLayer {
                         if d == cluster::Decision::TakeOver && r.is_quorum() {
                             let owner = o.as_deref().or(c.route).unwrap_or("").to_string();
                             return Plan::Claim { key: c.key, owner };
+                        }
+                        // Every member is leaving (a whole-cluster stop): a session this node
+                        // cannot find may be at one of them. A 503 to retry, not a new
+                        // session in its place.
+                        if d == cluster::Decision::NoSession
+                            && r.is_handing_over()
+                            && !members
+                                .iter()
+                                .any(|m| m.state == crate::lifecycle::State::Ready)
+                        {
+                            return Plan::Refuse(Unsafe::ShuttingDown);
+                        }
+                        // BackupManager: a cookie naming this node, and no copy here. The
+                        // session may live on: handed over to a successor on a drain, this
+                        // node's copy since dropped. Ask the members once.
+                        if d == cluster::Decision::NoSession
+                            && o.is_none()
+                            && c.route == Some(me)
+                            && r.manager() == cluster::Manager::Backup
+                            && parts.extensions.get::<Located>().is_none()
+                        {
+                            return Plan::Locate(c.key);
                         }
                         d
                     }
@@ -473,6 +503,15 @@ impl SessionLayer {
         }
         let durable = if taken { self.store.durable() } else { None };
         self.settle(Settle { waits, durable }).await
+    }
+
+    /// Asks the members for their copy of `key` (one round, bounded by the ack timeout);
+    /// a copy found is kept here, so the next plan routes to its owner.
+    pub(super) async fn locate(&self, key: Key) {
+        if let Some(r) = self.cluster.get() {
+            let found = r.locate(key).await;
+            tracing::debug!(session = %key.base(), found, "looked for a session at the members");
+        }
     }
 
     fn directive_error(&self, rs: &RequestSession, e: &DirectiveError) {

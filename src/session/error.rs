@@ -55,6 +55,8 @@ pub enum Unsafe {
     NotReplicated,
     /// `fsync` persistence: the write could not be made durable (a full disk).
     NotDurable,
+    /// Every member is leaving, and this node holds no copy of the session.
+    ShuttingDown,
 }
 
 impl Unsafe {
@@ -67,6 +69,7 @@ impl Unsafe {
             Unsafe::ClaimLost => "another node claimed the session at the same time",
             Unsafe::NotServable => "the session was taken over but is still not servable here",
             Unsafe::NotReplicated => "the write reached fewer copies than a majority needs",
+            Unsafe::ShuttingDown => "the cluster is shutting down and cannot serve this session now",
             Unsafe::NotDurable => {
                 "the write could not be made durable: the session store cannot write to disk"
             }

@@ -47,7 +47,15 @@ impl Node {
     /// Starts a node with `conf` (TOML; listen addresses default to port 0) and waits until
     /// `/ready` answers 200.
     pub async fn start(conf: &str) -> Node {
-        let node = Self::launch(conf, None).await;
+        let node = Self::launch(conf, &[]).await;
+        node.wait_ready().await;
+        node
+    }
+
+    /// Starts a node as the last arguments of `wrap` (a command that runs its arguments,
+    /// e.g. in a mount namespace of the test's own) and waits until `/ready` answers 200.
+    pub async fn start_wrapped(conf: &str, wrap: &[String]) -> Node {
+        let node = Self::launch(conf, wrap).await;
         node.wait_ready().await;
         node
     }
@@ -55,10 +63,11 @@ impl Node {
     /// Starts a node inside network namespace `ns` (the test's own). Readiness is the
     /// "node ready" log line: the test's own HTTP client cannot reach into the namespace.
     pub async fn start_in_netns(conf: &str, ns: &str) -> Node {
-        Self::launch(conf, Some(ns)).await
+        let wrap = ["ip", "netns", "exec", ns].map(String::from);
+        Self::launch(conf, &wrap).await
     }
 
-    async fn launch(conf: &str, netns: Option<&str>) -> Node {
+    async fn launch(conf: &str, wrap: &[String]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("caracal.toml");
         let mut text = conf.to_string();
@@ -69,7 +78,7 @@ impl Node {
             text.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
         }
         std::fs::write(&path, &text).unwrap();
-        Self::spawn(path, dir, netns).await
+        Self::spawn(path, dir, wrap).await
     }
 
     /// Starts several nodes at once (their join windows overlap) and waits for all.
@@ -137,11 +146,11 @@ impl Node {
         let _ = self.child.wait();
     }
 
-    async fn spawn(path: PathBuf, dir: tempfile::TempDir, netns: Option<&str>) -> Node {
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, BIN]);
+    async fn spawn(path: PathBuf, dir: tempfile::TempDir, wrap: &[String]) -> Node {
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(BIN);
                 c
             }
             None => Command::new(BIN),

@@ -78,6 +78,37 @@ impl Replicator {
         ok
     }
 
+    /// Looks one session up at every member (a digest of one entry that any copy or
+    /// removal is newer than) and applies what they answer by the apply rule: the copy
+    /// found is kept here. `true` if one was.
+    pub(crate) async fn locate(&self, key: u128) -> bool {
+        let members = self.membership.live();
+        let limit = self.ack_timeout;
+        let answers = join_all(members.iter().map(|m| async {
+            let msg = MeshMessage::Digest {
+                domain: self.link.domain.clone(),
+                from: self.link.me(),
+                entries: vec![(key, 0, 0)],
+            };
+            match self
+                .link
+                .call(m.mesh_addr, &msg, FRESHER_MAX_FRAME, limit)
+                .await
+            {
+                Ok(MeshMessage::Fresher(f)) => Some(f),
+                _ => None,
+            }
+        }))
+        .await;
+        let now = Instant::now();
+        for f in answers.into_iter().flatten() {
+            for c in &f.changes {
+                self.store.apply_remote(c, now);
+            }
+        }
+        self.store.held_epoch(crate::session::Key(key)).is_some()
+    }
+
     /// A member's answer to a digest chunk.
     pub(crate) fn fresher(&self, entries: &[(u128, u64, u64)]) -> Fresher {
         self.store.fresher(entries, Instant::now())
