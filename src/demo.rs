@@ -208,6 +208,9 @@ pub(crate) async fn run(
     } else {
         None
     };
+    // Each node's sessions on disk too (async: written every second), in the run's folder.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
     let mut children = Vec::new();
     for i in 0..NODES {
         // With --tls: the key under [cluster], and a [cluster.tls] section at the end.
@@ -231,11 +234,13 @@ pub(crate) async fn run(
              [http]\nlisten = [\"127.0.0.1:{http}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
              [backends]\nservers = [{servers}]\n[backends.health]\ninterval = \"1s\"\n\
              [cluster]\nenabled = true\n{key}[cluster.membership]\nport = {mcast_port}\ndomain = \"{domain}\"\n\
-             [cluster.receiver]\nport = 4000\nauto_bind = 100\n{tls}",
+             [cluster.receiver]\nport = 4000\nauto_bind = 100\n\
+             [persistence]\nmode = \"async\"\ndir = {data:?}\n{tls}",
             n = i + 1,
             http = ports.http + i,
             admin = ports.admin + i,
             servers = backend_urls.join(", "),
+            data = data.display().to_string(),
         );
         let path = dir.join(format!("node{}.toml", i + 1));
         std::fs::write(&path, conf)?;

@@ -119,6 +119,8 @@ fn the_configmaps_conf_with_the_pods_overrides_passes_caracal_check() {
         "admin.token=\"an-admin-token-of-32-characters-\"".into(),
         format!("cluster.tls.cert=\"{}\"", p("caracal-0.pem")),
         format!("cluster.tls.key=\"{}\"", p("caracal-0-key.pem")),
+        // The pod's volume.
+        format!("persistence.dir=\"{}\"", dir.path().display()),
     ];
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     let (code, err) = common::check_file(&conf, &sets);

@@ -1,179 +1,42 @@
-//! Sessions that outlive the whole cluster (REFERENCE 4.11): three nodes stopped at once,
-//! gracefully or by kill -9, while clients write, then started again. A checker follows
-//! every acknowledged write (`/log?k=K` sets attribute `kK`); after the restart each
-//! client's next request shows the writes its session holds.
+//! Sessions that outlive the whole cluster (REFERENCE 4.11), sized for CI: three nodes
+//! stopped at once while clients write, then started again (`common::whole`); `cargo bench
+//! --bench persistence` runs the full table.
 
 mod common;
 
-use std::collections::HashSet;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::whole::*;
 use common::*;
 use http::StatusCode;
 
-const ROUTES: [&str; 3] = ["n1", "n2", "n3"];
-
-/// The three nodes of `manager`, keeping their sessions in `dir` in `mode`.
-async fn cluster(dir: &Path, domain: &str, manager: &str, mode: &str) -> (TestBackend, Vec<Node>) {
-    let persistence = format!(
-        "[persistence]\nmode = \"{mode}\"\ndir = \"{}\"\nflush_interval = \"200ms\"\n",
-        dir.display()
-    );
-    let (b, nodes) = start_cluster(
-        &ROUTES,
-        domain,
-        &format!("expected_members = 3\nmanager = \"{manager}\""),
-        |_, c| c + &persistence,
-    )
-    .await;
-    leased(&nodes).await;
-    (b, nodes)
-}
-
-async fn leased(nodes: &[Node]) {
-    for n in nodes {
-        n.wait_status(Duration::from_secs(10), "a lease", |s| {
-            s["quorum"]["lease"] == true
-        })
-        .await;
-    }
-}
-
-fn log(k: u64, cookie: Option<&str>) -> http::Request<http_body_util::Full<bytes::Bytes>> {
-    let mut b = http::Request::get(format!("/log?k={k}")).header("host", "app");
-    if let Some(c) = cookie {
-        b = b.header("cookie", format!("JSESSIONID={c}"));
-    }
-    b.body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap()
-}
-
-/// One client per session, writing round robin over the nodes until `stop`; its id and
-/// the writes that got a 200.
-async fn writer(
-    addrs: Vec<std::net::SocketAddr>,
-    i: usize,
-    stop: Arc<AtomicBool>,
-) -> (String, HashSet<u64>) {
-    let r = http(addrs[i % 3], log(0, None)).await;
-    let id = set_cookie_id(&r).expect("a session");
-    let mut acked = HashSet::from([0]);
-    let mut k = 1;
-    while !stop.load(Ordering::Relaxed) && k < 5000 {
-        if let Ok(r) = try_http(addrs[(i + k as usize) % 3], log(k, Some(&id))).await {
-            if r.status == StatusCode::OK {
-                acked.insert(k);
-            }
-        }
-        k += 1;
-    }
-    (id, acked)
-}
-
-/// Writes into every session for a while, stops all three nodes at once (`kill`: -9, else
-/// SIGTERM), starts them again, and returns (acknowledged writes, lost ones).
-async fn restart_under_load(manager: &str, mode: &str, kill: bool) -> (usize, Vec<u64>) {
-    let dir = tempfile::tempdir().unwrap();
-    let domain = format!("restart-{manager}-{mode}-{kill}");
-    let (_b, mut nodes) = cluster(dir.path(), &domain, manager, mode).await;
-    let confs: Vec<String> = nodes.iter().map(Node::conf_text).collect();
-    let addrs: Vec<_> = nodes.iter().map(|n| n.http).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(writer(addrs.clone(), i, stop.clone())))
-        .collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // Every node at once, with the clients still writing.
-    if kill {
-        for n in &mut nodes {
-            n.kill();
-        }
-    } else {
-        for n in &nodes {
-            n.signal("TERM");
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let mut sessions = Vec::new();
-    for c in clients {
-        sessions.push(c.await.unwrap());
-    }
-    if !kill {
-        let stopped = Mutex::new(Vec::new());
-        for n in &mut nodes {
-            stopped
-                .lock()
-                .unwrap()
-                .push(n.wait_exit(Duration::from_secs(20)).success());
-        }
-        assert!(
-            stopped.lock().unwrap().iter().all(|s| *s),
-            "a node did not exit 0"
-        );
-    }
-    drop(nodes);
-    let nodes = Node::start_all(&confs).await;
-    wait_formed(&nodes, Duration::from_secs(5)).await;
-    leased(&nodes).await;
-    let mut acked = 0;
-    let mut lost = Vec::new();
-    for (i, (id, writes)) in sessions.iter().enumerate() {
-        let r = http(nodes[i % 3].http, log(999_999, Some(id))).await;
-        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-        let seen = seen_writes(&r.body);
-        acked += writes.len();
-        let missing: Vec<u64> = writes
-            .iter()
-            .filter(|k| !seen.contains(k))
-            .copied()
-            .collect();
-        lost.extend(missing);
-    }
-    eprintln!(
-        "{manager} {mode} kill={kill}: {acked} acknowledged writes, {} lost",
-        lost.len()
-    );
-    (acked, lost)
-}
-
-/// The writes (`k` of `/log?k=K`) the backend saw in the session before this request.
-fn seen_writes(body: &[u8]) -> HashSet<u64> {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|b| b["log"].as_str().map(str::to_string))
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|k| k.parse().ok())
-        .collect()
-}
+/// How long the clients write before the stop.
+const LOAD: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_whole_cluster_restart_loses_nothing_delta() {
-    let (acked, lost) = restart_under_load("delta", "async", false).await;
+    let (acked, lost) = restart_under_load("delta", "async", false, LOAD).await;
     assert!(acked > 20, "only {acked} writes");
     assert!(lost.is_empty(), "lost {lost:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_whole_cluster_restart_loses_nothing_backup() {
-    let (acked, lost) = restart_under_load("backup", "async", false).await;
+    let (acked, lost) = restart_under_load("backup", "async", false, LOAD).await;
     assert!(acked > 20, "only {acked} writes");
     assert!(lost.is_empty(), "lost {lost:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_kill_loses_no_acked_write_in_fsync_mode_delta() {
-    let (acked, lost) = restart_under_load("delta", "fsync", true).await;
+    let (acked, lost) = restart_under_load("delta", "fsync", true, LOAD).await;
     assert!(acked > 20, "only {acked} writes");
     assert!(lost.is_empty(), "lost {lost:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_cluster_kill_loses_no_acked_write_in_fsync_mode_backup() {
-    let (acked, lost) = restart_under_load("backup", "fsync", true).await;
+    let (acked, lost) = restart_under_load("backup", "fsync", true, LOAD).await;
     assert!(acked > 20, "only {acked} writes");
     assert!(lost.is_empty(), "lost {lost:?}");
 }
@@ -183,7 +46,8 @@ async fn a_whole_cluster_kill_loses_no_acked_write_in_fsync_mode_backup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_session_stays_invalidated_after_a_whole_cluster_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let (_b, mut nodes) = cluster(dir.path(), "restart-invalidated", "delta", "fsync").await;
+    let (_b, mut nodes) =
+        persistent_cluster(dir.path(), "restart-invalidated", "delta", "fsync").await;
     let confs: Vec<String> = nodes.iter().map(Node::conf_text).collect();
     let gone = set_cookie_id(&http(nodes[0].http, log(1, None)).await).unwrap();
     let kept = set_cookie_id(&http(nodes[1].http, log(1, None)).await).unwrap();

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 mod backend;
 mod cluster;
 pub mod recorder;
+pub mod whole;
 
 #[allow(unused_imports)]
 pub use backend::*;

@@ -1,0 +1,211 @@
+//! Persistence figures (REFERENCE 4.11), on real node processes on loopback, printed:
+//! 1. cost: session writes per second and latency p50/p99 on one node with `mode` off,
+//!    async and fsync, in interleaved rounds (ROUNDS, BENCH_SECS each, CLIENTS keep-alive
+//!    clients, each writing its own session);
+//! 2. whole-cluster stop under load: for each mode and manager, KILL_ROUNDS rounds of three
+//!    nodes killed (-9) at once while clients write, then started again; acknowledged
+//!    writes and lost ones, counted by the checker of `tests/common/whole.rs`; and the
+//!    graceful stop (SIGTERM to all three);
+//! 3. scale: SCALE_SESSIONS (1 000 000) sessions of ~200 B made on one node (fsync), the
+//!    node killed, started again: the time to ready and the RSS before and after.
+//!
+//! Run: `cargo bench --bench persistence` (env: BENCH_ONLY=cost|kill|scale).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::whole::restart_under_load;
+use common::*;
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// One node in front of `b` with `mode` in a fresh directory.
+fn conf_for(b: &TestBackend, dir: &std::path::Path, mode: &str) -> String {
+    conf(
+        "p1",
+        &[b.url()],
+        &format!(
+            "[backends.health]\nenabled = false\n[persistence]\nmode = \"{mode}\"\ndir = \"{}\"\n",
+            dir.display()
+        ),
+    )
+}
+
+/// `clients` keep-alive clients writing their own session (`/count`) for `secs`.
+async fn writes(node: &Node, clients: usize, secs: u64) -> (f64, f64, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let addr = node.http;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = KeepAlive::connect(addr).await;
+                let r = c.send(count(None)).await;
+                let id = set_cookie_id(&r).unwrap_or_default();
+                let mut lat = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let r = c.send(count(Some(&id))).await;
+                    if r.status == 200 {
+                        lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                lat
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let rate = all.len() as f64 / t.elapsed().as_secs_f64();
+    (rate, pct(&mut all, 0.5), pct(&mut all, 0.99))
+}
+
+async fn cost(rounds: u64, secs: u64, clients: usize) {
+    println!("\n## cost: session writes on one node, {clients} clients, {secs} s a round, {rounds} rounds interleaved");
+    let b = TestBackend::start("b").await;
+    let modes = ["off", "async", "fsync"];
+    let mut sums: [(f64, Vec<f64>, Vec<f64>); 3] =
+        std::array::from_fn(|_| (0.0, Vec::new(), Vec::new()));
+    for r in 0..rounds {
+        for (i, mode) in modes.iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let node = Node::start(&conf_for(&b, dir.path(), mode)).await;
+            let (rate, p50, p99) = writes(&node, clients, secs).await;
+            println!("round {r} {mode:6}: {rate:>8.0} writes/s  p50 {p50:.2} ms  p99 {p99:.2} ms");
+            sums[i].0 += rate;
+            sums[i].1.push(p50);
+            sums[i].2.push(p99);
+        }
+    }
+    let off = sums[0].0 / rounds as f64;
+    for (i, mode) in modes.iter().enumerate() {
+        let rate = sums[i].0 / rounds as f64;
+        let p50 = pct(&mut sums[i].1, 0.5);
+        let p99 = pct(&mut sums[i].2, 0.5);
+        println!(
+            "mean {mode:6}: {rate:>8.0} writes/s = {:.2}x off  p50 {p50:.2} ms  p99 {p99:.2} ms (medians over rounds)",
+            rate / off
+        );
+    }
+}
+
+async fn kills(rounds: u64) {
+    println!("\n## whole-cluster stop under load: 3 nodes, 6 clients, 1.5 s of writes, {rounds} rounds each");
+    for manager in ["delta", "backup"] {
+        for (mode, kill) in [
+            ("fsync", true),
+            ("async", true),
+            ("shutdown", true),
+            ("off", true),
+            ("async", false),
+            ("shutdown", false),
+        ] {
+            let (mut acked, mut lost) = (0, 0);
+            let mut worst = 0;
+            for _ in 0..rounds {
+                let (a, l) =
+                    restart_under_load(manager, mode, kill, Duration::from_millis(1500)).await;
+                acked += a;
+                lost += l.len();
+                worst = worst.max(l.len());
+            }
+            let how = if kill { "kill -9" } else { "SIGTERM" };
+            println!(
+                "{manager:6} {mode:8} {how}: {acked:>6} acknowledged, {lost:>6} lost ({:.1}%), worst round {worst}",
+                lost as f64 * 100.0 / acked.max(1) as f64
+            );
+        }
+    }
+}
+
+async fn scale(n: u64) {
+    println!("\n## scale: {n} sessions of ~200 B on one node (fsync), killed and started again");
+    let b = TestBackend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = conf_for(&b, dir.path(), "fsync");
+    let mut node = Node::start(&c).await;
+    let t = Instant::now();
+    let per = n / 32;
+    let addr = node.http;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut c = KeepAlive::connect(addr).await;
+                let v = format!(r#"{{"user":"{}"}}"#, "u".repeat(180));
+                for _ in 0..per {
+                    c.send(reflect("/", None, &[("x-session-set", &v)])).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let made = t.elapsed();
+    let held = node.status().await["sessions"]["total"]
+        .as_u64()
+        .unwrap_or(0);
+    let rss = rss_kb(node.pid());
+    let bytes: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|f| f.metadata().map_or(0, |m| m.len()))
+        .sum();
+    println!(
+        "made {held} sessions in {:.1} s; RSS {} MiB ({} B a session); files {} MiB",
+        made.as_secs_f64(),
+        rss / 1024,
+        rss * 1024 / held.max(1),
+        bytes >> 20
+    );
+    node.kill();
+    let t = Instant::now();
+    let again = Node::start(&c).await;
+    let ready = t.elapsed();
+    let p = again.status().await["persistence"]["loaded"].clone();
+    println!(
+        "restart to ready: {:.2} s, loaded {p}; RSS after {} MiB",
+        ready.as_secs_f64(),
+        rss_kb(again.pid()) / 1024
+    );
+}
+
+fn main() {
+    let rt = bench_runtime();
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    println!(
+        "machine: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    rt.block_on(async {
+        if only.is_empty() || only == "cost" {
+            cost(
+                env_num("ROUNDS", 3),
+                env_num("BENCH_SECS", 5),
+                env_num("CLIENTS", 16) as usize,
+            )
+            .await;
+        }
+        if only.is_empty() || only == "kill" {
+            kills(env_num("KILL_ROUNDS", 5)).await;
+        }
+        if only.is_empty() || only == "scale" {
+            scale(env_num("SCALE_SESSIONS", 1_000_000)).await;
+        }
+    });
+}
