@@ -50,8 +50,9 @@ fn conf(lab: &Lab, i: usize, backend: SocketAddr, key: &str, tls: &str) -> Strin
          [cluster]\nenabled = true\nack_timeout = \"500ms\"\nkey = \"{key}\"\n\
          [cluster.membership]\nkind = \"dns\"\nname = \"{NAME}\"\nrefresh = \"1s\"\n\
          domain = \"dns\"\nfrequency = \"200ms\"\ndrop_time = \"1s\"\nverify_timeout = \"500ms\"\n\
-         [cluster.receiver]\naddress = \"{ip}\"\nport = {MESH_PORT}\nauto_bind = 1\n{tls}",
-        i + 1
+         [cluster.receiver]\naddress = \"{ip}\"\nport = {MESH_PORT}\nauto_bind = 1\n{}{tls}",
+        i + 1,
+        lab.persistence()
     )
 }
 

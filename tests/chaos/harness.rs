@@ -143,9 +143,20 @@ pub struct Lab {
     /// (REFERENCE 4.10), so the faults are tried on the deployment's own shape, forwards over
     /// mesh channels included.
     certs: tempfile::TempDir,
+    /// The nodes' session files (`[persistence] mode = "fsync"`): the faults are tried with
+    /// sessions on disk too, a restarted node starting from its own copies.
+    data: tempfile::TempDir,
 }
 
 impl Lab {
+    /// The `[persistence]` section every lab node runs with.
+    pub fn persistence(&self) -> String {
+        format!(
+            "[persistence]\nmode = \"fsync\"\ndir = \"{}\"\n",
+            self.data.path().display()
+        )
+    }
+
     pub fn create() -> Result<Lab, String> {
         Self::create_n(3)
     }
@@ -163,6 +174,7 @@ impl Lab {
             tag,
             subnet,
             certs: tempfile::tempdir().map_err(|e| e.to_string())?,
+            data: tempfile::tempdir().map_err(|e| e.to_string())?,
         };
         let routes: Vec<String> = (1..=n_nodes).map(|i| format!("n{i}")).collect();
         write_certs(lab.certs.path(), &routes.join(","));
@@ -306,7 +318,7 @@ impl Lab {
             s.send,
             peers.join(", ")
         );
-        conf + &tls
+        conf + &self.persistence() + &tls
     }
 
     async fn start(&self, i: usize, s: &Setup, backend: SocketAddr) -> Node {
