@@ -4,12 +4,13 @@
 //! module imports only from floors below its own):
 //! 1. leaves: `lifecycle` (node and member state), `logging` (the live log level), `metrics`, `tls`, `wire` (frame and tag
 //!    codecs), `tasks` (task ownership), `net` (accepting);
-//! 2. [`session`]: the domain: ids, cookies, attributes, the store, changes and the apply rule;
-//! 3. [`cluster`]: membership, the mesh, replication of session changes;
-//! 4. [`proxy`]: the request path, with the sticky layer over session and cluster;
-//! 5. [`config`]: the conf file, building the types the layers below define;
+//! 2. `session`: the domain: ids, cookies, attributes, the store, changes and the apply rule;
+//! 3. `cluster`: membership, the mesh, replication of session changes; `persist`: the
+//!    session files on this node's disk;
+//! 4. `proxy`: the request path, with the sticky layer over session and cluster;
+//! 5. `config`: the conf file, building the types the layers below define;
 //! 6. `admin`: the admin endpoints;
-//! 7. [`node`] (wires one node together), `demo`;
+//! 7. `node` (wires one node together), `demo`;
 //! 8. `cli`: the command line.
 //!
 //! Every module is private. The crate's public surface is [`main`] (the binary's whole

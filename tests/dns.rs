@@ -308,7 +308,7 @@ async fn rr_client(
             if let Some(id) = set_cookie_id(&r) {
                 c.cookie = Some(id);
             }
-            let seen = harness::seen_writes(&r.body);
+            let seen = common::whole::seen_writes(&r.body);
             if c.acked.iter().any(|k| !seen.contains(k)) {
                 c.stale += 1;
             }

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::whole::seen_writes;
 use crate::common::*;
 
 /// The lab nodes' admin listeners are off loopback: they need a token.
@@ -603,17 +604,6 @@ async fn copies(admins: &[SocketAddr], base: &str) -> Vec<serde_json::Value> {
         }
     }
     v
-}
-
-/// The writes (`k` of `/log?k=K`) the backend saw in the session before this request.
-pub fn seen_writes(body: &[u8]) -> std::collections::HashSet<u64> {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|b| b["log"].as_str().map(str::to_string))
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|k| k.parse().ok())
-        .collect()
 }
 
 /// One client: its own session, writes in round-robin order over the nodes, the next node
