@@ -270,6 +270,11 @@ async fn a_full_disk_answers_503_in_fsync_mode_and_is_shown_in_async_mode() {
         assert!(p["write_failures"].as_u64().unwrap() >= 1, "{mode}: {p}");
         let m = http(node.admin, get("/metrics")).await.text();
         assert!(m.contains("caracal_persist_failing 1"), "{m}");
+        let page = http(node.admin, get("/")).await.text();
+        assert!(
+            page.contains("persistence failing"),
+            "the cluster page does not say so"
+        );
         if mode == "fsync" {
             let first = statuses.iter().position(|s| *s == 503).expect("a 503");
             assert!(

@@ -163,6 +163,23 @@ impl Admin {
                 esc(&ss["replica"]),
             ]],
         );
+        if let Some(p) = s["persistence"].as_object() {
+            let failing = p["failing"].as_bool().unwrap_or(false);
+            let _ = write!(
+                out,
+                "<p>on disk: mode {}, <span class=\"{}\">{}</span>, {} records, {} unflushed, {} write failures{}</p>",
+                esc(&p["mode"]),
+                class(!failing),
+                if failing { "persistence failing" } else { "persistence ok" },
+                esc(&p["records"]),
+                esc(&p["unflushed_records"]),
+                esc(&p["write_failures"]),
+                match p["last_error"].as_str() {
+                    Some(e) => format!(" (last error: {})", esc(&Value::String(e.to_string()))),
+                    None => String::new(),
+                }
+            );
+        }
 
         out.push_str("<h2>Backends</h2>");
         let buttons = self.token.is_some();
