@@ -76,6 +76,8 @@ pub(crate) struct Cluster {
     channels: Arc<channel::Channels>,
     /// Draining and announced: requests for this node's sessions go to their successors.
     handing_over: std::sync::atomic::AtomicBool,
+    /// The join is over ([`Cluster::joined`]).
+    joined: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Replaces an unspecified IP (0.0.0.0) by one peers can reach.
@@ -134,6 +136,7 @@ impl Cluster {
         ));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
+        let from_disk = store.from_disk();
         let fixed_size = match (&cfg.membership.kind, cfg.expected_members) {
             (_, n) if n > 0 => n,
             (MembershipKind::Static { members }, _) => members.len() + 1,
@@ -158,9 +161,18 @@ impl Cluster {
             tasks.clone(),
         );
         let rep = replicator.clone();
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if from_disk {
+            // Copies loaded from disk: the first lease too waits for a catch-up with a
+            // majority (REFERENCE 4.11), and only once the join has shown who the members
+            // are (before it, this node may count itself a majority of one).
+            lease.catch_up_first();
+        }
+        let ready_to_compare = joined.clone();
         tasks.spawn(lease.clone().keep(tasks.clone(), move || {
             let rep = rep.clone();
-            async move { rep.catch_up().await }
+            let joined = ready_to_compare.load(std::sync::atomic::Ordering::Acquire);
+            async move { joined && rep.catch_up().await }
         }));
         tasks.spawn(replicator.clone().follow_members());
         tasks.spawn(replicator.clone().rebalance());
@@ -226,6 +238,7 @@ impl Cluster {
             static_members,
             channels,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            joined,
         }))
     }
 
@@ -312,12 +325,11 @@ impl Cluster {
 
     /// Whether this node drains and its sessions' requests go to their successors.
     #[inline]
-    /// The node started with copies from disk: its first lease too waits for a catch-up
-    /// with a majority, so it learns what changed while it was down before serving any of
-    /// them (REFERENCE 4.11). Called right after `start`, long before a majority's pongs
-    /// (a ping round away) could earn a lease.
-    pub(crate) fn catch_up_first(&self) {
-        self.lease.catch_up_first();
+    /// The join and the state transfer are over (done, failed or timed out): a catch-up
+    /// may count its majority from the members heard.
+    pub(crate) fn joined(&self) {
+        self.joined
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     pub(crate) fn is_handing_over(&self) -> bool {

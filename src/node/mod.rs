@@ -246,9 +246,6 @@ async fn serve(
     )
     .context("cannot open the session store's files (persistence.dir)")?;
     persisted.clone_from(&persistence);
-    let loaded = persistence
-        .as_ref()
-        .is_some_and(|p| p.loaded().sessions > 0 || p.loaded().removals > 0);
 
     proxy.upstream().start_health();
     // Expiry is also checked on every access; the sweep only frees memory.
@@ -276,10 +273,6 @@ async fn serve(
         }
         _ => None,
     };
-
-    if let (Some(c), true) = (&cluster, loaded) {
-        c.catch_up_first();
-    }
 
     let reloader = Arc::new(Reloader::new(&cfg, proxy.clone(), &proxy.metrics));
     background.spawn(on_hangup(reloader.clone(), background.token().clone()));
@@ -330,6 +323,7 @@ async fn serve(
             }
             tracing::warn!("{why}: starting anyway");
         }
+        c.joined();
         // Serving sessions needs the lease (REFERENCE 4.9): usually one ping round away.
         let limit = cfg.cluster.membership.verify_timeout * 2;
         if !c.wait_lease(limit).await {

@@ -108,6 +108,9 @@ pub(super) fn load(
     }
     out.removals = store.removals() as u64;
     out.sessions = store.len() as u64;
+    if out.sessions > 0 || out.removals > 0 {
+        store.mark_from_disk();
+    }
     pm.loaded.inc_by(out.sessions);
     pm.skipped.inc_by(out.skipped);
     pm.expired_at_load.inc_by(out.expired);

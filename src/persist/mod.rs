@@ -223,11 +223,6 @@ impl Persistence {
         Ok(Some(Arc::new(p)))
     }
 
-    /// What the start found on disk.
-    pub(crate) fn loaded(&self) -> &Loaded {
-        &self.loaded
-    }
-
     /// Flushes what is pending and stops recording; in `shutdown` mode writes the
     /// snapshot. Called once the node stopped serving.
     pub(crate) fn close(&self) {

@@ -65,6 +65,17 @@ impl SessionStore {
         }
     }
 
+    /// The durable tier loaded copies or removals into this store at start: its first
+    /// lease must wait for a catch-up (REFERENCE 4.11).
+    pub(crate) fn from_disk(&self) -> bool {
+        self.from_disk.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_from_disk(&self) {
+        self.from_disk
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// Removals remembered now.
     pub(crate) fn removals(&self) -> usize {
         self.tombs.len()

@@ -175,6 +175,7 @@ pub struct SessionStore {
     tomb_ttl_ms: std::sync::atomic::AtomicU64,
     /// The durable tier, once the node loaded its sessions (REFERENCE 4.11).
     journal: OnceLock<Arc<dyn Journal>>,
+    from_disk: std::sync::atomic::AtomicBool,
     route: Arc<str>,
     /// This node's epoch tag ([`super::epoch`]).
     tag: u64,
@@ -228,6 +229,7 @@ impl SessionStore {
             tombs: KeyMap::default(),
             tomb_ttl_ms: std::sync::atomic::AtomicU64::new(TOMBSTONE_TTL.as_millis() as u64),
             journal: OnceLock::new(),
+            from_disk: std::sync::atomic::AtomicBool::new(false),
             route: Arc::from(route),
             tag: super::epoch::tag(route),
             limits: LiveLimits::new(&limits),
