@@ -136,7 +136,7 @@ impl Cluster {
         ));
         tracing::info!(kind = "mesh", addr = %mesh_addr, "listening");
 
-        let from_disk = store.from_disk();
+        let from_disk = store.loaded_from_disk();
         let fixed_size = match (&cfg.membership.kind, cfg.expected_members) {
             (_, n) if n > 0 => n,
             (MembershipKind::Static { members }, _) => members.len() + 1,

@@ -67,7 +67,7 @@ impl SessionStore {
 
     /// The durable tier loaded copies or removals into this store at start: its first
     /// lease must wait for a catch-up (REFERENCE 4.11).
-    pub(crate) fn from_disk(&self) -> bool {
+    pub(crate) fn loaded_from_disk(&self) -> bool {
         self.from_disk.load(std::sync::atomic::Ordering::Acquire)
     }
 
