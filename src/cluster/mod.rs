@@ -489,8 +489,8 @@ impl Cluster {
         self.membership.link.mesh_addr()
     }
 
-    /// Looks the session `key` up at every member; its copy, if one answers, is kept here.
-    pub(crate) async fn locate(&self, key: crate::session::Key) -> bool {
+    /// Looks the session `key` up at every member: the owner its newest copy names.
+    pub(crate) async fn locate(&self, key: crate::session::Key) -> Option<String> {
         self.replicator.locate(key.0).await
     }
 

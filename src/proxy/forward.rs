@@ -40,8 +40,8 @@ impl Proxy {
                 Plan::Local(rs) => break Some(rs),
                 Plan::Refuse(why) => return Err(ProxyError::unsafe_now(why)),
                 Plan::Locate(key) => {
-                    self.sessions.locate(key).await;
-                    parts.extensions.insert(super::sticky::Located);
+                    let owner = self.sessions.locate(key).await;
+                    parts.extensions.insert(super::sticky::Located(owner));
                 }
                 Plan::Claim { key, owner } => {
                     if claimed {

@@ -57,10 +57,10 @@ pub(super) enum Plan {
     Locate(Key),
 }
 
-/// Marks a request whose session was looked for at the members: it is planned again
-/// without asking twice.
-#[derive(Clone, Copy)]
-pub(super) struct Located;
+/// Marks a request whose session was looked for at the members, with the owner found: it
+/// is planned again without asking twice.
+#[derive(Clone)]
+pub(super) struct Located(pub(super) Option<String>);
 
 /// What a response waits for before it goes out: the members' acks (sync replication)
 /// and this node's own sync of the change to disk (`fsync` persistence).
@@ -254,9 +254,20 @@ impl SessionLayer {
                             && o.is_none()
                             && c.route == Some(me)
                             && r.manager() == cluster::Manager::Backup
-                            && parts.extensions.get::<Located>().is_none()
                         {
-                            return Plan::Locate(c.key);
+                            match parts.extensions.get::<Located>() {
+                                None => return Plan::Locate(c.key),
+                                // Found: its owner serves it, if ready.
+                                Some(Located(Some(owner))) => {
+                                    if let Some(m) = members.iter().find(|m| {
+                                        m.jvm_route == *owner
+                                            && m.state == crate::lifecycle::State::Ready
+                                    }) {
+                                        return Plan::Forward(m.clone());
+                                    }
+                                }
+                                Some(Located(None)) => {}
+                            }
                         }
                         d
                     }
@@ -505,13 +516,13 @@ impl SessionLayer {
         self.settle(Settle { waits, durable }).await
     }
 
-    /// Asks the members for their copy of `key` (one round, bounded by the ack timeout);
-    /// a copy found is kept here, so the next plan routes to its owner.
-    pub(super) async fn locate(&self, key: Key) {
-        if let Some(r) = self.cluster.get() {
-            let found = r.locate(key).await;
-            tracing::debug!(session = %key.base(), found, "looked for a session at the members");
-        }
+    /// Asks the members for their copy of `key` (one round, bounded by the ack timeout):
+    /// the owner it names, for the next plan.
+    pub(super) async fn locate(&self, key: Key) -> Option<String> {
+        let r = self.cluster.get()?;
+        let owner = r.locate(key).await;
+        tracing::debug!(session = %key.base(), owner = owner.as_deref().unwrap_or("-"), "looked for a session at the members");
+        owner
     }
 
     fn directive_error(&self, rs: &RequestSession, e: &DirectiveError) {

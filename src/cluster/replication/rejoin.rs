@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use super::Replicator;
 use crate::cluster::config::Manager;
 use crate::cluster::messages::MeshMessage;
-use crate::session::Fresher;
+use crate::session::{Change, Fresher};
 
 /// Entries per digest frame (24 bytes each on the wire at most).
 const CHUNK: usize = 4096;
@@ -79,9 +79,9 @@ impl Replicator {
     }
 
     /// Looks one session up at every member (a digest of one entry that any copy or
-    /// removal is newer than) and applies what they answer by the apply rule: the copy
-    /// found is kept here. `true` if one was.
-    pub(crate) async fn locate(&self, key: u128) -> bool {
+    /// removal is newer than): the owner its newest copy names, unless a removal is newer.
+    /// Nothing is kept here (this node is not one of its copies).
+    pub(crate) async fn locate(&self, key: u128) -> Option<String> {
         let members = self.membership.live();
         let limit = self.ack_timeout;
         let answers = join_all(members.iter().map(|m| async {
@@ -100,13 +100,20 @@ impl Replicator {
             }
         }))
         .await;
-        let now = Instant::now();
+        let mut newest: Option<((u64, u64), Option<String>)> = None;
         for f in answers.into_iter().flatten() {
-            for c in &f.changes {
-                self.store.apply_remote(c, now);
+            for c in f.changes {
+                let (at, owner) = match c {
+                    Change::Full(f) => ((f.epoch, f.version), Some(f.owner)),
+                    Change::Remove { epoch, version, .. } => ((epoch, version), None),
+                    _ => continue,
+                };
+                if newest.as_ref().is_none_or(|(n, _)| at > *n) {
+                    newest = Some((at, owner));
+                }
             }
         }
-        self.store.held_epoch(crate::session::Key(key)).is_some()
+        newest.and_then(|(_, owner)| owner)
     }
 
     /// A member's answer to a digest chunk.
