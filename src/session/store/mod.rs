@@ -170,10 +170,10 @@ type KeyMap<V> = DashMap<Key, V, foldhash::fast::RandomState>;
 pub struct SessionStore {
     map: KeyMap<Session>,
     tombs: KeyMap<(Ver, Instant)>,
-    /// How long a removal is remembered, in ms ([`TOMBSTONE_TTL`]; longer with a durable
-    /// tier).
+    /// How long a removal is remembered, in ms (longer with a durable tier).
     tomb_ttl_ms: std::sync::atomic::AtomicU64,
-    /// The durable tier, once the node loaded its sessions (REFERENCE 4.11).
+    /// The durable tier, once the node loaded its sessions (REFERENCE 4.11); whether that
+    /// load found anything.
     journal: OnceLock<Arc<dyn Journal>>,
     from_disk: std::sync::atomic::AtomicBool,
     route: Arc<str>,
@@ -517,15 +517,6 @@ impl SessionStore {
             version: s.version,
         });
         true
-    }
-
-    /// (key, owner, epoch, version) of every session held: the BackupManager's rebalance
-    /// walks this after a membership change.
-    pub fn placements(&self) -> Vec<(u128, Arc<str>, Ver)> {
-        self.map
-            .iter()
-            .map(|e| (e.key().0, e.value().owner.clone(), e.value().ver()))
-            .collect()
     }
 
     /// Keys of the sessions this node owns.

@@ -181,6 +181,15 @@ impl SessionStore {
         self.map.iter().map(|e| e.key().0).collect()
     }
 
+    /// (key, owner, epoch, version) of every session held: the BackupManager's rebalance
+    /// walks this after a membership change.
+    pub fn placements(&self) -> Vec<(u128, Arc<str>, Ver)> {
+        self.map
+            .iter()
+            .map(|e| (e.key().0, e.value().owner.clone(), e.value().ver()))
+            .collect()
+    }
+
     /// A member's copy of a session whose change it fenced (the answer to a stale owner's
     /// write): applied by the rule only if this node still holds the session, so the old
     /// owner learns the new one and no node gains a copy it was not meant to hold
