@@ -45,6 +45,7 @@ async fn a_whole_cluster_kill_loses_no_acked_write_in_fsync_mode_backup() {
 /// restart, on every node; one written alongside it is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalidated_session_stays_invalidated_after_a_whole_cluster_kill() {
+    let _one = one_at_a_time().await;
     let dir = tempfile::tempdir().unwrap();
     let (_b, mut nodes) =
         persistent_cluster(dir.path(), "restart-invalidated", "delta", "fsync").await;
