@@ -21,6 +21,8 @@ pub(super) const MAGIC: &[u8; 8] = b"CRCLSESS";
 /// This build's format. A file of a newer one is refused, never guessed at.
 pub(super) const FORMAT: u16 = 1;
 pub(super) const MARKER: [u8; 4] = [0xC5, 0x5E, 0x55, 0x10];
+/// Largest header: magic, format, kind, two texts of at most 64 KiB, the checksum.
+pub(super) const MAX_HEADER: usize = 8 + 2 + 1 + 2 * (2 + u16::MAX as usize) + 4;
 /// Largest payload accepted: a session is at most 8 MiB of attributes.
 pub(super) const MAX_RECORD: usize = 16 << 20;
 const FRAME: usize = 12;

@@ -28,6 +28,26 @@ pub(crate) struct Loaded {
     pub log_end: Option<usize>,
 }
 
+/// The header of the file at `path` checked against this node, reading only as much as a
+/// header can be (the config check: the load reads the file once, later).
+pub(super) fn check_file(
+    path: &Path,
+    kind: Kind,
+    domain: &str,
+    route: &str,
+) -> Result<(), PersistError> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(format::MAX_HEADER as u64).read_to_end(&mut head))
+        .map_err(io(path))?;
+    format::check_header(&head, kind, domain, route).map_err(|source| PersistError::Header {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// A whole file, its header checked against this node; the offset of the first record.
 pub(super) fn read_header(
     path: &Path,

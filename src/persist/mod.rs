@@ -103,8 +103,8 @@ pub(crate) fn check_dir(dir: &Path, route: &str, domain: &str) -> Result<(), Str
     let _ = std::fs::remove_file(&probe);
     let (snap, log) = paths(dir, route);
     for (p, kind) in [(snap, format::Kind::Snapshot), (log, format::Kind::Log)] {
-        match load::read_header(&p, kind, domain, route) {
-            Ok(_) => {}
+        match load::check_file(&p, kind, domain, route) {
+            Ok(()) => {}
             Err(PersistError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("refused, not loaded: {e}")),
@@ -226,12 +226,7 @@ impl Persistence {
     /// Flushes what is pending and stops recording; in `shutdown` mode writes the
     /// snapshot. Called once the node stopped serving.
     pub(crate) fn close(&self) {
-        if let Some(j) = &self.journal {
-            j.stop();
-        }
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
-        }
+        self.stop_writer();
         if self.cfg.mode == Mode::Shutdown {
             let (snap, log) = paths(&self.cfg.dir, &self.route);
             match writer::snapshot(&snap, &self.domain, &self.route, &self.store) {
@@ -271,14 +266,21 @@ impl Persistence {
     }
 }
 
-impl Drop for Persistence {
-    fn drop(&mut self) {
+impl Persistence {
+    /// Stops the writer once what is pending is written (a second call does nothing).
+    fn stop_writer(&self) {
         if let Some(j) = &self.journal {
             j.stop();
         }
         if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Persistence {
+    fn drop(&mut self) {
+        self.stop_writer();
     }
 }
 

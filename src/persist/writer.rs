@@ -57,7 +57,8 @@ pub(super) struct Journaled {
     assigned: AtomicU64,
     commit: watch::Sender<Commit>,
     stop: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    /// Shared with the waits, which read it only when their records failed.
+    last_error: Arc<Mutex<Option<String>>>,
     metrics: PersistMetrics,
 }
 
@@ -104,13 +105,16 @@ impl Journal for Journaled {
     fn durable(&self) -> Durable {
         let seq = self.assigned.load(Ordering::Acquire);
         let mut rx = self.commit.subscribe();
-        let why = self.last_error();
+        let last_error = self.last_error.clone();
         Box::pin(async move {
             match rx.wait_for(|c| c.durable >= seq || c.failed >= seq).await {
                 Ok(c) if c.durable >= seq => Ok(()),
-                Ok(_) => Err(NotDurable(
-                    why.unwrap_or_else(|| "a write to disk failed".into()),
-                )),
+                Ok(_) => {
+                    let why = last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    Err(NotDurable(
+                        why.unwrap_or_else(|| "a write to disk failed".into()),
+                    ))
+                }
                 Err(_) => Err(NotDurable("the session store is closed".into())),
             }
         })
@@ -167,7 +171,7 @@ pub(super) fn start(
         assigned: AtomicU64::new(0),
         commit: tx,
         stop: AtomicBool::new(false),
-        last_error: Mutex::new(None),
+        last_error: Arc::new(Mutex::new(None)),
         metrics: p.metrics.clone(),
     });
     let files = Files {
