@@ -38,6 +38,14 @@ pub(super) fn validate(
             "must be at least 1048576 (1 MiB)",
         ));
     }
+    let swap_after = (!p.swap_after.0.is_zero()).then_some(p.swap_after.0);
+    if swap_after.is_some() && mode == Mode::Off {
+        return Err(src.error(
+            &key("persistence.swap_after"),
+            "idle sessions are swapped to a file in persistence.dir: set persistence.mode \
+             (\"shutdown\", \"async\" or \"fsync\"), or swap_after = \"0s\"",
+        ));
+    }
     let base = src.file.parent().unwrap_or(Path::new("."));
     let dir = resolve(base, &p.dir);
     if mode != Mode::Off {
@@ -48,5 +56,6 @@ pub(super) fn validate(
         dir,
         flush_interval: p.flush_interval.0,
         compact_after_bytes: p.compact_after_bytes,
+        swap_after,
     })
 }

@@ -33,6 +33,8 @@ pub(super) struct RawPersistence {
     pub dir: String,
     pub flush_interval: Dur,
     pub compact_after_bytes: u64,
+    /// Sessions idle this long leave memory for a swap file ("0s": never).
+    pub swap_after: Dur,
 }
 
 impl Default for RawPersistence {
@@ -42,6 +44,7 @@ impl Default for RawPersistence {
             dir: "data".into(),
             flush_interval: Dur(std::time::Duration::from_secs(1)),
             compact_after_bytes: 64 << 20,
+            swap_after: Dur(std::time::Duration::ZERO),
         }
     }
 }

@@ -14,6 +14,7 @@
 
 mod format;
 mod load;
+mod swap;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,8 @@ pub(crate) struct PersistConfig {
     pub flush_interval: Duration,
     /// The log is compacted into a snapshot once it is this large.
     pub compact_after_bytes: u64,
+    /// Sessions idle this long leave memory for the swap file (`None`: never).
+    pub swap_after: Option<Duration>,
 }
 
 /// Why the tier cannot start.
@@ -185,6 +188,7 @@ pub(crate) struct Persistence {
     journal: Option<Arc<writer::Journaled>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     loaded: Loaded,
+    swap: Option<Arc<swap::SwapFile>>,
 }
 
 impl Persistence {
@@ -213,12 +217,30 @@ impl Persistence {
             journal: None,
             thread: Mutex::new(None),
             loaded,
+            swap: None,
         };
         if matches!(cfg.mode, Mode::Async | Mode::Fsync) {
             let (j, t) = writer::start(&p, &snap, &log)?;
             store.set_journal(j.clone() as Arc<dyn Journal>);
             p.journal = Some(j);
             *p.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        }
+        if let Some(after) = cfg.swap_after {
+            let file = swap::SwapFile::create(&cfg.dir, route, cfg.compact_after_bytes)
+                .map_err(io(&cfg.dir))?;
+            let file = Arc::new(file);
+            store.set_swap(file.clone(), after);
+            let started = std::time::Instant::now();
+            let n = store.swap_idle(started, true);
+            p.loaded.swapped = n as u64;
+            if n > 0 {
+                tracing::info!(
+                    sessions = n,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "idle sessions swapped out after the load"
+                );
+            }
+            p.swap = Some(file);
         }
         Ok(Some(Arc::new(p)))
     }
@@ -239,6 +261,9 @@ impl Persistence {
                 Err(e) => tracing::error!(error = %e, "cannot save the sessions at shutdown"),
             }
         }
+        if let Some(s) = &self.swap {
+            s.remove();
+        }
     }
 
     /// The `/status` view.
@@ -255,12 +280,16 @@ impl Persistence {
             "unflushed_records": m.unflushed.get(),
             "log_bytes": m.log_bytes.get(),
             "snapshots": m.snapshots.get(),
+            "swap_after_ms": self.cfg.swap_after.map(|d| d.as_millis() as u64),
+            "swapped_sessions": self.store.swapped(),
+            "swap_bytes": self.swap.as_ref().map(|s| s.live_bytes()),
             "loaded": {
                 "sessions": self.loaded.sessions,
                 "removals": self.loaded.removals,
                 "skipped_records": self.loaded.skipped,
                 "torn": self.loaded.torn,
                 "expired": self.loaded.expired,
+                "swapped": self.loaded.swapped,
             },
         })
     }

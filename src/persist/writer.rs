@@ -382,6 +382,7 @@ mod tests {
             dir: dir.path().to_path_buf(),
             flush_interval: Duration::from_secs(1),
             compact_after_bytes: 64 << 20,
+            swap_after: None,
         };
         let metrics = Metrics::new();
         let limits = SessionLimits {

@@ -555,17 +555,21 @@ impl SessionLayer {
         n
     }
 
-    /// Removes expired sessions periodically until `shutdown`.
+    /// Removes expired sessions and swaps idle ones out, periodically until `shutdown`.
     pub(super) async fn sweep(self: Arc<Self>, every: Duration, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {
-                    let n = self.store.sweep(Instant::now(), &mut |c| self.replicate_async(c));
-                    if n > 0 {
-                        tracing::debug!(expired = n, "expired sessions removed");
-                    }
+                    // Off the request threads: a swap pass writes to disk (REFERENCE 4.11).
+                    let me = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let n = me.store.sweep(Instant::now(), &mut |c| me.replicate_async(c));
+                        let out = me.store.swap_idle(Instant::now(), false);
+                        tracing::debug!(expired = n, swapped_out = out, "sweep");
+                    })
+                    .await;
                 }
             }
         }

@@ -11,6 +11,7 @@
 //! - `apply`: the replica's apply rule (REFERENCE 4.6), one pure function (proptested).
 //! - `attrs`: the stored attributes (canonical JSON text) and the merge of a change.
 //! - `journal`: what the store tells a durable tier (the `Journal` trait `persist` implements).
+//! - `swap`: where idle sessions go (the `SwapSpace` trait `persist` implements).
 //! - `json`: ASCII-only JSON for header values.
 //! - `filter`: the ReplicationValve-style static filter.
 //! - `config`, `error`: the layer's settings and errors.
@@ -28,6 +29,7 @@ mod journal;
 mod json;
 mod protocol;
 mod store;
+mod swap;
 
 pub(crate) use apply::Ver;
 pub use attrs::canonical as canonical_attrs;
@@ -46,3 +48,4 @@ pub use protocol::Directives;
 pub(crate) use protocol::{parse as parse_directives, static_value, Names};
 pub(crate) use store::{Fresher, Planned, Promise, Remote, PROMISE_TTL};
 pub use store::{Outcome, SessionLimits, SessionStore};
+pub(crate) use swap::{Slot, SwapSpace};

@@ -204,10 +204,10 @@ impl SessionStore {
 
     /// (key, epoch, version) of every session held.
     pub fn digest(&self) -> Digest {
+        let mut out = Vec::with_capacity(self.map.len());
         self.map
-            .iter()
-            .map(|e| (e.key().0, e.value().epoch, e.value().version))
-            .collect()
+            .each(|k, _, at| out.push((k.0, at.epoch, at.version)));
+        out
     }
 
     /// A member's answer to `digest`: everything it holds that is newer than the entry.
@@ -216,11 +216,13 @@ impl SessionStore {
         for &(key, e, v) in digest {
             let k = Key(key);
             let theirs = Ver::new(e, v);
-            if let Some(s) = self.map.get(&k) {
-                if s.ver() > theirs {
-                    out.changes.push(Change::Full(s.full(k, now)));
-                } else if s.promise(now) > e {
-                    out.promised.push((key, s.promised));
+            if let Some((held, promise, promised)) = self.map.glance(&k, now) {
+                if held > theirs {
+                    if let Some(full) = self.map.peek(&k, |s| s.full(k, now)) {
+                        out.changes.push(Change::Full(full));
+                    }
+                } else if promise > e {
+                    out.promised.push((key, promised));
                 }
                 continue;
             }

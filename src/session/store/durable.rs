@@ -52,9 +52,8 @@ impl SessionStore {
     /// Every session as a whole copy and every remembered removal, for a snapshot of the
     /// durable tier. Each session is read under its own guard (the store keeps serving).
     pub(crate) fn export(&self, now: Instant, out: &mut dyn FnMut(Change)) {
-        for e in self.map.iter() {
-            out(Change::Full(e.value().full(*e.key(), now)));
-        }
+        self.map
+            .each_full(now, &mut |k, s| out(Change::Full(s.full(k, now))));
         for t in self.tombs.iter() {
             let at = t.value().0;
             out(Change::Remove {

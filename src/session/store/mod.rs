@@ -17,8 +17,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use http::HeaderValue;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::gauge::Gauge;
 use serde_json::{json, Map, Value};
 
 use super::apply::Ver;
@@ -30,16 +28,23 @@ use super::journal::Journal;
 use super::protocol::Directives;
 use crate::metrics::Metrics;
 
+mod counters;
+use counters::Counters;
 mod limits;
 use limits::LiveLimits;
 pub use limits::SessionLimits;
 mod claim;
 mod durable;
 mod replica;
+mod swap;
 pub(crate) use claim::{Fresher, Promise};
 pub(crate) use replica::Remote;
 #[cfg(test)]
+mod swap_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_support;
 
 /// One session.
 #[derive(Debug, Clone)]
@@ -57,7 +62,8 @@ pub struct Session {
     last_replicated: Instant,
     /// The highest epoch this node promised to a claimant (0: none), and when: while the
     /// promise lives ([`PROMISE_TTL`]), changes of older epochs are fenced and, if it is
-    /// above `epoch`, the session is moving.
+    /// above `epoch`, the session is moving. With no promise (0), `promised_at` is when
+    /// the session came into memory: the swap leaves it there a while ([`swap`]).
     promised: u64,
     promised_at: Instant,
 }
@@ -138,14 +144,6 @@ pub enum Outcome {
     Invalidated,
 }
 
-struct Counters {
-    active: Gauge,
-    created: Counter,
-    expired: Counter,
-    invalidated: Counter,
-    renewed: Counter,
-}
-
 /// How long a removed session's (epoch, version) is remembered, so a late or replayed
 /// change cannot bring it back. Mesh connections deliver in order; this only has to outlive
 /// a reconnect and its resent batches.
@@ -165,10 +163,10 @@ pub(super) type Emit<'a> = &'a mut dyn FnMut(Change);
 
 /// Keys are CSPRNG output made by a node, never chosen by a client (a client's id only looks
 /// one up), so a fast seeded hash is enough; SipHash was a tenth of a sticky request's cost.
-type KeyMap<V> = DashMap<Key, V, foldhash::fast::RandomState>;
+pub(super) type KeyMap<V> = DashMap<Key, V, foldhash::fast::RandomState>;
 
 pub struct SessionStore {
-    map: KeyMap<Session>,
+    map: swap::Sessions,
     tombs: KeyMap<(Ver, Instant)>,
     /// How long a removal is remembered, in ms (longer with a durable tier).
     tomb_ttl_ms: std::sync::atomic::AtomicU64,
@@ -190,42 +188,10 @@ impl SessionStore {
     }
 
     pub fn new(route: &str, limits: SessionLimits, metrics: &Metrics) -> Self {
-        let counters = Counters {
-            active: Gauge::default(),
-            created: Counter::default(),
-            expired: Counter::default(),
-            invalidated: Counter::default(),
-            renewed: Counter::default(),
-        };
-        metrics.with_registry(|r| {
-            r.register(
-                "sessions_active",
-                "Sessions held by this node",
-                counters.active.clone(),
-            );
-            r.register(
-                "sessions_created",
-                "Sessions created",
-                counters.created.clone(),
-            );
-            r.register(
-                "sessions_expired",
-                "Sessions expired (idle past max_inactive)",
-                counters.expired.clone(),
-            );
-            r.register(
-                "sessions_invalidated",
-                "Sessions ended by the backend",
-                counters.invalidated.clone(),
-            );
-            r.register(
-                "sessions_renewed",
-                "Session ids renewed",
-                counters.renewed.clone(),
-            );
-        });
+        let map = swap::Sessions::new(Arc::from(route));
+        let counters = Counters::register(metrics, &map);
         Self {
-            map: KeyMap::default(),
+            map,
             tombs: KeyMap::default(),
             tomb_ttl_ms: std::sync::atomic::AtomicU64::new(TOMBSTONE_TTL.as_millis() as u64),
             journal: OnceLock::new(),
@@ -246,15 +212,15 @@ impl SessionStore {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// Sessions whose owner is this node.
     pub fn owned(&self) -> usize {
+        let mut n = 0;
         self.map
-            .iter()
-            .filter(|e| *e.value().owner == *self.route)
-            .count()
+            .each(|_, owner, _| n += usize::from(**owner == *self.route));
+        n
     }
 
     /// Looks a session up for a request and records the access (replicated as a touch at
@@ -521,11 +487,13 @@ impl SessionStore {
 
     /// Keys of the sessions this node owns.
     pub fn owned_keys(&self) -> Vec<u128> {
-        self.map
-            .iter()
-            .filter(|e| *e.value().owner == *self.route)
-            .map(|e| e.key().0)
-            .collect()
+        let mut out = Vec::new();
+        self.map.each(|k, owner, _| {
+            if **owner == *self.route {
+                out.push(k.0);
+            }
+        });
+        out
     }
 
     /// The admin view of a session (`GET /sessions/<base>`); does not count as an access.
@@ -557,10 +525,18 @@ impl SessionStore {
     pub fn sweep(&self, now: Instant, emit: Emit) -> usize {
         let emit = &mut self.journaled(emit);
         let mut gone = Vec::new();
-        self.map.retain(|k, s| {
+        self.map.resident().retain(|k, s| {
             let keep = !s.expired(now, &self.route);
             if !keep {
                 gone.push((*k, s.ver(), *s.owner == *self.route));
+            }
+            keep
+        });
+        self.map.swapped().retain(|k, s| {
+            let keep = !self.map.swapped_expired(s, now);
+            if !keep {
+                self.map.forget(s);
+                gone.push((*k, Ver::new(s.epoch, s.version), *s.owner == *self.route));
             }
             keep
         });

@@ -172,22 +172,24 @@ impl SessionStore {
     /// A full copy of one session, for a replica that found a gap or for state transfer.
     pub fn full_copy(&self, key: u128, now: Instant) -> Option<FullSession> {
         let k = Key(key);
-        self.map.get(&k).map(|s| s.full(k, now))
+        self.map.peek(&k, |s| s.full(k, now))
     }
 
     /// Every key held now (16 bytes each): state transfer walks these and copies sessions
     /// one chunk at a time, never the whole store at once.
     pub fn keys(&self) -> Vec<u128> {
-        self.map.iter().map(|e| e.key().0).collect()
+        let mut out = Vec::with_capacity(self.map.len());
+        self.map.each(|k, _, _| out.push(k.0));
+        out
     }
 
     /// (key, owner, epoch, version) of every session held: the BackupManager's rebalance
     /// walks this after a membership change.
     pub fn placements(&self) -> Vec<(u128, Arc<str>, Ver)> {
+        let mut out = Vec::with_capacity(self.map.len());
         self.map
-            .iter()
-            .map(|e| (e.key().0, e.value().owner.clone(), e.value().ver()))
-            .collect()
+            .each(|k, owner, at| out.push((k.0, owner.clone(), at)));
+        out
     }
 
     /// A member's copy of a session whose change it fenced (the answer to a stale owner's
