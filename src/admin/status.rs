@@ -82,6 +82,7 @@ impl Admin {
                 "total": sessions.len(),
                 "owned": owned,
                 "replica": sessions.len().saturating_sub(owned),
+                "swapped": sessions.swapped(),
             },
             "backends": backends,
             "replication": self.cluster.as_ref().map(|c| c.replication()),

@@ -90,6 +90,8 @@ impl SessionStore {
         };
         s.last_access = now.checked_sub(idle).unwrap_or(now);
         s.last_replicated = s.last_access;
+        // Not a promise (0): no grace in memory either, the swap may take it at once.
+        s.promised_at = s.last_access;
         if s.expired(now, &self.route) {
             drop(s);
             if self.map.remove(&k).is_some() {
