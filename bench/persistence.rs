@@ -7,9 +7,14 @@
 //!    writes and lost ones, counted by the checker of `tests/common/whole.rs`; and the
 //!    graceful stop (SIGTERM to all three);
 //! 3. scale: SCALE_SESSIONS (1 000 000) sessions of ~200 B made on one node (fsync), the
-//!    node killed, started again: the time to ready and the RSS before and after.
+//!    node killed, started again: the time to ready and the RSS before and after; then
+//!    (unless SCALE_SWAP=0) with 5% written again and `swap_after` past the other 95%:
+//!    the restart, RSS against all in memory, the latency of a request that brings a
+//!    swapped session back (warm, and cold after dropping the page cache when root)
+//!    against one in memory, and RSS when the swap takes them at runtime.
 //!
-//! Run: `cargo bench --bench persistence` (env: BENCH_ONLY=cost|kill|scale).
+//! Run: `cargo bench --bench persistence` (env: BENCH_ONLY=cost|kill|scale; SCALE_KEEP=DIR
+//! keeps a copy of the scale run's files).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -133,12 +138,62 @@ async fn kills(rounds: u64) {
     }
 }
 
+/// One node in front of `b` (fsync) in `dir`, swapping sessions idle `swap_after` out.
+fn swap_conf(b: &TestBackend, dir: &std::path::Path, swap_after: &str) -> String {
+    format!(
+        "{}swap_after = \"{swap_after}\"\n",
+        conf_for(b, dir, "fsync")
+    )
+}
+
+/// Requests of `ids` over `conns` keep-alive connections: `/count` (a write) or a reflect
+/// (a read, an access); the latencies in ms.
+async fn visit(addr: std::net::SocketAddr, ids: &[String], conns: usize, write: bool) -> Vec<f64> {
+    let per = ids.len().div_ceil(conns.max(1)).max(1);
+    let tasks: Vec<_> = ids
+        .chunks(per)
+        .map(|chunk| {
+            let chunk = chunk.to_vec();
+            tokio::spawn(async move {
+                let mut c = KeepAlive::connect(addr).await;
+                let mut lat = Vec::with_capacity(chunk.len());
+                for id in chunk {
+                    let t = Instant::now();
+                    let r = if write {
+                        c.send(count(Some(&id))).await
+                    } else {
+                        c.send(reflect("/", Some(&format!("JSESSIONID={id}")), &[]))
+                            .await
+                    };
+                    assert_eq!(r.status, 200);
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+async fn swapped(node: &Node) -> u64 {
+    node.status().await["sessions"]["swapped"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
 async fn scale(n: u64) {
     println!("\n## scale: {n} sessions of ~200 B on one node (fsync), killed and started again");
     let b = TestBackend::start("b").await;
     let dir = tempfile::tempdir().unwrap();
     let c = conf_for(&b, dir.path(), "fsync");
     let mut node = Node::start(&c).await;
+    if let Ok(keep) = std::env::var("SCALE_KEEP") {
+        println!("(the node's files are kept in {keep}: see SCALE_KEEP)");
+    }
     let t = Instant::now();
     let per = n / 32;
     let addr = node.http;
@@ -147,16 +202,21 @@ async fn scale(n: u64) {
             tokio::spawn(async move {
                 let mut c = KeepAlive::connect(addr).await;
                 let v = format!(r#"{{"user":"{}"}}"#, "u".repeat(180));
+                let mut ids = Vec::with_capacity(per as usize);
                 for _ in 0..per {
-                    c.send(reflect("/", None, &[("x-session-set", &v)])).await;
+                    let r = c.send(reflect("/", None, &[("x-session-set", &v)])).await;
+                    ids.push(set_cookie_id(&r).unwrap_or_default());
                 }
+                ids
             })
         })
         .collect();
+    let mut ids = Vec::new();
     for task in tasks {
-        task.await.unwrap();
+        ids.extend(task.await.unwrap());
     }
     let made = t.elapsed();
+    let made_at = Instant::now();
     let held = node.status().await["sessions"]["total"]
         .as_u64()
         .unwrap_or(0);
@@ -174,14 +234,98 @@ async fn scale(n: u64) {
         bytes >> 20
     );
     node.kill();
+    if let Ok(keep) = std::env::var("SCALE_KEEP") {
+        // For a look at a node with these files by hand (smaps, allocator stats).
+        let _ = std::fs::create_dir_all(&keep);
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let _ = std::fs::copy(f.path(), std::path::Path::new(&keep).join(f.file_name()));
+        }
+    }
     let t = Instant::now();
-    let again = Node::start(&c).await;
+    let mut again = Node::start(&c).await;
     let ready = t.elapsed();
     let p = again.status().await["persistence"]["loaded"].clone();
+    let rss_all = rss_kb(again.pid());
     println!(
-        "restart to ready: {:.2} s, loaded {p}; RSS after {} MiB",
+        "restart to ready (all in memory): {:.2} s, loaded {p}; RSS after {} MiB",
         ready.as_secs_f64(),
-        rss_kb(again.pid()) / 1024
+        rss_all / 1024
+    );
+    if std::env::var("SCALE_SWAP").as_deref() == Ok("0") {
+        return;
+    }
+    // 5% active: written now; the other 95% idle past swap_after at the next start.
+    let active: Vec<String> = ids.iter().step_by(20).cloned().collect();
+    let after = Duration::from_secs(20);
+    if let Some(rest) = after.checked_sub(made_at.elapsed()) {
+        tokio::time::sleep(rest + Duration::from_secs(1)).await;
+    }
+    visit(again.http, &active, 32, true).await;
+    again.kill();
+    let cs = swap_conf(&b, dir.path(), "20s");
+    let t = Instant::now();
+    let node = Node::start(&cs).await;
+    let ready = t.elapsed();
+    let p = node.status().await["persistence"]["loaded"].clone();
+    let rss_swap = rss_kb(node.pid());
+    println!(
+        "restart to ready (swap_after 20s, 95% idle): {:.2} s, loaded {p}; RSS after {} MiB = {:.0}% of all in memory",
+        ready.as_secs_f64(),
+        rss_swap / 1024,
+        rss_swap as f64 * 100.0 / rss_all.max(1) as f64
+    );
+    // Swap-in latency: one request at a time on one connection, against sessions in
+    // memory in the same run.
+    let sample = env_num("SWAP_SAMPLE", 2000) as usize;
+    let pick = |k: usize| -> Vec<String> {
+        ids.iter()
+            .skip(k)
+            .step_by(20)
+            .take(sample)
+            .cloned()
+            .collect()
+    };
+    let before = swapped(&node).await;
+    let mut resident = visit(node.http, &active[..sample.min(active.len())], 1, false).await;
+    let mut warm = visit(node.http, &pick(1), 1, false).await;
+    let brought = before - swapped(&node).await;
+    println!(
+        "request of a session in memory: p50 {:.3} ms p99 {:.3} ms; swapped out (file in the page cache, {brought} brought in): p50 {:.3} ms p99 {:.3} ms",
+        pct(&mut resident, 0.5),
+        pct(&mut resident, 0.99),
+        pct(&mut warm, 0.5),
+        pct(&mut warm, 0.99)
+    );
+    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "1").is_ok();
+    if dropped {
+        let mut cold = visit(node.http, &pick(2), 1, false).await;
+        println!(
+            "swapped out, page cache dropped first (a read from the disk): p50 {:.3} ms p99 {:.3} ms",
+            pct(&mut cold, 0.5),
+            pct(&mut cold, 0.99)
+        );
+    } else {
+        println!("(not root: the page cache was not dropped; no cold figure)");
+    }
+    drop(node);
+    // At runtime: a start with nothing idle enough yet; the sweep (every 30 s with the
+    // default max_inactive) swaps the idle ones out while 5% keep being used.
+    let wait = made_at.elapsed() + made + Duration::from_secs(20);
+    let cr = swap_conf(&b, dir.path(), &format!("{}s", wait.as_secs()));
+    let node = Node::start(&cr).await;
+    let rss_in = rss_kb(node.pid());
+    let deadline = Instant::now() + wait + Duration::from_secs(120);
+    while swapped(&node).await < held * 9 / 10 && Instant::now() < deadline {
+        visit(node.http, &active, 8, false).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_run = rss_kb(node.pid());
+    println!(
+        "at runtime (5% kept in use): RSS {} MiB with all in memory, {} MiB once {} were swapped out = {:.0}%",
+        rss_in / 1024,
+        rss_run / 1024,
+        swapped(&node).await,
+        rss_run as f64 * 100.0 / rss_in.max(1) as f64
     );
 }
 

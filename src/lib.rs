@@ -3,7 +3,8 @@
 //! Floors, bottom up (docs/ARCHITECTURE.md keeps the table; `tests/floors.rs` checks that a
 //! module imports only from floors below its own):
 //! 1. leaves: `lifecycle` (node and member state), `logging` (the live log level), `metrics`, `tls`, `wire` (frame and tag
-//!    codecs), `tasks` (task ownership), `net` (accepting);
+//!    codecs), `tasks` (task ownership), `net` (accepting), `memory` (freed memory back to
+//!    the OS);
 //! 2. `session`: the domain: ids, cookies, attributes, the store, changes and the apply rule;
 //! 3. `cluster`: membership, the mesh, replication of session changes; `persist`: the
 //!    session files on this node's disk;
@@ -14,7 +15,7 @@
 //! 8. `cli`: the command line.
 //!
 //! Every module is private. The crate's public surface is [`main`] (the binary's whole
-//! body) and [`testing`], what this crate's own tests and benches reach inside it.
+//! body), [`set_memory_release`] (the binary's allocator hook) and [`testing`], what this crate's own tests and benches reach inside it.
 #![forbid(unsafe_code)]
 #![warn(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
@@ -25,6 +26,7 @@ mod config;
 mod demo;
 mod lifecycle;
 mod logging;
+mod memory;
 mod metrics;
 mod net;
 mod node;
@@ -36,6 +38,7 @@ mod tls;
 mod wire;
 
 pub use cli::main;
+pub use memory::set_release as set_memory_release;
 
 /// What this crate's own tests (`tests/`) and benches (`bench/`) reach inside it: wire
 /// codecs to play a forged or foreign member, the session store and header code the

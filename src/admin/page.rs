@@ -156,11 +156,12 @@ impl Admin {
         table(
             &mut out,
             "sessions",
-            &["total", "owned", "replica"],
+            &["total", "owned", "replica", "swapped to disk"],
             vec![vec![
                 esc(&ss["total"]),
                 esc(&ss["owned"]),
                 esc(&ss["replica"]),
+                esc(&ss["swapped"]),
             ]],
         );
         if let Some(p) = s["persistence"].as_object() {

@@ -246,6 +246,60 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
 
+    /// The store drives the move: once most of the file is freed slots, every live slot
+    /// is copied to a new file, which replaces the old; every session still reads back.
+    #[test]
+    fn the_store_moves_live_slots_to_a_new_file_when_most_are_freed() {
+        use crate::metrics::Metrics;
+        use crate::session::{Change, FullSession, Key, SessionLimits, SessionStore};
+        use std::time::{Duration, Instant};
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SessionLimits {
+            default_max_inactive: Duration::from_secs(600),
+            max_session_bytes: 1 << 16,
+            max_active_sessions: 0,
+        };
+        let store = SessionStore::new("t1", limits, &Metrics::new());
+        let file = Arc::new(SwapFile::create(dir.path(), "t1", 1).unwrap());
+        store.set_swap(file.clone(), Duration::from_secs(1));
+        let now = Instant::now();
+        for k in 1..=200u128 {
+            let full = FullSession {
+                key: k,
+                owner: "t2".into(),
+                epoch: 1,
+                version: 1,
+                attrs: format!(r#"{{"k":{k},"pad":"{}"}}"#, "p".repeat(100)),
+                max_inactive_ms: 600_000,
+                idle_ms: 10_000,
+            };
+            store.apply_remote(&Change::Full(full), now);
+        }
+        let later = now + Duration::from_secs(2);
+        assert_eq!(store.swap_idle(later, false), 200);
+        let full_size = std::fs::metadata(dir.path().join("t1.swap")).unwrap().len();
+        for k in 1..=150u128 {
+            assert!(store.access(Key(k), later, &mut |_| {}).is_some());
+        }
+        assert_eq!(store.swap_idle(later, false), 0, "the ones in use stay");
+        assert_eq!(store.swapped(), 50);
+        let moved_size = std::fs::metadata(dir.path().join("t1.swap")).unwrap().len();
+        assert!(
+            moved_size * 3 < full_size,
+            "the file holds only the live slots now: {moved_size} of {full_size} bytes"
+        );
+        assert!(!dir.path().join("t1.swap.new").exists());
+        for k in 1..=200u128 {
+            let f = store.full_copy(k, later).expect("every session reads back");
+            assert!(
+                f.attrs.starts_with(&format!(r#"{{"k":{k},"#)),
+                "{}",
+                f.attrs
+            );
+        }
+        assert_eq!(store.swapped(), 50, "a copy does not bring it in");
+    }
+
     #[test]
     fn a_damaged_record_is_an_error_not_data() {
         let dir = tempfile::tempdir().unwrap();

@@ -536,7 +536,7 @@ impl SessionStore {
             let keep = !self.map.swapped_expired(s, now);
             if !keep {
                 self.map.forget(s);
-                gone.push((*k, Ver::new(s.epoch, s.version), *s.owner == *self.route));
+                gone.push((*k, s.ver(), *self.map.owner_of(s) == *self.route));
             }
             keep
         });

@@ -5,7 +5,8 @@
 //! [`Sessions::swapped`]).
 //!
 //! Lock order: a swapped entry's guard may be held while a resident one is taken (swap-in,
-//! swap-out), never the other way round; a keyed call looks in the resident map, lets go,
+//! swap-out), never the other way round, and the owner names' lock is taken last (a walk
+//! copies them before it reads the index); a keyed call looks in the resident map, lets go,
 //! and only then brings the session in. Every move of a session between the two maps
 //! happens under its swapped entry's guard, so a lookup under that guard sees it in one
 //! of them. A session brought in stays in memory at least [`GRACE`], so the call that
@@ -24,15 +25,50 @@ use crate::session::apply::Ver;
 use crate::session::id::Key;
 use crate::session::swap::{Slot, SwapSpace};
 
-/// What the store keeps of a swapped session: 48 bytes besides the key.
+/// What the store keeps of a swapped session: 32 bytes besides the key (a key is a
+/// `u128`, aligned to 16: an entry is 48 bytes only while this stays within 32).
 pub(crate) struct Swapped {
-    pub slot: Slot,
-    pub owner: Arc<str>,
+    /// The slot ([`pack`]).
+    packed: u64,
     pub epoch: u64,
     pub version: u64,
-    /// When it expires, in ms from the map's `base` (the owner's or a replica's rule,
-    /// which cannot change while it is swapped: any change brings it in first).
-    pub deadline_ms: u64,
+    /// When it expires, in whole seconds from the map's `base`, rounded up (the owner's or
+    /// a replica's rule, which cannot change while it is swapped: any change brings it in
+    /// first).
+    deadline_s: u32,
+    /// Its owner, an index into [`Sessions`]' owner names.
+    owner: u16,
+}
+
+impl Swapped {
+    pub(super) fn ver(&self) -> Ver {
+        Ver::new(self.epoch, self.version)
+    }
+
+    fn slot(&self) -> Slot {
+        unpack(self.packed)
+    }
+}
+
+const OFFSET_BITS: u32 = 40;
+const LEN_BITS: u32 = 23;
+const FILE_BIT: u64 = 1 << 63;
+
+/// A slot in one `u64`: bit 63 the file, 23 bits of length (8 MiB), 40 of offset (1 TiB);
+/// `None` past those (such a session stays in memory).
+pub(super) fn pack(slot: Slot) -> Option<u64> {
+    let offset = slot.at & !FILE_BIT;
+    if offset >> OFFSET_BITS != 0 || u64::from(slot.len) >> LEN_BITS != 0 {
+        return None;
+    }
+    Some((slot.at & FILE_BIT) | (u64::from(slot.len) << OFFSET_BITS) | offset)
+}
+
+pub(super) fn unpack(p: u64) -> Slot {
+    Slot {
+        at: (p & FILE_BIT) | (p & ((1 << OFFSET_BITS) - 1)),
+        len: ((p >> OFFSET_BITS) & ((1 << LEN_BITS) - 1)) as u32,
+    }
 }
 
 pub(crate) struct SwapTo {
@@ -48,6 +84,8 @@ pub(crate) struct Sessions {
     swap: OnceLock<SwapTo>,
     base: Instant,
     route: Arc<str>,
+    /// The owners swapped sessions name (a cluster has a few): `Swapped::owner` indexes it.
+    owners: std::sync::RwLock<Vec<Arc<str>>>,
     /// Swap-ins whose bytes could not be read back (the session is lost on this node).
     pub lost: prometheus_client::metrics::counter::Counter,
     /// `sessions_active` (a session lost at swap-in leaves it).
@@ -70,6 +108,7 @@ impl Sessions {
             swap: OnceLock::new(),
             base: Instant::now(),
             route,
+            owners: Default::default(),
             lost: Default::default(),
             active: Gauge::default(),
         }
@@ -106,9 +145,17 @@ impl Sessions {
         for e in self.resident.iter() {
             f(*e.key(), &e.value().owner, e.value().ver());
         }
+        // A copy: the names' lock is never held while an index guard is taken.
+        let owners = self
+            .owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let none: Arc<str> = Arc::from(super::MOVING);
         for e in self.swapped.iter() {
             let s = e.value();
-            f(*e.key(), &s.owner, Ver::new(s.epoch, s.version));
+            let owner = owners.get(usize::from(s.owner)).unwrap_or(&none);
+            f(*e.key(), owner, s.ver());
         }
     }
 
@@ -129,7 +176,7 @@ impl Sessions {
             return Some((s.ver(), s.promise(now), s.promised));
         }
         let sw = self.swapped.get(k)?;
-        Some((Ver::new(sw.epoch, sw.version), 0, 0))
+        Some((sw.ver(), 0, 0))
     }
 
     /// Every session as a whole copy, the swapped ones read back (a snapshot).
@@ -186,7 +233,17 @@ impl Sessions {
     }
 
     pub(super) fn contains_key(&self, k: &Key) -> bool {
-        self.resident.contains_key(k) || self.swapped.contains_key(k)
+        if self.resident.contains_key(k) {
+            return true;
+        }
+        if self.swapped_len() == 0 {
+            return false;
+        }
+        // Under the index entry's guard: a session moving between the maps is in one.
+        match self.swapped.entry(*k) {
+            Entry::Occupied(_) => true,
+            Entry::Vacant(_) => self.resident.contains_key(k),
+        }
     }
 
     pub(super) fn remove(&self, k: &Key) -> Option<(Key, Session)> {
@@ -222,9 +279,35 @@ impl Sessions {
         }
     }
 
+    /// The index of `owner` in the owner names (added if new; `None` past 65 536).
+    fn owner_id(&self, owner: &Arc<str>) -> Option<u16> {
+        let known = |v: &Vec<Arc<str>>| v.iter().position(|o| **o == **owner);
+        if let Some(i) = known(&self.owners.read().unwrap_or_else(|e| e.into_inner())) {
+            return u16::try_from(i).ok();
+        }
+        let mut w = self.owners.write().unwrap_or_else(|e| e.into_inner());
+        let i = match known(&w) {
+            Some(i) => i,
+            None => {
+                w.push(owner.clone());
+                w.len() - 1
+            }
+        };
+        u16::try_from(i).ok()
+    }
+
+    /// The owner a swapped session names.
+    pub(super) fn owner_of(&self, sw: &Swapped) -> Arc<str> {
+        let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
+        owners
+            .get(usize::from(sw.owner))
+            .cloned()
+            .unwrap_or_else(|| Arc::from(super::MOVING))
+    }
+
     /// Whether the swapped session expired at `now`.
     pub(super) fn swapped_expired(&self, s: &Swapped, now: Instant) -> bool {
-        self.ms(now) > s.deadline_ms
+        self.ms(now) > u64::from(s.deadline_s) * 1000
     }
 
     /// Moves `k` to the swap space if it is still idle past `swap_after` and nothing holds
@@ -256,18 +339,29 @@ impl Sessions {
         rec.extend_from_slice(&created.to_le_bytes());
         rec.extend_from_slice(&(s.max_inactive.as_millis() as u64).to_le_bytes());
         rec.extend_from_slice(s.rendered.as_bytes());
+        let Some(owner) = self.owner_id(&s.owner) else {
+            return false;
+        };
         let Ok(slot) = to.space.put(&rec) else {
             return false;
         };
+        let Some(packed) = pack(slot) else {
+            to.space.free(slot);
+            return false;
+        };
         let deadline = s.last_access + self.limit(&s.owner, s.max_inactive);
+        let Ok(deadline_s) = u32::try_from(self.ms(deadline).div_ceil(1000)) else {
+            to.space.free(slot);
+            return false;
+        };
         // Counted before it leaves memory: a lookup that finds no count finds no swap.
         self.n_swapped.inc();
         v.insert(Swapped {
-            slot,
-            owner: s.owner.clone(),
+            packed,
             epoch: s.epoch,
             version: s.version,
-            deadline_ms: self.ms(deadline),
+            deadline_s,
+            owner,
         });
         o.remove();
         true
@@ -284,7 +378,7 @@ impl Sessions {
             Entry::Vacant(_) => return self.resident.contains_key(k),
         };
         let back = self.read(to, *k, o.get());
-        let slot = o.get().slot;
+        let slot = o.get().slot();
         let present = match back {
             Some(mut s) => {
                 s.promised_at = Instant::now();
@@ -306,7 +400,7 @@ impl Sessions {
     /// The session a swapped entry stands for, read back (`None`: lost, counted and
     /// logged).
     pub(super) fn read(&self, to: &SwapTo, k: Key, sw: &Swapped) -> Option<Session> {
-        let bytes = match to.space.get(sw.slot) {
+        let bytes = match to.space.get(sw.slot()) {
             Ok(b) => b,
             Err(e) => {
                 self.lost.inc();
@@ -328,12 +422,13 @@ impl Sessions {
             return None;
         };
         let max_inactive = Duration::from_millis(field(1));
-        let deadline = self.base + Duration::from_millis(sw.deadline_ms);
+        let owner = self.owner_of(sw);
+        let deadline = self.base + Duration::from_secs(u64::from(sw.deadline_s));
         let last_access = deadline
-            .checked_sub(self.limit(&sw.owner, max_inactive))
+            .checked_sub(self.limit(&owner, max_inactive))
             .unwrap_or(self.base);
         Some(Session {
-            owner: sw.owner.clone(),
+            owner,
             epoch: sw.epoch,
             version: sw.version,
             rendered,
@@ -351,7 +446,7 @@ impl Sessions {
     pub(super) fn forget(&self, sw: &Swapped) {
         self.n_swapped.dec();
         if let Some(to) = self.swap.get() {
-            to.space.free(sw.slot);
+            to.space.free(sw.slot());
         }
     }
 
@@ -372,14 +467,20 @@ impl Sessions {
             let Some(mut sw) = self.swapped.get_mut(&k) else {
                 continue;
             };
-            if !to.space.is_old(sw.slot) {
+            let old = sw.slot();
+            if !to.space.is_old(old) {
                 continue;
             }
-            let moved = to.space.get(sw.slot).and_then(|b| to.space.put(&b));
-            match moved {
-                Ok(slot) => {
-                    to.space.free(sw.slot);
-                    sw.slot = slot;
+            let moved = to.space.get(old).and_then(|b| to.space.put(&b));
+            match moved.map(|slot| (slot, pack(slot))) {
+                Ok((_, Some(packed))) => {
+                    to.space.free(old);
+                    sw.packed = packed;
+                }
+                Ok((slot, None)) => {
+                    to.space.free(slot);
+                    drop(sw);
+                    self.bring(&k);
                 }
                 Err(e) => {
                     // Read back now, while the old file is still there, or lost.
@@ -443,6 +544,9 @@ impl super::SessionStore {
             resident.shrink_to_fit();
         }
         self.map.compact_space();
+        if n > 0 {
+            crate::memory::release();
+        }
         n
     }
 }

@@ -292,3 +292,40 @@ fn requests_never_miss_a_session_while_passes_swap_it() {
     assert_eq!(s.len(), 64, "no session lost or duplicated");
     assert_eq!(s.map.resident().len() + s.swapped(), 64);
 }
+
+#[test]
+fn a_swapped_entry_is_48_bytes_with_its_key() {
+    assert_eq!(std::mem::size_of::<(Key, swap::Swapped)>(), 48);
+}
+
+#[test]
+fn a_slot_packs_into_one_word_or_stays_in_memory() {
+    let at = |file: bool, off: u64| if file { (1 << 63) | off } else { off };
+    for (file, off, len) in [
+        (false, 0, 0),
+        (true, (1 << 40) - 1, (1 << 23) - 1),
+        (true, 12345, 200),
+    ] {
+        let slot = Slot {
+            at: at(file, off),
+            len,
+        };
+        assert_eq!(swap::unpack(swap::pack(slot).unwrap()), slot);
+    }
+    assert_eq!(
+        swap::pack(Slot {
+            at: 1 << 40,
+            len: 1
+        }),
+        None,
+        "past 1 TiB"
+    );
+    assert_eq!(
+        swap::pack(Slot {
+            at: 0,
+            len: 1 << 23
+        }),
+        None,
+        "past 8 MiB"
+    );
+}
