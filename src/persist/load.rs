@@ -23,8 +23,6 @@ pub(crate) struct Loaded {
     /// A file ended inside a record.
     pub torn: bool,
     pub expired: u64,
-    /// Sessions idle past `swap_after`, swapped out right after the load.
-    pub swapped: u64,
     /// Where the log's last intact record ends (appending goes on from there), if there
     /// is a log.
     pub log_end: Option<usize>,

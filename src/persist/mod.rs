@@ -229,17 +229,9 @@ impl Persistence {
             let file = swap::SwapFile::create(&cfg.dir, route, cfg.compact_after_bytes)
                 .map_err(io(&cfg.dir))?;
             let file = Arc::new(file);
+            // The first pass (the sweep's, as the node starts) takes the loaded sessions
+            // already idle that long, without holding up readiness.
             store.set_swap(file.clone(), after);
-            let started = std::time::Instant::now();
-            let n = store.swap_idle(started, true);
-            p.loaded.swapped = n as u64;
-            if n > 0 {
-                tracing::info!(
-                    sessions = n,
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "idle sessions swapped out after the load"
-                );
-            }
             p.swap = Some(file);
         }
         Ok(Some(Arc::new(p)))
@@ -289,7 +281,6 @@ impl Persistence {
                 "skipped_records": self.loaded.skipped,
                 "torn": self.loaded.torn,
                 "expired": self.loaded.expired,
-                "swapped": self.loaded.swapped,
             },
         })
     }

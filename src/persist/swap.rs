@@ -276,12 +276,12 @@ mod tests {
             store.apply_remote(&Change::Full(full), now);
         }
         let later = now + Duration::from_secs(2);
-        assert_eq!(store.swap_idle(later, false), 200);
+        assert_eq!(store.swap_idle(later), 200);
         let full_size = std::fs::metadata(dir.path().join("t1.swap")).unwrap().len();
         for k in 1..=150u128 {
             assert!(store.access(Key(k), later, &mut |_| {}).is_some());
         }
-        assert_eq!(store.swap_idle(later, false), 0, "the ones in use stay");
+        assert_eq!(store.swap_idle(later), 0, "the ones in use stay");
         assert_eq!(store.swapped(), 50);
         let moved_size = std::fs::metadata(dir.path().join("t1.swap")).unwrap().len();
         assert!(

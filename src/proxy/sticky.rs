@@ -566,7 +566,7 @@ impl SessionLayer {
                     let me = self.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         let n = me.store.sweep(Instant::now(), &mut |c| me.replicate_async(c));
-                        let out = me.store.swap_idle(Instant::now(), false);
+                        let out = me.store.swap_idle(Instant::now());
                         tracing::debug!(expired = n, swapped_out = out, "sweep");
                     })
                     .await;

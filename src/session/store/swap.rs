@@ -86,6 +86,8 @@ pub(crate) struct Sessions {
     route: Arc<str>,
     /// The owners swapped sessions name (a cluster has a few): `Swapped::owner` indexes it.
     owners: std::sync::RwLock<Vec<Arc<str>>>,
+    /// The next pass is the first after a load (see [`SessionStore::swap_idle`]).
+    first_pass: std::sync::atomic::AtomicBool,
     /// Swap-ins whose bytes could not be read back (the session is lost on this node).
     pub lost: prometheus_client::metrics::counter::Counter,
     /// `sessions_active` (a session lost at swap-in leaves it).
@@ -109,12 +111,17 @@ impl Sessions {
             base: Instant::now(),
             route,
             owners: Default::default(),
+            first_pass: Default::default(),
             lost: Default::default(),
             active: Gauge::default(),
         }
     }
 
     pub(super) fn set_swap(&self, to: SwapTo) {
+        self.first_pass.store(
+            !self.resident.is_empty(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let _ = self.swap.set(to);
     }
 
@@ -509,13 +516,18 @@ impl super::SessionStore {
     }
 
     /// One swap pass: every session idle past `swap_after` leaves memory; the space is
-    /// compacted when most of it is freed slots. `at_load`: the sessions that stay are
-    /// copied first, so the memory of those that leave is freed whole pages at a time
-    /// (a load allocates them side by side). Returns how many left.
-    pub(crate) fn swap_idle(&self, now: Instant, at_load: bool) -> usize {
+    /// compacted when most of it is freed slots. On the first pass after a load, the
+    /// sessions that stay are copied first, so the memory of those that leave is freed
+    /// whole pages at a time (a load allocates them side by side). Returns how many left.
+    pub(crate) fn swap_idle(&self, now: Instant) -> usize {
         let Some(to) = self.map.swap_to() else {
             return 0;
         };
+        let at_load = self
+            .map
+            .first_pass
+            .swap(false, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
         let idle = |s: &Session| now.saturating_duration_since(s.last_access) >= to.after;
         let resident = self.map.resident();
         let leaving: Vec<Key> = resident
@@ -546,6 +558,13 @@ impl super::SessionStore {
         self.map.compact_space();
         if n > 0 {
             crate::memory::release();
+        }
+        if at_load && n > 0 {
+            tracing::info!(
+                sessions = n,
+                took_ms = started.elapsed().as_millis() as u64,
+                "loaded sessions idle past swap_after swapped out"
+            );
         }
         n
     }

@@ -67,7 +67,7 @@ fn a_swapped_session_comes_back_with_its_id_owner_and_data() {
     );
     let later = t0 + Duration::from_secs(500);
     s.access(key(&other), t0 + Duration::from_secs(470), &mut |_| {});
-    assert_eq!(s.swap_idle(later, false), 1, "only the idle one leaves");
+    assert_eq!(s.swap_idle(later), 1, "only the idle one leaves");
     assert_eq!((s.len(), s.swapped(), s.owned()), (2, 1, 2));
     assert_eq!(s.map.resident().len(), 1);
     let mut keys = s.owned_keys();
@@ -87,15 +87,11 @@ fn a_swapped_session_comes_back_with_its_id_owner_and_data() {
         "the owner tells replicas of the first access after the swap: {touched:?}"
     );
     let much_later = later + Duration::from_secs(61);
-    assert_eq!(s.swap_idle(much_later, false), 2);
+    assert_eq!(s.swap_idle(much_later), 2);
     // The admin view brings it in without an access: it stays a while, then may leave.
     assert!(s.get(&b).is_some());
-    assert_eq!(
-        s.swap_idle(Instant::now(), false),
-        0,
-        "in memory for a grace"
-    );
-    assert_eq!(s.swap_idle(much_later + Duration::from_secs(2), false), 1);
+    assert_eq!(s.swap_idle(Instant::now()), 0, "in memory for a grace");
+    assert_eq!(s.swap_idle(much_later + Duration::from_secs(2)), 1);
     assert_eq!(
         s.apply(
             Some(key(&b)),
@@ -123,7 +119,7 @@ fn a_swapped_session_expires_like_one_in_memory() {
         ..set(json!({"a": 1}))
     };
     let b = base_of(&s.apply(None, &d, t0, &mut |_| {}).unwrap());
-    assert_eq!(s.swap_idle(t0 + Duration::from_secs(5), false), 1);
+    assert_eq!(s.swap_idle(t0 + Duration::from_secs(5)), 1);
     let mut removed = Vec::new();
     assert_eq!(
         s.sweep(t0 + Duration::from_secs(9), &mut |c| removed.push(c)),
@@ -159,7 +155,7 @@ fn a_replicated_change_and_a_removal_reach_a_swapped_copy() {
         idle_ms: 0,
     };
     assert_eq!(s.apply_remote(&Change::Full(full), t0), Remote::Applied);
-    assert_eq!(s.swap_idle(t0 + Duration::from_secs(2), false), 1);
+    assert_eq!(s.swap_idle(t0 + Duration::from_secs(2)), 1);
     assert_eq!(
         s.placements()[0].1.as_ref(),
         "n2",
@@ -180,14 +176,11 @@ fn a_replicated_change_and_a_removal_reach_a_swapped_copy() {
     );
     assert_eq!(s.full_copy(7, t0).unwrap().attrs, r#"{"a":1,"b":2}"#);
     assert_eq!(
-        s.swap_idle(t0 + Duration::from_millis(3500), false),
+        s.swap_idle(t0 + Duration::from_millis(3500)),
         0,
         "just written"
     );
-    assert_eq!(
-        s.swap_idle(Instant::now() + Duration::from_secs(9), false),
-        1
-    );
+    assert_eq!(s.swap_idle(Instant::now() + Duration::from_secs(9)), 1);
     let rm = Change::Remove {
         key: 7,
         epoch: 1,
@@ -222,7 +215,7 @@ fn a_lost_swap_record_is_counted_and_the_session_is_absent_not_wrong() {
         &s.apply(None, &set(json!({"a": 1})), t0, &mut |_| {})
             .unwrap(),
     );
-    assert_eq!(s.swap_idle(t0 + Duration::from_secs(2), false), 1);
+    assert_eq!(s.swap_idle(t0 + Duration::from_secs(2)), 1);
     mem.slots.lock().unwrap()[0] = Some(b"not a record".to_vec());
     assert!(s
         .access(key(&b), t0 + Duration::from_secs(3), &mut |_| {})
@@ -253,7 +246,7 @@ fn requests_never_miss_a_session_while_passes_swap_it() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += s.swap_idle(Instant::now(), false);
+                n += s.swap_idle(Instant::now());
             }
             n
         })
