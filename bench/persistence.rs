@@ -272,6 +272,8 @@ async fn scale(n: u64) {
     while swapped(&node).await < goal && t.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The pass ends with the map shrunk and the freed pages returned, then logs.
+    node.wait_log("swapped out", Duration::from_secs(30)).await;
     let settled = t.elapsed();
     let rss_swap = rss_kb(node.pid());
     println!(

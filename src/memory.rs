@@ -1,20 +1,46 @@
-//! Returning freed memory to the OS after a bulk release (a swap pass, a load). The
-//! binary registers its allocator's collect here: mimalloc returns freed pages lazily, on
-//! later allocator activity, so a node that swapped most of its sessions out and then
-//! runs quietly would keep their pages resident.
+//! Returning freed memory to the OS after a bulk release (a swap pass). The binary
+//! registers its allocator's collect here. mimalloc returns a freed page only on later
+//! allocator activity of the thread that owns it, after a delay: the sessions a swap pass
+//! frees were allocated by the runtime's workers (requests, the load), so each worker
+//! collects too, the next time it parks ([`on_park`]), once per release.
 
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 
-static RELEASE: OnceLock<fn()> = OnceLock::new();
+static COLLECT: OnceLock<fn()> = OnceLock::new();
+/// Releases asked so far.
+static ASKED: AtomicU64 = AtomicU64::new(0);
 
-/// Sets what [`release`] calls (once; the binary's `main`).
-pub fn set_release(f: fn()) {
-    let _ = RELEASE.set(f);
+thread_local! {
+    /// The releases this thread has collected for.
+    static DONE: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Gives freed memory back to the OS now, if the binary said how.
+/// Sets the allocator's collect (once; the binary's `main`).
+pub fn set_release(f: fn()) {
+    let _ = COLLECT.set(f);
+}
+
+/// Gives freed memory back to the OS: on this thread now, on each runtime worker when it
+/// next parks.
 pub(crate) fn release() {
-    if let Some(f) = RELEASE.get() {
-        f();
+    ASKED.fetch_add(1, Relaxed);
+    collect_here();
+}
+
+/// A runtime worker parks (idle): it collects if a release was asked since its last.
+pub(crate) fn on_park() {
+    if COLLECT.get().is_some() {
+        collect_here();
+    }
+}
+
+fn collect_here() {
+    let asked = ASKED.load(Relaxed);
+    if DONE.with(|d| d.replace(asked)) != asked {
+        if let Some(f) = COLLECT.get() {
+            f();
+        }
     }
 }

@@ -253,19 +253,21 @@ fn run_node(args: NodeArgs) -> ExitCode {
 
 /// `workers = 1` gets a current-thread runtime: one core, no work-stealing overhead;
 /// 0 = one worker per core.
+/// A worker that parks returns freed memory to the OS if a swap pass asked since its last
+/// park (`memory::on_park`: one atomic load otherwise).
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    match workers {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-    }
+    let mut b = match workers {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    b.enable_all()
+        .on_thread_park(crate::memory::on_park)
+        .build()
 }
 
 /// SIGTERM or SIGINT starts a graceful shutdown.
