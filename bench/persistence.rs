@@ -179,6 +179,22 @@ async fn visit(addr: std::net::SocketAddr, ids: &[String], conns: usize, write: 
     all
 }
 
+/// RSS once it stops falling, at most 5 s later. The workers return freed pages when they
+/// next park: a `/status` request each 250 ms stands for the traffic a node has.
+async fn settled_rss(node: &Node) -> u64 {
+    let mut last = rss_kb(node.pid());
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        node.status().await;
+        let now = rss_kb(node.pid());
+        if now + now / 100 >= last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 async fn swapped(node: &Node) -> u64 {
     node.status().await["sessions"]["swapped"]
         .as_u64()
@@ -275,7 +291,7 @@ async fn scale(n: u64) {
     // The pass ends with the map shrunk and the freed pages returned, then logs.
     node.wait_log("swapped out", Duration::from_secs(30)).await;
     let settled = t.elapsed();
-    let rss_swap = rss_kb(node.pid());
+    let rss_swap = settled_rss(&node).await;
     println!(
         "restart to ready (swap_after 20s, 95% idle): {:.2} s, loaded {p}; {} swapped out {:.2} s after the start; RSS then {} MiB = {:.0}% of all in memory after a restart, {:.0}% of the node that made them",
         ready.as_secs_f64(),
@@ -329,8 +345,7 @@ async fn scale(n: u64) {
     while swapped(&node).await < held * 9 / 10 && Instant::now() < deadline {
         visit(node.http, &active, 8, false).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss_run = rss_kb(node.pid());
+    let rss_run = settled_rss(&node).await;
     println!(
         "at runtime (5% kept in use): RSS {} MiB with all in memory, {} MiB once {} were swapped out = {:.0}%",
         rss_in / 1024,

@@ -229,9 +229,12 @@ impl Persistence {
             let file = swap::SwapFile::create(&cfg.dir, route, cfg.compact_after_bytes)
                 .map_err(io(&cfg.dir))?;
             let file = Arc::new(file);
-            // The first pass (the sweep's, as the node starts) takes the loaded sessions
-            // already idle that long, without holding up readiness.
             store.set_swap(file.clone(), after);
+            // The loaded sessions already idle that long leave now, on the thread that
+            // loaded them: mimalloc returns a page only on activity of the thread that
+            // allocated it, and a pass on another thread left the load's pages resident
+            // (364 MiB against 181 for 1M sessions, bench/RESULTS.md section 9).
+            store.swap_idle(std::time::Instant::now());
             p.swap = Some(file);
         }
         Ok(Some(Arc::new(p)))

@@ -516,9 +516,10 @@ impl super::SessionStore {
     }
 
     /// One swap pass: every session idle past `swap_after` leaves memory; the space is
-    /// compacted when most of it is freed slots. On the first pass after a load, the
-    /// sessions that stay are copied first, so the memory of those that leave is freed
-    /// whole pages at a time (a load allocates them side by side). Returns how many left.
+    /// compacted when most of it is freed slots. When most of the sessions in memory leave
+    /// (the first pass after a load, a quiet night), those that stay are copied first, so
+    /// the pages the leaving ones shared with them are freed whole (mimalloc returns only
+    /// whole free pages). Returns how many left.
     pub(crate) fn swap_idle(&self, now: Instant) -> usize {
         let Some(to) = self.map.swap_to() else {
             return 0;
@@ -535,7 +536,9 @@ impl super::SessionStore {
             .filter(|e| idle(e.value()))
             .map(|e| *e.key())
             .collect();
-        if at_load {
+        // Most leave: the ones that stay are copied first (into this thread's pages), so
+        // the pages they shared with the leaving ones are freed whole.
+        if at_load || leaving.len() * 2 > resident.len() {
             for mut e in resident.iter_mut() {
                 if !idle(e.value()) {
                     let copy = HeaderValue::from_bytes(e.rendered.as_bytes());
