@@ -456,5 +456,8 @@ async fn max_active_sessions_is_a_clear_503() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.text().contains("max_active_sessions"), "{}", r.text());
     let s = node.status().await;
-    assert_eq!(s["sessions"], json!({"total": 2, "owned": 2, "replica": 0, "swapped": 0}));
+    assert_eq!(
+        s["sessions"],
+        json!({"total": 2, "owned": 2, "replica": 0, "swapped": 0})
+    );
 }

@@ -185,7 +185,18 @@ pub async fn run(
     // Background parts stop after the drain, so health and admin stay true while draining.
     let background = Tasks::new();
     let mut persistence = None;
-    let res = serve(cfg, listeners, shutdown, &background, &mut persistence).await;
+    let res = {
+        let serving = serve(cfg, listeners, shutdown, &background, &mut persistence);
+        tokio::pin!(serving);
+        // This future runs on the thread that loaded the sessions (the CLI's `block_on`):
+        // it collects there after a swap pass (`memory`).
+        loop {
+            tokio::select! {
+                r = &mut serving => break r,
+                () = crate::memory::released() => {}
+            }
+        }
+    };
     if !background.stop(BACKGROUND_STOP).await {
         tracing::warn!(
             left = background.len(),
