@@ -231,9 +231,8 @@ impl Persistence {
             let file = Arc::new(file);
             store.set_swap(file.clone(), after);
             // The loaded sessions already idle that long leave now, on the thread that
-            // loaded them: mimalloc returns a page only on activity of the thread that
-            // allocated it, and a pass on another thread left the load's pages resident
-            // (364 MiB against 181 for 1M sessions, bench/RESULTS.md section 9).
+            // loaded them, so their pages go back to the OS at once (mimalloc returns a
+            // page on activity of the thread that allocated it; `memory`).
             store.swap_idle(std::time::Instant::now());
             p.swap = Some(file);
         }
