@@ -322,3 +322,66 @@ fn a_slot_packs_into_one_word_or_stays_in_memory() {
         "past 8 MiB"
     );
 }
+
+/// A replica copy swapped out, as a BackupManager or a takeover meets it: a voter's promise
+/// answers its copy (brought in, then fenced), a Drop forgets it and frees its slot, and
+/// the session limit counts it.
+#[test]
+fn claims_drops_and_limits_see_a_swapped_copy() {
+    let s = store(65536, 2);
+    let mem = Arc::new(Mem::default());
+    s.set_swap(mem.clone(), Duration::from_secs(1));
+    let t0 = Instant::now() - Duration::from_secs(30);
+    for key in [7u128, 8] {
+        let full = FullSession {
+            key,
+            owner: "n2".into(),
+            epoch: 5,
+            version: 3,
+            attrs: r#"{"a":1}"#.into(),
+            max_inactive_ms: 600_000,
+            idle_ms: 0,
+        };
+        assert_eq!(s.apply_remote(&Change::Full(full), t0), Remote::Applied);
+    }
+    let now = Instant::now();
+    // Made long ago: no grace left, both leave.
+    assert_eq!(s.swap_idle(now + Duration::from_secs(2)), 2);
+    assert!(
+        matches!(
+            s.apply(None, &set(json!({"x": 1})), now, &mut |_| {}),
+            Err(SessionError::Limit(2))
+        ),
+        "swapped sessions count toward max_active_sessions"
+    );
+    match s.promise(Key(7), 9, now) {
+        Promise::Granted { copy: Some(c), .. } => {
+            assert_eq!((c.epoch, c.version, c.attrs.as_str()), (5, 3, r#"{"a":1}"#));
+        }
+        other => panic!("{other:?}"),
+    }
+    let stale = Change::Delta {
+        key: 7,
+        epoch: 5,
+        version: 4,
+        set: Some(r#"{"b":2}"#.into()),
+        remove: vec![],
+        max_inactive_ms: None,
+    };
+    assert_eq!(
+        s.apply_remote(&stale, now),
+        Remote::Fenced,
+        "the promise fences epoch 5"
+    );
+    let drop8 = Change::Drop {
+        key: 8,
+        epoch: 5,
+        version: 3,
+    };
+    assert_eq!(s.apply_remote(&drop8, now), Remote::Applied);
+    assert_eq!((s.len(), s.swapped()), (1, 0));
+    assert!(
+        mem.slots.lock().unwrap().iter().all(Option::is_none),
+        "both slots freed"
+    );
+}
