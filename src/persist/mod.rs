@@ -233,7 +233,15 @@ impl Persistence {
             // The loaded sessions already idle that long leave now, on the thread that
             // loaded them, so their pages go back to the OS at once (mimalloc returns a
             // page on activity of the thread that allocated it; `memory`).
-            store.swap_idle(std::time::Instant::now());
+            let started = std::time::Instant::now();
+            let n = store.swap_idle(started);
+            if n > 0 {
+                tracing::info!(
+                    sessions = n,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "loaded sessions idle past swap_after swapped out"
+                );
+            }
             p.swap = Some(file);
         }
         Ok(Some(Arc::new(p)))

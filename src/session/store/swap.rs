@@ -86,8 +86,6 @@ pub(crate) struct Sessions {
     route: Arc<str>,
     /// The owners swapped sessions name (a cluster has a few): `Swapped::owner` indexes it.
     owners: std::sync::RwLock<Vec<Arc<str>>>,
-    /// The next pass is the first after a load (see [`SessionStore::swap_idle`]).
-    first_pass: std::sync::atomic::AtomicBool,
     /// Swap-ins whose bytes could not be read back (the session is lost on this node).
     pub lost: prometheus_client::metrics::counter::Counter,
     /// `sessions_active` (a session lost at swap-in leaves it).
@@ -111,17 +109,12 @@ impl Sessions {
             base: Instant::now(),
             route,
             owners: Default::default(),
-            first_pass: Default::default(),
             lost: Default::default(),
             active: Gauge::default(),
         }
     }
 
     pub(super) fn set_swap(&self, to: SwapTo) {
-        self.first_pass.store(
-            !self.resident.is_empty(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
         let _ = self.swap.set(to);
     }
 
@@ -210,9 +203,14 @@ impl Sessions {
         }
     }
 
-    pub(super) fn get(&self, k: &Key) -> Option<Ref<'_, Key, Session>> {
+    /// `look` in the resident map; on a miss, `k` brought in and looked for again.
+    fn find<'a, R>(
+        &'a self,
+        k: &Key,
+        look: impl Fn(&'a KeyMap<Session>) -> Option<R>,
+    ) -> Option<R> {
         for _ in 0..TRIES {
-            if let Some(r) = self.resident.get(k) {
+            if let Some(r) = look(&self.resident) {
                 return Some(r);
             }
             if self.swapped_len() == 0 || !self.bring(k) {
@@ -222,16 +220,12 @@ impl Sessions {
         None
     }
 
+    pub(super) fn get(&self, k: &Key) -> Option<Ref<'_, Key, Session>> {
+        self.find(k, |m| m.get(k))
+    }
+
     pub(super) fn get_mut(&self, k: &Key) -> Option<RefMut<'_, Key, Session>> {
-        for _ in 0..TRIES {
-            if let Some(r) = self.resident.get_mut(k) {
-                return Some(r);
-            }
-            if self.swapped_len() == 0 || !self.bring(k) {
-                return None;
-            }
-        }
-        None
+        self.find(k, |m| m.get_mut(k))
     }
 
     pub(super) fn entry(&self, k: Key) -> Entry<'_, Key, Session> {
@@ -517,18 +511,13 @@ impl super::SessionStore {
 
     /// One swap pass: every session idle past `swap_after` leaves memory; the space is
     /// compacted when most of it is freed slots. When most of the sessions in memory leave
-    /// (the first pass after a load, a quiet night), those that stay are copied first, so
-    /// the pages the leaving ones shared with them are freed whole (mimalloc returns only
-    /// whole free pages). Returns how many left.
+    /// (the pass after a load, a quiet night), those that stay are copied first, so the
+    /// pages the leaving ones shared with them are freed whole (mimalloc returns only whole
+    /// free pages). Returns how many left.
     pub(crate) fn swap_idle(&self, now: Instant) -> usize {
         let Some(to) = self.map.swap_to() else {
             return 0;
         };
-        let at_load = self
-            .map
-            .first_pass
-            .swap(false, std::sync::atomic::Ordering::Relaxed);
-        let started = Instant::now();
         let idle = |s: &Session| now.saturating_duration_since(s.last_access) >= to.after;
         let resident = self.map.resident();
         let leaving: Vec<Key> = resident
@@ -538,7 +527,7 @@ impl super::SessionStore {
             .collect();
         // Most leave: the ones that stay are copied first (into this thread's pages), so
         // the pages they shared with the leaving ones are freed whole.
-        if at_load || leaving.len() * 2 > resident.len() {
+        if leaving.len() * 2 > resident.len() {
             for mut e in resident.iter_mut() {
                 if !idle(e.value()) {
                     let copy = HeaderValue::from_bytes(e.rendered.as_bytes());
@@ -561,13 +550,6 @@ impl super::SessionStore {
         self.map.compact_space();
         if n > 0 {
             crate::memory::release();
-        }
-        if at_load && n > 0 {
-            tracing::info!(
-                sessions = n,
-                took_ms = started.elapsed().as_millis() as u64,
-                "loaded sessions idle past swap_after swapped out"
-            );
         }
         n
     }
